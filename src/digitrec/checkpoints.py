@@ -1,0 +1,160 @@
+"""Run directories and checkpoints: safetensors plus JSON, every write atomic.
+
+A run directory holds::
+
+    config.json             what rebuilds the model and reruns the training
+    metrics.jsonl           one JSON object per completed epoch
+    model.safetensors       the latest weights (the unwrapped model, no DDP prefix)
+    checkpoint.safetensors  weights + optimizer state + epoch, for --resume
+
+Nothing here unpickles: tensors come from safetensors, everything else is JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+from torch import nn
+
+from .config import TrainConfig
+from .errors import DigitrecError
+from .fileio import write_bytes_atomic, write_json_atomic
+from .models import create_model
+
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.jsonl"
+MODEL_FILE = "model.safetensors"
+CHECKPOINT_FILE = "checkpoint.safetensors"
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise DigitrecError(f"{path}: file not found") from None
+    try:
+        tensors = load_safetensors(raw)
+        header_len = int.from_bytes(raw[:8], "little")
+        metadata = json.loads(raw[8 : 8 + header_len]).get("__metadata__") or {}
+    except (SafetensorError, ValueError, UnicodeDecodeError) as exc:
+        raise DigitrecError(f"{path}: not a valid safetensors file ({exc})") from None
+    return tensors, metadata
+
+
+def write_config(run_dir: Path, config: TrainConfig, extra: dict[str, Any]) -> None:
+    write_json_atomic(run_dir / CONFIG_FILE, {"train": config.to_dict(), **extra})
+
+
+def read_config(run_dir: str | os.PathLike[str]) -> TrainConfig:
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise DigitrecError(f"{run_dir}: run directory not found")
+    path = run_dir / CONFIG_FILE
+    try:
+        data = json.loads(path.read_text("utf-8"))
+        return TrainConfig.from_dict(data["train"])
+    except FileNotFoundError:
+        raise DigitrecError(f"{path}: missing; is {run_dir} a digitrec run directory?") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DigitrecError(f"{path}: corrupt run configuration ({exc})") from None
+
+
+def save_model(path: Path, model: nn.Module, config: TrainConfig, epoch: int) -> None:
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    metadata = {"digitrec_config": json.dumps(config.to_dict()), "epoch": str(epoch)}
+    write_bytes_atomic(path, save_safetensors(tensors, metadata=metadata))
+
+
+def load_weights(model: nn.Module, path: Path) -> dict[str, str]:
+    tensors, metadata = _read_safetensors(path)
+    try:
+        model.load_state_dict(tensors)
+    except RuntimeError as exc:
+        first_line = str(exc).strip().splitlines()[0]
+        raise DigitrecError(f"{path}: weights do not fit the model ({first_line})") from None
+    return metadata
+
+
+def load_model(
+    run_dir: str | os.PathLike[str], device: str | torch.device = "cpu"
+) -> tuple[nn.Module, TrainConfig]:
+    """Rebuild a run's model from config.json and model.safetensors, in eval mode."""
+    run_dir = Path(run_dir)
+    config = read_config(run_dir)
+    model = create_model(config.model, **config.model_args)
+    load_weights(model, run_dir / MODEL_FILE)
+    return model.to(device).eval(), config
+
+
+def save_checkpoint(
+    run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, config: TrainConfig, epoch: int
+) -> None:
+    """One file, one atomic replace: weights and optimizer state always agree."""
+    tensors = {f"model.{k}": v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    optim_state = optimizer.state_dict()
+    scalars: dict[str, dict[str, Any]] = {}
+    for param_id, state in optim_state["state"].items():
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optim.{param_id}.{key}"] = value.detach().contiguous().cpu()
+            else:
+                scalars.setdefault(str(param_id), {})[key] = value
+    metadata = {
+        "epoch": str(epoch),
+        "digitrec_config": json.dumps(config.to_dict()),
+        "param_groups": json.dumps(optim_state["param_groups"]),
+        "optim_scalars": json.dumps(scalars),
+    }
+    write_bytes_atomic(run_dir / CHECKPOINT_FILE, save_safetensors(tensors, metadata=metadata))
+
+
+def load_checkpoint(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> int:
+    """Restore weights and optimizer state in place; returns the number of completed epochs."""
+    path = run_dir / CHECKPOINT_FILE
+    tensors, metadata = _read_safetensors(path)
+    try:
+        epoch = int(metadata["epoch"])
+        param_groups = json.loads(metadata["param_groups"])
+        scalars = json.loads(metadata["optim_scalars"])
+    except (KeyError, ValueError) as exc:
+        raise DigitrecError(f"{path}: checkpoint metadata is incomplete ({exc})") from None
+    model_state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+    try:
+        model.load_state_dict(model_state)
+    except RuntimeError as exc:
+        raise DigitrecError(f"{path}: weights do not fit the model ({str(exc).splitlines()[0]})") from None
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, param_id, name = key.split(".", 2)
+            state.setdefault(int(param_id), {})[name] = value
+    for param_id, values in scalars.items():
+        state.setdefault(int(param_id), {}).update(values)
+    optimizer.load_state_dict({"state": state, "param_groups": param_groups})
+    return epoch
+
+
+def write_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:
+    text = "".join(json.dumps(row) + "\n" for row in rows)
+    write_bytes_atomic(run_dir / METRICS_FILE, text.encode("utf-8"))
+
+
+def read_metrics(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        return []
+    rows = []
+    for number, line in enumerate(path.read_text("utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                raise DigitrecError(f"{path}:{number}: not valid JSON") from None
+    return rows

@@ -1,0 +1,300 @@
+"""The ``digitrec`` command line. Thin: every command calls the Python API.
+
+torch is imported inside the command functions, never at module level, so
+``digitrec --help`` answers in a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+from . import __version__
+from .config import MODEL_DEFAULT_RECIPE, RECIPES, TrainConfig
+from .errors import DigitrecError
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (no usage dump), exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _bounded(kind: type, minimum: float, inclusive: bool = True) -> Any:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            noun = "an integer" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"expected {noun}, got {text!r}") from None
+        if value < minimum or (not inclusive and value == minimum):
+            relation = ">=" if inclusive else ">"
+            raise argparse.ArgumentTypeError(f"must be {relation} {minimum:g}, got {text}")
+        return value
+
+    return parse
+
+
+def _recipe_defaults(key: str) -> str:
+    """Help text: the default of ``key`` in each recipe, e.g. "tutorial-mlp: 0.02, ..."."""
+    base = TrainConfig()
+    values = {name: spec.get(key, getattr(base, key)) for name, spec in RECIPES.items()}
+    if len(set(map(str, values.values()))) == 1:
+        return str(next(iter(values.values())))
+    return ", ".join(f"{value} for {name}" for name, value in values.items())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="digitrec",
+        description="Handwritten digit recognition on PyTorch: train, evaluate and use MNIST models.",
+    )
+    parser.add_argument("--version", action="version", version=f"digitrec {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    train = commands.add_parser(
+        "train",
+        help="train a model (the tutorial's recipes by default)",
+        description="Train a model and write a run directory "
+        "(config.json, model.safetensors, metrics.jsonl).",
+    )
+    choose = train.add_argument_group("what to train")
+    choose.add_argument(
+        "--model",
+        help="model name; alone it picks the tutorial recipe: "
+        + ", ".join(f"{m} -> {r}" for m, r in MODEL_DEFAULT_RECIPE.items())
+        + " (default: mlp)",
+    )
+    choose.add_argument(
+        "--recipe", help=f"named recipe: {', '.join(sorted(RECIPES))} (default: tutorial-mlp)"
+    )
+    choose.add_argument(
+        "--dataset",
+        help="dataset name: mnist (bundled) or fashion-mnist (downloaded); with "
+        "--data-dir, the folder is verified against this dataset's checksums "
+        "(default: mnist, or custom with --data-dir)",
+    )
+    choose.add_argument(
+        "--data-dir",
+        help="folder with the four IDX files, raw or .gz; overrides --dataset "
+        "(default: $DIGITREC_DATA_DIR, else the bundled MNIST)",
+    )
+    hyper = train.add_argument_group("hyper-parameters (override the recipe's)")
+    hyper.add_argument(
+        "--epochs",
+        type=_bounded(int, 1),
+        help=f"passes over the training set (default: {_recipe_defaults('epochs')})",
+    )
+    hyper.add_argument(
+        "--batch-size",
+        type=_bounded(int, 1),
+        help=f"global batch size (default: {_recipe_defaults('batch_size')})",
+    )
+    hyper.add_argument(
+        "--lr",
+        type=_bounded(float, 0, inclusive=False),
+        help=f"learning rate (default: {_recipe_defaults('lr')})",
+    )
+    hyper.add_argument(
+        "--momentum", type=_bounded(float, 0), help=f"SGD momentum (default: {_recipe_defaults('momentum')})"
+    )
+    hyper.add_argument(
+        "--weight-decay",
+        type=_bounded(float, 0),
+        help=f"L2 weight decay (default: {_recipe_defaults('weight_decay')})",
+    )
+    hyper.add_argument(
+        "--seed",
+        type=int,
+        help=f"random seed for initialization and shuffling (default: {_recipe_defaults('seed')})",
+    )
+    run = train.add_argument_group("where and how")
+    run.add_argument(
+        "--device", help="auto, cpu, cuda, cuda:N or mps; auto picks CUDA, then MPS, then CPU (default: auto)"
+    )
+    run.add_argument("--out", help="run directory to create (default: runs/<recipe>-<timestamp>)")
+    run.add_argument(
+        "--resume",
+        metavar="DIR",
+        help="continue the run in DIR after its last completed epoch; "
+        "only --epochs may change (default: off)",
+    )
+    run.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="show a progress bar per epoch (default: when stderr is a terminal)",
+    )
+    train.set_defaults(handler=cmd_train)
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="accuracy, per-class precision/recall and confusion matrix of a run",
+        description="Evaluate a run's model on its dataset's test set.",
+    )
+    evaluate.add_argument("run", metavar="DIR", help="run directory written by digitrec train")
+    evaluate.add_argument(
+        "--json", action="store_true", help="print one JSON object instead of tables (default: off)"
+    )
+    evaluate.add_argument(
+        "--data-dir", help="evaluate on the IDX files in this folder (default: the run's dataset)"
+    )
+    evaluate.add_argument("--device", default="cpu", help="device to evaluate on (default: cpu)")
+    evaluate.set_defaults(handler=cmd_evaluate)
+
+    models = commands.add_parser(
+        "models",
+        help="list the registered models with their size and cost",
+        description="List every registered model: parameters and multiply-adds per image.",
+    )
+    models.add_argument("--json", action="store_true", help="print JSON instead of a table (default: off)")
+    models.set_defaults(handler=cmd_models)
+
+    recipes = commands.add_parser(
+        "recipes", help="list the named training recipes", description="List every recipe with its settings."
+    )
+    recipes.add_argument("--json", action="store_true", help="print JSON instead of a table (default: off)")
+    recipes.set_defaults(handler=cmd_recipes)
+    return parser
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .checkpoints import read_config
+    from .config import recipe_config
+    from .training import train
+
+    if args.resume:
+        if args.out is not None and args.out != args.resume:
+            raise DigitrecError("--resume DIR continues DIR; do not pass a different --out")
+        config = read_config(args.resume)
+        others = [
+            f"--{k.replace('_', '-')}"
+            for k in (
+                "model",
+                "recipe",
+                "dataset",
+                "data_dir",
+                "batch_size",
+                "lr",
+                "momentum",
+                "weight_decay",
+                "seed",
+                "device",
+            )
+            if getattr(args, k) is not None
+        ]
+        if others:
+            raise DigitrecError(
+                f"--resume continues a run as configured; only --epochs may change (got {', '.join(others)})"
+            )
+        if args.epochs is not None:
+            config.epochs = args.epochs
+        train(config, out_dir=args.resume, resume=True, progress=args.progress)
+        return 0
+
+    recipe = args.recipe or MODEL_DEFAULT_RECIPE.get(args.model or "mlp")
+    if recipe is None:
+        # A model with no recipe of its own trains with the tutorial's MLP hyper-parameters.
+        recipe = "tutorial-mlp"
+    config = recipe_config(
+        recipe,
+        model=args.model,
+        dataset=args.dataset,
+        data_dir=args.data_dir,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        momentum=args.momentum,
+        weight_decay=args.weight_decay,
+        seed=args.seed,
+        device=args.device,
+    )
+    train(config, out_dir=args.out, progress=args.progress)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .checkpoints import load_model
+    from .data import load_dataset
+    from .evaluation import evaluate, format_report
+    from .training import resolve_device
+
+    device = resolve_device(args.device)
+    model, config = load_model(args.run, device)
+    dataset = load_dataset(config.dataset, data_dir=args.data_dir or config.data_dir)
+    report = evaluate(model, dataset.test_images, dataset.test_labels)
+    if args.json:
+        print(
+            json.dumps({"run": args.run, "model": config.model, "dataset": dataset.name, **report.to_dict()})
+        )
+    else:
+        print(f"run {args.run}: model {config.model}, dataset {dataset.name} (test set)")
+        print(format_report(report))
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from .models import count_macs, count_parameters, create_model, list_models
+
+    rows = []
+    for name in list_models():
+        model = create_model(name)
+        rows.append(
+            {
+                "name": name,
+                "parameters": count_parameters(model),
+                "macs": count_macs(model),
+                "description": _first_line(name),
+            }
+        )
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print(f"{'model':<10} {'parameters':>11} {'mult-adds':>11}  description")
+        for row in rows:
+            print(f"{row['name']:<10} {row['parameters']:>11,} {row['macs']:>11,}  {row['description']}")
+    return 0
+
+
+def _first_line(model_name: str) -> str:
+    from . import models
+
+    doc = getattr(models, model_name).__doc__ or ""
+    return doc.strip().splitlines()[0] if doc.strip() else ""
+
+
+def cmd_recipes(args: argparse.Namespace) -> int:
+    from .config import recipe_config
+
+    rows = [recipe_config(name).to_dict() for name in sorted(RECIPES)]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for row in rows:
+            settings = ", ".join(
+                f"{k}={v}" for k, v in row.items() if k not in ("recipe", "data_dir", "model_args")
+            )
+            print(f"{row['recipe']}: {settings}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return int(args.handler(args))
+    except DigitrecError as exc:
+        print(f"digitrec {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"digitrec {args.command}: interrupted", file=sys.stderr)
+        return 130

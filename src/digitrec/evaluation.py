@@ -1,0 +1,99 @@
+"""Evaluation: accuracy, per-class precision and recall, confusion matrix.
+
+Training's ``val_accuracy`` and ``digitrec evaluate`` both go through
+:func:`predict`, with the same batch size, so they agree exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+EVAL_BATCH_SIZE = 1000
+
+
+@torch.no_grad()
+def predict(model: nn.Module, images: torch.Tensor, batch_size: int = EVAL_BATCH_SIZE) -> torch.Tensor:
+    """Scores for uint8 images (N, 28, 28): returns (N, 10) float32 on the images' device."""
+    was_training = model.training
+    model.eval()
+    outputs = []
+    for start in range(0, len(images), batch_size):
+        x = images[start : start + batch_size].unsqueeze(1).to(torch.float32).div_(255.0)
+        outputs.append(model(x).float())
+    model.train(was_training)
+    if not outputs:
+        return torch.empty(0, 10, device=images.device)
+    return torch.cat(outputs)
+
+
+def confusion_matrix(predicted: torch.Tensor, labels: torch.Tensor, num_classes: int = 10) -> torch.Tensor:
+    """(num_classes, num_classes) int64; row = true class, column = predicted class."""
+    flat = labels.to(torch.int64) * num_classes + predicted.to(torch.int64)
+    return torch.bincount(flat, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+@dataclass
+class EvalReport:
+    accuracy: float
+    num_examples: int
+    confusion: list[list[int]]  # row = true digit, column = predicted digit
+
+    @property
+    def per_class(self) -> list[dict[str, Any]]:
+        rows = []
+        for digit in range(len(self.confusion)):
+            true_positive = self.confusion[digit][digit]
+            support = sum(self.confusion[digit])
+            predicted = sum(row[digit] for row in self.confusion)
+            rows.append(
+                {
+                    "digit": digit,
+                    "precision": true_positive / predicted if predicted else 0.0,
+                    "recall": true_positive / support if support else 0.0,
+                    "support": support,
+                }
+            )
+        return rows
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "accuracy": self.accuracy,
+            "num_examples": self.num_examples,
+            "per_class": self.per_class,
+            "confusion_matrix": self.confusion,
+        }
+
+
+def report_from_predictions(predicted: torch.Tensor, labels: torch.Tensor) -> EvalReport:
+    matrix = confusion_matrix(predicted.cpu(), labels.cpu())
+    correct = int(matrix.diagonal().sum())
+    total = int(matrix.sum())
+    return EvalReport(
+        accuracy=correct / total if total else 0.0, num_examples=total, confusion=matrix.tolist()
+    )
+
+
+def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> EvalReport:
+    """Evaluate ``model`` on uint8 images (N, 28, 28) with int labels (N,)."""
+    device = next(model.parameters()).device
+    scores = predict(model, images.to(device))
+    return report_from_predictions(scores.argmax(1), labels)
+
+
+def format_report(report: EvalReport) -> str:
+    """A human-readable table: accuracy, per-class precision/recall, confusion matrix."""
+    lines = [f"accuracy: {report.accuracy:.4f} ({report.num_examples} images)", ""]
+    lines.append("digit  precision  recall  support")
+    for row in report.per_class:
+        lines.append(
+            f"{row['digit']:>5}  {row['precision']:>9.4f}  {row['recall']:>6.4f}  {row['support']:>7}"
+        )
+    lines += ["", "confusion matrix (rows: true digit, columns: predicted digit)"]
+    lines.append("      " + "".join(f"{d:>6}" for d in range(len(report.confusion))))
+    for digit, counts in enumerate(report.confusion):
+        lines.append(f"{digit:>5} " + "".join(f"{count:>6}" for count in counts))
+    return "\n".join(lines)

@@ -1,0 +1,133 @@
+"""Models by name: a small registry in the manner of timm.
+
+>>> model = create_model("lenet")          # the tutorial's CNN
+>>> sorted(list_models())[:2]
+['lenet', 'mlp']
+
+Every model takes (B, 1, 28, 28) float32 in [0, 1] and returns (B, 10) scores.
+Initialization follows MXNet's ``Xavier(rnd_type="uniform", factor_type="avg",
+magnitude=2.24)``, the tutorial's choice: weights ~ U(-s, s) with
+s = sqrt(2.24 / ((fan_in + fan_out) / 2)), biases zero.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import DigitrecError
+
+ModelFn = Callable[..., nn.Module]
+_REGISTRY: dict[str, ModelFn] = {}
+
+
+def register_model(fn: ModelFn) -> ModelFn:
+    """Decorator: make ``fn`` available as ``create_model(fn.__name__)``."""
+    _REGISTRY[fn.__name__] = fn
+    return fn
+
+
+def list_models() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def create_model(name: str, **cfg: Any) -> nn.Module:
+    """Build a registered model; unknown names and unknown options raise DigitrecError."""
+    try:
+        fn = _REGISTRY[name]
+    except KeyError:
+        raise DigitrecError(f"unknown model {name!r} (known: {', '.join(list_models())})") from None
+    try:
+        return fn(**cfg)
+    except TypeError as exc:
+        raise DigitrecError(f"bad options for model {name!r}: {exc}") from None
+
+
+def xavier_init_(module: nn.Module, magnitude: float = 2.24) -> nn.Module:
+    """MXNet's Xavier(magnitude) with uniform draws and the "avg" factor; biases zero."""
+    for layer in module.modules():
+        if isinstance(layer, (nn.Linear, nn.Conv2d)):
+            weight = layer.weight
+            receptive = math.prod(weight.shape[2:])  # kernel area; 1 for dense layers
+            fan_in, fan_out = weight.shape[1] * receptive, weight.shape[0] * receptive
+            bound = math.sqrt(magnitude / ((fan_in + fan_out) / 2.0))
+            with torch.no_grad():
+                weight.uniform_(-bound, bound)
+                if layer.bias is not None:
+                    layer.bias.zero_()
+    return module
+
+
+@register_model
+def mlp(hidden: tuple[int, ...] | list[int] = (128, 64), init_magnitude: float = 2.24) -> nn.Module:
+    """The tutorial's multilayer perceptron: Dense 128 ReLU, Dense 64 ReLU, Dense 10."""
+    layers: list[nn.Module] = [nn.Flatten()]
+    width = 28 * 28
+    for size in hidden:
+        layers += [nn.Linear(width, size), nn.ReLU()]
+        width = size
+    layers.append(nn.Linear(width, 10))
+    return xavier_init_(nn.Sequential(*layers), init_magnitude)
+
+
+class LeNet(nn.Module):
+    """The tutorial's LeNet variant, with tanh everywhere (including the output)."""
+
+    def __init__(self, output_tanh: bool = True) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 20, kernel_size=5)  # -> (B, 20, 24, 24)
+        self.pool1 = nn.MaxPool2d(2, 2)  # -> (B, 20, 12, 12)
+        self.conv2 = nn.Conv2d(20, 50, kernel_size=5)  # -> (B, 50, 8, 8)
+        self.pool2 = nn.MaxPool2d(2, 2)  # -> (B, 50, 4, 4)
+        self.fc1 = nn.Linear(50 * 4 * 4, 500)
+        self.fc2 = nn.Linear(500, 10)
+        self.output_tanh = output_tanh
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool1(torch.tanh(self.conv1(x)))
+        x = self.pool2(torch.tanh(self.conv2(x)))
+        x = torch.tanh(self.fc1(x.flatten(1)))
+        x = self.fc2(x)
+        # The tutorial squashes its scores with tanh before the softmax loss; kept for fidelity.
+        return torch.tanh(x) if self.output_tanh else x
+
+
+@register_model
+def lenet(output_tanh: bool = True, init_magnitude: float = 2.24) -> nn.Module:
+    """The tutorial's CNN: conv 20@5x5, tanh, pool, conv 50@5x5, tanh, pool, dense 500 tanh, dense 10 tanh."""
+    return xavier_init_(LeNet(output_tanh=output_tanh), init_magnitude)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_macs(model: nn.Module, input_shape: tuple[int, ...] = (1, 1, 28, 28)) -> int:
+    """Multiply-adds of one forward pass per image, counted over conv and dense layers."""
+    total = 0
+
+    def hook(layer: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        nonlocal total
+        if isinstance(layer, nn.Conv2d):
+            kernel = layer.weight.shape[1] * math.prod(layer.weight.shape[2:])
+            total += output[0].numel() * kernel
+        elif isinstance(layer, nn.Linear):
+            total += output[0].numel() * layer.in_features
+
+    handles = [
+        m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))
+    ]
+    try:
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(input_shape))
+        model.train(was_training)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return total

@@ -1,0 +1,275 @@
+"""The training loop: plain functions, read top to bottom.
+
+Single process::
+
+    digitrec train --model lenet                 # the tutorial's LeNet recipe
+    digitrec train --recipe tutorial-mlp --epochs 3 --out runs/mlp
+
+Several processes (data parallel, gloo on CPU, NCCL on CUDA), wired the way
+nanoGPT wires it: torchrun sets ``RANK``; there is one ``master_process`` flag;
+only the master prints and writes; the saved model is the unwrapped one::
+
+    torchrun --standalone --nproc-per-node 2 -m digitrec train --model lenet
+
+Semantics: ``batch_size`` is the global batch. Every rank walks the same
+shuffled order (drawn from the seed and the epoch) and takes its slice of each
+global batch; the loss is scaled so that DDP's gradient average equals the mean
+over the global batch, exactly as in one process.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import __version__
+from .checkpoints import (
+    CHECKPOINT_FILE,
+    MODEL_FILE,
+    load_checkpoint,
+    read_config,
+    read_metrics,
+    save_checkpoint,
+    save_model,
+    write_config,
+    write_metrics,
+)
+from .config import TrainConfig
+from .data import BatchIterator, Dataset, load_dataset
+from .errors import DigitrecError
+from .evaluation import predict
+from .models import create_model
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA, then MPS, then the CPU; anything else must be available."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise DigitrecError(f"unknown device {name!r} (use auto, cpu, cuda, cuda:N or mps)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DigitrecError(f"device {name!r} requested but CUDA is not available")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise DigitrecError(f"device {name!r} requested but MPS is not available")
+    return device
+
+
+def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(
+            model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+        )
+    raise DigitrecError(f"unknown optimizer {config.optimizer!r}")
+
+
+def default_run_dir(config: TrainConfig) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = Path("runs") / f"{config.recipe}-{stamp}"
+    candidate, number = base, 1
+    while candidate.exists():
+        number += 1
+        candidate = Path(f"{base}-{number}")
+    return candidate
+
+
+@dataclass
+class TrainResult:
+    model: nn.Module  # the unwrapped model, in eval mode
+    config: TrainConfig
+    metrics: list[dict[str, Any]]
+    run_dir: Path | None
+
+
+def train(
+    config: TrainConfig,
+    out_dir: str | os.PathLike[str] | None = None,
+    dataset: Dataset | None = None,
+    resume: bool = False,
+    save: bool = True,
+    log: Callable[[str], None] | None = print,
+    progress: bool | None = None,
+) -> TrainResult:
+    """Train ``config`` and return the model and its per-epoch metrics.
+
+    ``out_dir``: the run directory (default ``runs/<recipe>-<timestamp>``);
+    ``save=False`` writes nothing. ``resume=True`` continues the run in
+    ``out_dir`` after its last completed epoch. ``progress`` shows a bar per
+    epoch (default: when stderr is a terminal).
+    """
+    config.validate()
+
+    # --- processes: one, or many under torchrun (nanoGPT's wiring) ---
+    ddp = int(os.environ.get("RANK", -1)) != -1
+    if ddp:
+        import torch.distributed as dist
+
+        rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        device = resolve_device(config.device)
+        if device.type == "cuda":
+            device = torch.device("cuda", local_rank)
+            torch.cuda.set_device(device)
+        if not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    else:
+        rank, world_size, device = 0, 1, resolve_device(config.device)
+    master_process = rank == 0
+    say = log if (master_process and log is not None) else (lambda _line: None)
+    show_progress = master_process and (sys.stderr.isatty() if progress is None else progress)
+
+    # --- run directory ---
+    run_dir: Path | None = None
+    if save:
+        run_dir = Path(out_dir) if out_dir is not None else default_run_dir(config)
+        if resume:
+            saved = read_config(run_dir)
+            if saved.to_dict() | {"epochs": config.epochs} != config.to_dict():
+                raise DigitrecError(f"{run_dir}: --resume may change only --epochs")
+        elif (run_dir / MODEL_FILE).exists() or (run_dir / CHECKPOINT_FILE).exists():
+            raise DigitrecError(f"{run_dir}: already holds a run; pass --resume or choose another --out")
+
+    # --- data: resident in memory (and on the GPU when there is one) ---
+    if dataset is None:
+        dataset = load_dataset(config.dataset, data_dir=config.data_dir)
+    dataset = dataset.to(device)
+    train_batches = BatchIterator(
+        dataset.train_images,
+        dataset.train_labels,
+        config.batch_size,
+        shuffle=True,
+        seed=config.seed,
+        rank=rank,
+        world_size=world_size,
+    )
+    # Validation is sharded too and the counts all-reduced: every image counted once.
+    val_slice = slice(*_shard_bounds(len(dataset.test_images), rank, world_size))
+    val_images, val_labels = dataset.test_images[val_slice], dataset.test_labels[val_slice]
+
+    # --- model and optimizer; the same seed gives the same initial weights on every rank ---
+    torch.manual_seed(config.seed)
+    model = create_model(config.model, **config.model_args).to(device)
+    optimizer = make_optimizer(config, model)
+    start_epoch, metrics = 0, []
+    if resume and run_dir is not None:
+        for stale in run_dir.glob(".*.tmp"):  # left by a write that was killed midway
+            stale.unlink(missing_ok=True)
+        start_epoch = load_checkpoint(run_dir, model, optimizer)
+        metrics = [row for row in read_metrics(run_dir) if row["epoch"] <= start_epoch]
+        say(f"resuming {run_dir} after epoch {start_epoch}")
+    if run_dir is not None and master_process:
+        write_config(run_dir, config, _run_info(dataset, world_size))
+    raw_model = model
+    if ddp:
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    say(
+        f"training {config.model} ({config.recipe}) on {dataset.name}: {len(dataset.train_images)} train / "
+        f"{len(dataset.test_images)} test images, device {device}, {world_size} process(es), "
+        f"batch {config.batch_size}, lr {config.lr}, {config.epochs} epochs, seed {config.seed}"
+    )
+    for epoch in range(start_epoch, config.epochs):
+        # Any randomness inside the epoch (dropout, augmentation) depends only on seed, epoch and rank,
+        # so a resumed run continues exactly where an uninterrupted one would be.
+        torch.manual_seed(config.seed * 100_003 + epoch * 1_009 + rank)
+        model.train()
+        loss_sum = torch.zeros((), device=device)  # summed over samples; no host sync per step
+        correct = torch.zeros((), dtype=torch.int64, device=device)
+        seen = 0
+        batches = train_batches.batches(epoch)
+        if show_progress:
+            from tqdm import tqdm
+
+            batches = tqdm(
+                batches,
+                total=len(train_batches),
+                desc=f"epoch {epoch + 1}/{config.epochs}",
+                leave=False,
+                unit="batch",
+                file=sys.stderr,
+            )
+        started = time.perf_counter()
+        for x, y, global_size in batches:
+            scores = model(x)
+            batch_loss = F.cross_entropy(scores, y, reduction="sum")
+            # Mean over the global batch after DDP averages over world_size ranks.
+            loss = batch_loss * (world_size / global_size)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += batch_loss.detach()
+            correct += (scores.argmax(1) == y).sum()
+            seen += len(y)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        epoch_seconds = time.perf_counter() - started
+
+        val_correct = (predict(raw_model, val_images).argmax(1) == val_labels).sum()
+        totals = torch.stack(
+            [
+                loss_sum.double(),
+                correct.double(),
+                torch.tensor(float(seen), device=device, dtype=torch.float64),
+                val_correct.double(),
+            ]
+        )
+        if ddp:
+            torch.distributed.all_reduce(totals)
+        loss_total, correct_total, seen_total, val_total = totals.tolist()
+        row = {
+            "epoch": epoch + 1,
+            "train_loss": loss_total / seen_total,
+            "train_accuracy": correct_total / seen_total,
+            "val_accuracy": val_total / len(dataset.test_images),
+            "epoch_seconds": round(epoch_seconds, 4),
+        }
+        metrics.append(row)
+        say(
+            f"epoch {epoch + 1:>3}/{config.epochs}  loss {row['train_loss']:.4f}  "
+            f"training acc {row['train_accuracy']:.4f}  validation acc {row['val_accuracy']:.4f}  "
+            f"{epoch_seconds:.2f} s"
+        )
+        if run_dir is not None and master_process:
+            # Metrics first, then the checkpoint: a kill in between is healed by resume.
+            write_metrics(run_dir, metrics)
+            save_checkpoint(run_dir, raw_model, optimizer, config, epoch + 1)
+            save_model(run_dir / MODEL_FILE, raw_model, config, epoch + 1)
+
+    if run_dir is not None:
+        say(f"saved {run_dir}")
+    if ddp:
+        torch.distributed.barrier()
+    return TrainResult(model=raw_model.eval(), config=config, metrics=metrics, run_dir=run_dir)
+
+
+def _shard_bounds(count: int, rank: int, world_size: int) -> tuple[int, int]:
+    per_rank, extra = divmod(count, world_size)
+    start = rank * per_rank + min(rank, extra)
+    return start, start + per_rank + (1 if rank < extra else 0)
+
+
+def _run_info(dataset: Dataset, world_size: int) -> dict[str, Any]:
+    return {
+        "digitrec_version": __version__,
+        "torch_version": torch.__version__,
+        "dataset_source": dataset.source,
+        "world_size": world_size,
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+    }

@@ -1,0 +1,49 @@
+"""Shared fixtures: real MNIST (bundled), and a small real-MNIST IDX folder for fast runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from digitrec.data import SPLIT_FILES, Dataset, load_dataset
+from digitrec.idx import write_idx
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Tests never touch the user's cache or pick up a DIGITREC_DATA_DIR from the environment.
+    monkeypatch.setenv("DIGITREC_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
+    monkeypatch.delenv("DIGITREC_DATA_DIR", raising=False)
+
+
+@pytest.fixture(scope="session")
+def mnist() -> Dataset:
+    return load_dataset("mnist", cache_dir=None)
+
+
+def write_subset(folder: Path, ds: Dataset, n_train: int, n_test: int, gz: bool = True) -> Path:
+    """Write the first n_train / n_test real MNIST images as an IDX folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    suffix = ".gz" if gz else ""
+    arrays = {
+        "train_images": ds.train_images[:n_train],
+        "train_labels": ds.train_labels[:n_train],
+        "test_images": ds.test_images[:n_test],
+        "test_labels": ds.test_labels[:n_test],
+    }
+    for role, tensor in arrays.items():
+        array = tensor.numpy().astype("uint8")
+        write_idx(folder / f"{SPLIT_FILES[role]}{suffix}", array)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def small_mnist_dir(tmp_path_factory: pytest.TempPathFactory, mnist: Dataset) -> Path:
+    """2,000 training and 500 test images of real MNIST, gzipped IDX."""
+    return write_subset(tmp_path_factory.mktemp("small-mnist"), mnist, 2000, 500)
+
+
+@pytest.fixture(scope="session")
+def small_mnist(small_mnist_dir: Path) -> Dataset:
+    return load_dataset("small", data_dir=small_mnist_dir)

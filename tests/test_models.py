@@ -1,0 +1,78 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from digitrec.errors import DigitrecError
+from digitrec.models import count_macs, count_parameters, create_model, list_models, xavier_init_
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_model_maps_images_to_ten_scores_and_learns(name):
+    torch.manual_seed(0)
+    model = create_model(name)
+    x = torch.rand(8, 1, 28, 28)
+    y = torch.arange(8) % 10
+    out = model(x)
+    assert out.shape == (8, 10) and out.dtype == torch.float32
+    loss = nn.functional.cross_entropy(out, y)
+    loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    # a few steps on one batch reduce the loss: the model can learn
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(20):
+        optimizer.zero_grad()
+        step_loss = nn.functional.cross_entropy(model(x), y)
+        step_loss.backward()
+        optimizer.step()
+    assert step_loss.item() < loss.item()
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_same_seed_same_weights(name):
+    torch.manual_seed(3)
+    a = create_model(name).state_dict()
+    torch.manual_seed(3)
+    b = create_model(name).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_unknown_model_and_bad_option():
+    with pytest.raises(DigitrecError, match="unknown model 'resnet9000'"):
+        create_model("resnet9000")
+    with pytest.raises(DigitrecError, match="bad options for model 'mlp'"):
+        create_model("mlp", colour="blue")
+
+
+def test_mlp_is_the_tutorials():
+    model = create_model("mlp")
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(784, 128), (128, 64), (64, 10)]
+    assert sum(isinstance(m, nn.ReLU) for m in model.modules()) == 2
+    assert count_parameters(model) == 784 * 128 + 128 + 128 * 64 + 64 + 64 * 10 + 10
+
+
+def test_lenet_is_the_tutorials():
+    model = create_model("lenet")
+    assert (model.conv1.out_channels, model.conv1.kernel_size) == (20, (5, 5))
+    assert (model.conv2.out_channels, model.conv2.kernel_size) == (50, (5, 5))
+    assert (model.fc1.in_features, model.fc1.out_features, model.fc2.out_features) == (800, 500, 10)
+    out = model(torch.rand(4, 1, 28, 28) * 50)  # the output tanh bounds the scores
+    assert out.abs().max() <= 1.0
+    # the issue quotes 2.29 M multiply-adds per image for this net
+    assert count_macs(model) == 20 * 24 * 24 * 25 + 50 * 8 * 8 * 20 * 25 + 800 * 500 + 500 * 10
+    assert abs(count_macs(model) - 2.29e6) < 0.01e6
+
+
+def test_xavier_matches_mxnet_magnitude_224():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(20, 50, 5)
+    xavier_init_(conv, 2.24)
+    fan_in, fan_out = 20 * 25, 50 * 25
+    bound = math.sqrt(2.24 / ((fan_in + fan_out) / 2))
+    weights = conv.weight.detach()
+    assert weights.abs().max() <= bound
+    assert weights.abs().max() > 0.98 * bound  # uniform over the whole range
+    assert abs(weights.std().item() - bound / math.sqrt(3)) < 0.02 * bound  # uniform's std
+    assert torch.count_nonzero(conv.bias) == 0

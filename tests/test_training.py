@@ -1,0 +1,158 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from digitrec.checkpoints import load_checkpoint, load_model, read_metrics
+from digitrec.config import recipe_config
+from digitrec.errors import DigitrecError
+from digitrec.evaluation import evaluate
+from digitrec.models import create_model
+from digitrec.training import make_optimizer, train
+
+METRIC_KEYS = {"epoch", "train_loss", "train_accuracy", "val_accuracy", "epoch_seconds"}
+
+
+def _weights_equal(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def _without_time(rows):
+    return [{k: v for k, v in row.items() if k != "epoch_seconds"} for row in rows]
+
+
+def test_run_directory_and_metrics(tmp_path, small_mnist):
+    config = recipe_config("tutorial-lenet", epochs=2)
+    lines = []
+    result = train(config, out_dir=tmp_path / "run", dataset=small_mnist, log=lines.append)
+    run = tmp_path / "run"
+    assert {p.name for p in run.iterdir()} == {
+        "config.json",
+        "metrics.jsonl",
+        "model.safetensors",
+        "checkpoint.safetensors",
+    }
+    rows = read_metrics(run)
+    assert [r["epoch"] for r in rows] == [1, 2] and all(r.keys() >= METRIC_KEYS for r in rows)
+    assert rows[1]["train_loss"] < rows[0]["train_loss"]
+    assert rows[-1]["val_accuracy"] > 0.5  # far above chance after 40 steps on real digits
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["train"] == config.to_dict() and saved["torch_version"] == torch.__version__
+    assert any("validation acc" in line for line in lines)
+    assert _weights_equal(result.model, load_model(run)[0])
+
+
+def test_evaluate_matches_the_last_logged_val_accuracy(tmp_path, small_mnist):
+    train(recipe_config("tutorial-mlp", epochs=2), out_dir=tmp_path / "r", dataset=small_mnist, log=None)
+    model, _ = load_model(tmp_path / "r")
+    report = evaluate(model, small_mnist.test_images, small_mnist.test_labels)
+    assert report.accuracy == read_metrics(tmp_path / "r")[-1]["val_accuracy"]
+
+
+def test_same_seed_gives_identical_metrics_and_weights(small_mnist):
+    config = recipe_config("tutorial-mlp", epochs=2, seed=5)
+    a = train(config, dataset=small_mnist, save=False, log=None)
+    b = train(config, dataset=small_mnist, save=False, log=None)
+    c = train(recipe_config("tutorial-mlp", epochs=2, seed=6), dataset=small_mnist, save=False, log=None)
+    assert _without_time(a.metrics) == _without_time(b.metrics)
+    assert _weights_equal(a.model, b.model)
+    assert not _weights_equal(a.model, c.model)
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_resume_is_bit_identical(tmp_path, small_mnist, momentum):
+    full = train(
+        recipe_config("tutorial-lenet", epochs=3, momentum=momentum),
+        dataset=small_mnist,
+        out_dir=tmp_path / "full",
+        log=None,
+    )
+    train(
+        recipe_config("tutorial-lenet", epochs=1, momentum=momentum),
+        dataset=small_mnist,
+        out_dir=tmp_path / "part",
+        log=None,
+    )
+    resumed = train(
+        recipe_config("tutorial-lenet", epochs=3, momentum=momentum),
+        dataset=small_mnist,
+        out_dir=tmp_path / "part",
+        resume=True,
+        log=None,
+    )
+    assert _weights_equal(full.model, resumed.model)
+    assert _without_time(read_metrics(tmp_path / "full")) == _without_time(read_metrics(tmp_path / "part"))
+
+
+def test_refuses_to_overwrite_a_run_and_checks_resume_changes(tmp_path, small_mnist):
+    train(recipe_config("tutorial-mlp", epochs=1), dataset=small_mnist, out_dir=tmp_path / "r", log=None)
+    with pytest.raises(DigitrecError, match="already holds a run"):
+        train(recipe_config("tutorial-mlp", epochs=1), dataset=small_mnist, out_dir=tmp_path / "r", log=None)
+    with pytest.raises(DigitrecError, match="may change only --epochs"):
+        train(
+            recipe_config("tutorial-mlp", epochs=2, lr=0.5),
+            dataset=small_mnist,
+            out_dir=tmp_path / "r",
+            resume=True,
+            log=None,
+        )
+
+
+def test_kill_at_any_moment_leaves_a_loadable_checkpoint(tmp_path, small_mnist_dir, small_mnist):
+    """SIGKILL a real training process at several moments; each time the checkpoint loads and
+    resuming finishes with exactly the weights of an uninterrupted run."""
+    run = tmp_path / "killed"
+    epochs = 30
+    command = [
+        sys.executable,
+        "-m",
+        "digitrec",
+        "train",
+        "--model",
+        "mlp",
+        "--data-dir",
+        str(small_mnist_dir),
+        "--epochs",
+        str(epochs),
+        "--out",
+        str(run),
+        "--no-progress",
+    ]
+    for attempt, delay in enumerate((0.05, 0.17, 0.31)):
+        args = (
+            command
+            if attempt == 0
+            else [*command[:4], "--resume", str(run), "--epochs", str(epochs), "--no-progress"]
+        )
+        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 60
+        while (
+            not (run / "checkpoint.safetensors").exists()
+            and time.monotonic() < deadline
+            and proc.poll() is None
+        ):
+            time.sleep(0.01)
+        time.sleep(delay)
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""  # still training
+        os.kill(proc.pid, signal.SIGKILL)
+        assert proc.wait() == -signal.SIGKILL
+        model = create_model("mlp")
+        done = load_checkpoint(run, model, make_optimizer(recipe_config("tutorial-mlp"), model))
+        assert 1 <= done <= epochs
+        load_model(run)
+    finished = subprocess.run(
+        [*command[:4], "--resume", str(run), "--no-progress"], capture_output=True, text=True
+    )
+    assert finished.returncode == 0, finished.stderr
+    uninterrupted = train(
+        recipe_config("tutorial-mlp", epochs=epochs, data_dir=str(small_mnist_dir)), save=False, log=None
+    )
+    assert _weights_equal(load_model(run)[0], uninterrupted.model)
+    assert [r["epoch"] for r in read_metrics(run)] == list(range(1, epochs + 1))
+    assert not list(run.glob(".*.tmp"))  # temp files of killed writes are swept on resume
