@@ -188,65 +188,70 @@ def load_image(source: Any) -> Image.Image:
 # --------------------------------------------------------------------------- to float
 
 
-def _to_channels(image: Image.Image) -> np.ndarray:
-    """(H, W, C) float32 in [0, 1], C = 1 (gray) or 3 (colour), transparency composited.
-
-    Transparency goes onto the *right* background: where most of the image is transparent
-    (a drawing on a transparent canvas), the background is the opposite of the ink's
-    brightness; where most of it is opaque (a photo with a transparent corner), the
-    background is the opaque pixels' median, i.e. more paper.
-    """
+def _standard_mode(image: Image.Image) -> Image.Image:
+    """The image in one of L, LA, RGB, RGBA or F (16-bit and 32-bit data as F in [0, 1])."""
     mode = image.mode
-    alpha: np.ndarray | None = None
+    if mode in ("L", "LA", "RGB", "RGBA"):
+        return image
     if mode == "P":
-        image = image.convert("RGBA") if "transparency" in image.info else image.convert("RGB")
-        mode = image.mode
-    if mode in ("RGBA", "LA", "PA", "La", "RGBa"):
-        if mode in ("La", "RGBa"):
-            image = image.convert("RGBA" if mode == "RGBa" else "LA")
-        rgba = image.convert("RGBA")
-        alpha = np.asarray(rgba, dtype=np.float32)[:, :, 3] / 255.0
-        base = rgba.convert("RGB") if mode in ("RGBA", "PA", "RGBa") else rgba.convert("L")
-        values = np.asarray(base, dtype=np.float32) / 255.0
-    elif mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
-        raw = np.asarray(image.convert("I") if mode != "I" else image, dtype=np.float64)
+        return image.convert("RGBA" if "transparency" in image.info else "RGB")
+    if mode in ("PA", "RGBa"):
+        return image.convert("RGBA")
+    if mode == "La":
+        return image.convert("LA")
+    if mode == "1":
+        return image.convert("L")
+    if mode.startswith("I"):
+        raw = np.asarray(image.convert("I") if mode != "I" else image, dtype=np.float32)
         # 16-bit data is scaled from 0..65535; an "I" image that never exceeds 255 is 8-bit data.
         scale = 65535.0 if (mode != "I" or raw.max() > 255) else 255.0
-        values = np.clip(raw / scale, 0.0, 1.0).astype(np.float32)
-    elif mode == "F":
+        return Image.fromarray(np.clip(raw / scale, 0.0, 1.0), mode="F")
+    if mode == "F":
         raw = np.asarray(image, dtype=np.float32)
-        values = np.clip(raw if raw.max() <= 1.0 else raw / 255.0, 0.0, 1.0)
-    elif mode in ("1", "L"):
-        values = np.asarray(image.convert("L"), dtype=np.float32) / 255.0
-    else:  # RGB, CMYK, YCbCr, LAB, HSV, RGBX ...
-        values = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
-    if values.ndim == 2:
-        values = values[:, :, None]
-    elif values.ndim == 3 and np.ptp(values, axis=2).max() < 2.0 / 255.0:
-        values = values[:, :, :1]  # a colour image that is really gray
+        return Image.fromarray(np.clip(raw if raw.max() <= 1.0 else raw / 255.0, 0.0, 1.0), mode="F")
+    return image.convert("RGB")  # CMYK, YCbCr, LAB, HSV, RGBX ...
+
+
+def _to_channels(image: Image.Image, max_pixels: int) -> tuple[np.ndarray, float]:
+    """(H, W, C) float32 in [0, 1], C = 1 (gray) or 3 (colour), transparency composited,
+    area-averaged down to at most ``max_pixels``; and the scale factor (<= 1).
+
+    The reduction happens first, in Pillow (alpha premultiplied), so a 40-megapixel photo
+    costs little. Transparency goes onto the *right* background: where most of the image
+    is transparent (a drawing on a transparent canvas), the background is the opposite of
+    the ink's brightness; where most of it is opaque (a photo with a transparent corner),
+    it is the opaque pixels' median, i.e. more paper.
+    """
+    image = _standard_mode(image)
+    scale = 1.0
+    if image.width * image.height > max_pixels:
+        factor = (max_pixels / (image.width * image.height)) ** 0.5
+        size = (max(1, round(image.width * factor)), max(1, round(image.height * factor)))
+        scale = size[0] / image.width
+        image = image.resize(size, Image.Resampling.BOX)
+    array = np.asarray(image, dtype=np.float32)
+    if image.mode != "F":
+        array = array / 255.0
+    if array.ndim == 2:
+        array = array[:, :, None]
+    alpha: np.ndarray | None = None
+    if image.mode in ("LA", "RGBA"):
+        array, alpha = array[:, :, :-1], array[:, :, -1]
+    if (
+        array.shape[2] == 3
+        and np.abs(array[:, :, 0] - array[:, :, 1]).max() < 2.0 / 255.0
+        and np.abs(array[:, :, 1] - array[:, :, 2]).max() < 2.0 / 255.0
+    ):
+        array = array[:, :, :1]  # a colour image that is really gray
     if alpha is not None and alpha.min() < 0.99:
         opaque = alpha >= 0.5
         if opaque.mean() < 0.5:
-            ink = values[opaque].mean() if opaque.any() else 0.0
-            background = np.full(values.shape[2], 1.0 if ink < 0.5 else 0.0, np.float32)
+            ink = array[opaque].mean() if opaque.any() else 0.0
+            background = np.full(array.shape[2], 1.0 if ink < 0.5 else 0.0, np.float32)
         else:
-            background = np.median(values[opaque], axis=0).astype(np.float32)
-        values = values * alpha[:, :, None] + background * (1.0 - alpha[:, :, None])
-    return values
-
-
-def _shrink(values: np.ndarray, max_pixels: int) -> tuple[np.ndarray, float]:
-    """Area-average (H, W, C) down to at most ``max_pixels``; returns it and the scale factor (<= 1)."""
-    height, width = values.shape[:2]
-    if height * width <= max_pixels:
-        return values, 1.0
-    scale = (max_pixels / (height * width)) ** 0.5
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    channels = [
-        np.asarray(Image.fromarray(values[:, :, c], mode="F").resize(size, Image.Resampling.BOX))
-        for c in range(values.shape[2])
-    ]
-    return np.stack(channels, axis=2), size[0] / width
+            background = np.median(array[opaque], axis=0).astype(np.float32)
+        array = array * alpha[:, :, None] + background * (1.0 - alpha[:, :, None])
+    return np.ascontiguousarray(array, dtype=np.float32), scale
 
 
 # --------------------------------------------------------------------------- ink map
@@ -303,10 +308,11 @@ def _fit_background(values: np.ndarray) -> np.ndarray:
     )
     # Where hardly any paper is near (a digit filling the frame), trust the quadratic alone.
     correction *= np.clip(weight / 0.3, 0.0, 1.0)[:, :, None]
-    fy = (np.arange(height) + 0.5) / height * 2 - 1
-    fx = (np.arange(width) + 0.5) / width * 2 - 1
-    yy, xx = np.meshgrid(fy, fx, indexing="ij")
-    smooth = design(yy, xx) @ coef  # (H, W, C)
+    # The quadratic at every pixel, by broadcasting (H, 1) against (1, W): no (H, W, 6) array.
+    fy = ((np.arange(height, dtype=np.float32) + 0.5) / height * 2 - 1)[:, None, None]
+    fx = ((np.arange(width, dtype=np.float32) + 0.5) / width * 2 - 1)[None, :, None]
+    c = coef.astype(np.float32)
+    smooth = c[0] + c[1] * fx + c[2] * fy + c[3] * fx * fx + c[4] * fx * fy + c[5] * fy * fy  # (H, W, C)
     # Block grid -> pixels: bilinear, block centres at (i + 0.5) * step.
     py = np.clip((np.arange(height) + 0.5) / step - 0.5, 0, grid_h - 1)
     px = np.clip((np.arange(width) + 0.5) / step - 0.5, 0, grid_w - 1)
@@ -347,7 +353,7 @@ def _ink_map(image: Image.Image) -> _InkMap | None:
     6. contrast stretch between the noise floor (paper + 3 sigma) and the ink's typical
        level: anti-aliased edges keep their intermediate values.
     """
-    values, scale = _shrink(_to_channels(image), ANALYSIS_PIXELS)
+    values, scale = _to_channels(image, ANALYSIS_PIXELS)
     background = _fit_background(values)
     residual = values - background  # (H, W, C)
     norms = np.linalg.norm(residual, axis=2)
@@ -410,8 +416,11 @@ def _components(ink: np.ndarray) -> tuple[np.ndarray, list[_Piece]]:
         return labels, []
     index = np.arange(1, count + 1)
     # Ink mass (sum of the map) per component: faint halos weigh little, strokes a lot.
-    masses = np.asarray(ndi.sum(ink, labels, index))
-    cores = np.asarray(ndi.maximum(ink, labels, index))
+    inked = labels[mask]
+    masses = np.bincount(inked, weights=ink[mask], minlength=count + 1)[1:]
+    cores = np.zeros(count + 1)
+    np.maximum.at(cores, inked, ink[mask])
+    cores = cores[1:]
     slices = ndi.find_objects(labels)
     biggest = masses.max()
     pieces = []
