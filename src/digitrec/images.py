@@ -373,14 +373,68 @@ def _ink_map(image: Image.Image) -> _InkMap | None:
         sigma = _noise_sigma(ink)
     paper = float(np.median(ink))
     floor = paper + max(3.0 * sigma, 0.5 / 255.0)
+    stretched = _stretch(ink, floor, sigma)
+    if stretched is None:
+        return None
+    beyond = _beyond_the_paper(stretched)
+    if beyond is not None:
+        # The desk around the sheet: not ink. Make it paper and stretch again without it.
+        ink = np.where(beyond, paper, ink)
+        stretched = _stretch(ink, floor, sigma)
+        if stretched is None:
+            return None
+    return _InkMap(stretched, scale)
+
+
+def _stretch(ink: np.ndarray, floor: float, sigma: float) -> np.ndarray | None:
+    """Contrast stretch from ``floor`` (0) to the ink's typical level (1); None if no ink."""
     above = ink[ink > floor]
     if above.size == 0:
         return None
     level = float(np.percentile(above, 90.0))
     if level - floor < max(MIN_CONTRAST, 3.0 * sigma):
         return None  # nothing stands out of the paper: blank
-    stretched = np.clip((ink - floor) / (level - floor), 0.0, 1.0).astype(np.float32)
-    return _InkMap(stretched, scale)
+    return np.clip((ink - floor) / (level - floor), 0.0, 1.0).astype(np.float32)
+
+
+def _beyond_the_paper(stretched: np.ndarray) -> np.ndarray | None:
+    """Solid regions along the image's edge (a desk or a table around a photographed sheet),
+    as a mask, or None.
+
+    A region qualifies if it runs along 60% of one side of the image, or if it covers at
+    least 15% of the image's border and is much thicker (2x the largest inscribed circle)
+    than the ink away from the border: strokes are thin and cross the border, a desk is
+    not and does not. With no ink away from the border, nothing is removed (a digit
+    cropped tightly touches the border too).
+    """
+    solid = stretched > 0.5
+    labels, count = ndi.label(solid, structure=np.ones((3, 3), bool))
+    if count < 2:
+        return None
+    sides = [labels[0], labels[-1], labels[:, 0], labels[:, -1]]
+    edge = np.concatenate(sides)
+    on_edge = np.bincount(edge, minlength=count + 1)
+    on_edge[0] = 0
+    # Covering most of one side: a strip of desk, however thin.
+    along = np.zeros(count + 1, bool)
+    for side in sides:
+        along |= np.bincount(side, minlength=count + 1) >= 0.6 * side.size
+    along[0] = False
+    candidates = np.where((on_edge >= 0.15 * edge.size) | along)[0]
+    if candidates.size == 0:
+        return None
+    # Half-thickness per region: the largest distance from a pixel to the region's edge.
+    radius = ndi.maximum(ndi.distance_transform_edt(solid), labels, np.arange(1, count + 1))
+    radius = np.concatenate([[0.0], np.asarray(radius)])
+    inner = [label for label in range(1, count + 1) if on_edge[label] == 0]
+    if not inner:
+        return None
+    stroke = max(radius[label] for label in inner)
+    marked = [int(label) for label in candidates if along[label] or radius[label] >= 2.0 * max(stroke, 1.0)]
+    if not marked:
+        return None
+    # Grown a little: the region's soft edge goes with it.
+    return ndi.binary_dilation(np.isin(labels, marked), iterations=2)
 
 
 # --------------------------------------------------------------------------- components
