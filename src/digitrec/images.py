@@ -21,6 +21,7 @@ import io
 import itertools
 import os
 import struct
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,28 +97,33 @@ def _check_size(width: int, height: int, where: str) -> None:
         raise ImageError(f"{where}: absurd dimensions {width}x{height} (aspect ratio above {MAX_ASPECT:g}:1)")
 
 
+# warnings.catch_warnings changes process-wide state: two threads inside it at once can
+# leave the "error" filter installed for good. Opening (parsing the header, where Pillow
+# checks for bombs) is quick, so openers take turns; decoding runs in parallel.
+_OPEN_LOCK = threading.Lock()
+
+
 def _decode(data: bytes, where: str) -> Image.Image:
     if not data:
         raise ImageError(f"{where}: empty file")
-    with warnings.catch_warnings():
-        # Locally, not globally: a bomb is an error here and nowhere else changes.
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
+    try:
+        with _OPEN_LOCK, warnings.catch_warnings():
+            # Locally, not globally: Pillow's bomb warning is an error here only.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
             Image.init()  # registers every plugin (WebP and TIFF are not preloaded)
             image = Image.open(io.BytesIO(data), formats=FORMATS)
-            _check_size(image.width, image.height, where)
-            # Animated images: the first frame (Pillow opens on frame 0). load() forces the
-            # full decode here, so a truncated file fails now and not later.
-            image.load()
-            transposed: Image.Image = ImageOps.exif_transpose(image) or image
-        except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
-            raise ImageError(f"{where}: refused as a decompression bomb ({exc})") from None
-        except UnidentifiedImageError:
-            raise ImageError(
-                f"{where}: not an image, or not a supported format ({', '.join(FORMATS)})"
-            ) from None
-        except (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error) as exc:
-            raise ImageError(f"{where}: corrupt or truncated image ({exc})") from None
+        # Our own cap (40 Mpx) is below Pillow's warning (89 Mpx): checked before decoding.
+        _check_size(image.width, image.height, where)
+        # Animated images: the first frame (Pillow opens on frame 0). load() forces the
+        # full decode here, so a truncated file fails now and not later.
+        image.load()
+        transposed: Image.Image = ImageOps.exif_transpose(image) or image
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+        raise ImageError(f"{where}: refused as a decompression bomb ({exc})") from None
+    except UnidentifiedImageError:
+        raise ImageError(f"{where}: not an image, or not a supported format ({', '.join(FORMATS)})") from None
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error) as exc:
+        raise ImageError(f"{where}: corrupt or truncated image ({exc})") from None
     return transposed
 
 
