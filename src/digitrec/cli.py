@@ -177,7 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--top-k",
         type=_bounded(int, 1),
         metavar="K",
-        help="also show the K most likely digits with their probabilities, 1..10 (default: off)",
+        help="also show the K most likely digits with their probabilities, 1..10; in JSON, as "
+        "top_k (with --multi each digit already has its probabilities) (default: off)",
     )
     predict.add_argument(
         "--multi",

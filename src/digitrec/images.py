@@ -23,7 +23,7 @@ import os
 import struct
 import threading
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +68,10 @@ MIN_DIGIT_PX = 4
 # A group of ink this much wider than a digit is tall is read as touching digits
 # (0.4% of MNIST digits are 1.5x wider than tall; two touching digits are 1.2-2x).
 SPLIT_RATIO = 1.6
+# Overlapping pieces at least this fraction of a digit's height are each digit-sized.
+TALL = 0.6
+# A group this much wider than tall is also offered to the recognizer as touching digits.
+CONSIDER_SPLIT = 1.1
 # A connected piece of ink with less than this fraction of the biggest piece's ink is a speck.
 SPECK_FRACTION = 0.06
 
@@ -455,6 +459,9 @@ class _Piece:
     y1: int  # exclusive
     mass: float
     seed: tuple[int, int]  # (row, col) of one pixel of the first component
+    # Two or more digit-sized pieces merged because they overlap horizontally: maybe one
+    # digit written in two strokes (a 4), maybe two digits side by side (a 3 and a slanted 1).
+    parts: list[_Piece] = field(default_factory=list)
 
     @property
     def width(self) -> int:
@@ -466,14 +473,20 @@ class _Piece:
 
 
 def _components(ink: np.ndarray) -> tuple[np.ndarray, list[_Piece]]:
-    """Label the ink (8-connected, anti-aliased halo included) and drop specks.
+    """Label the ink (8-connected at half intensity, the halo joined to the nearest core)
+    and drop specks.
 
     Returns the label image and the kept pieces (one per component), unsorted.
     """
     mask = ink > 0.15
-    labels, count = ndi.label(mask, structure=np.ones((3, 3), bool))
+    # Connected at half intensity: two digits whose anti-aliased edges merely touch stay
+    # apart. Every fainter inked pixel then joins its nearest core.
+    core = ink > 0.5
+    core_labels, count = ndi.label(core, structure=np.ones((3, 3), bool))
     if count == 0:
-        return labels, []
+        return core_labels, []
+    nearest = ndi.distance_transform_edt(~core, return_distances=False, return_indices=True)
+    labels = np.where(mask, core_labels[nearest[0], nearest[1]], 0)
     index = np.arange(1, count + 1)
     # Ink mass (sum of the map) per component: faint halos weigh little, strokes a lot.
     inked = labels[mask]
@@ -607,7 +620,7 @@ def normalize_digit(image: Any) -> np.ndarray | None:
 # --------------------------------------------------------------------------- several digits
 
 
-def _union(a: _Piece, b: _Piece) -> _Piece:
+def _union(a: _Piece, b: _Piece, parts: list[_Piece] | None = None) -> _Piece:
     return _Piece(
         a.labels + b.labels,
         min(a.x0, b.x0),
@@ -616,7 +629,30 @@ def _union(a: _Piece, b: _Piece) -> _Piece:
         max(a.y1, b.y1),
         a.mass + b.mass,
         a.seed,
+        parts or [],
     )
+
+
+def _gap(a: _Piece, b: _Piece) -> int:
+    """Horizontal distance between two pieces' boxes (0 if they overlap)."""
+    return max(0, max(a.x0, b.x0) - min(a.x1, b.x1))
+
+
+def _absorb(group: _Piece, fragment: _Piece) -> _Piece:
+    """A small fragment joins a group (and, if the group has parts, its nearest part)."""
+    parts = group.parts
+    if parts:
+        nearest = min(range(len(parts)), key=lambda k: _gap(parts[k], fragment))
+        parts = [_union(p, fragment) if k == nearest else p for k, p in enumerate(parts)]
+    return _union(group, fragment, parts)
+
+
+def _join(a: _Piece, b: _Piece, reference: float) -> _Piece:
+    """Two pieces taken as one digit. If both are digit-sized, the parts are kept: the
+    recognizer also reads them as two digits and keeps the more confident reading."""
+    if min(a.height, b.height) >= TALL * reference:
+        return _union(a, b, (a.parts or [a]) + (b.parts or [b]))
+    return _absorb(b, a) if a.height < b.height else _absorb(a, b)
 
 
 def _reference_height(pieces: list[_Piece]) -> float:
@@ -645,7 +681,7 @@ def _group_pieces(ink: np.ndarray, pieces: list[_Piece]) -> list[_Piece]:
         by_region: dict[int, _Piece] = {}
         for piece in pieces:
             region = int(grown[piece.seed])
-            by_region[region] = _union(by_region[region], piece) if region in by_region else piece
+            by_region[region] = _join(by_region[region], piece, reference) if region in by_region else piece
         pieces = list(by_region.values())
 
     changed = True
@@ -656,12 +692,9 @@ def _group_pieces(ink: np.ndarray, pieces: list[_Piece]) -> list[_Piece]:
             a, b = pieces[k], pieces[k + 1]
             overlap = min(a.x1, b.x1) - max(a.x0, b.x0)
             if overlap >= 0.5 * min(a.width, b.width):
-                pieces[k : k + 2] = [_union(a, b)]
+                pieces[k : k + 2] = [_join(a, b, reference)]
                 changed = True
                 break
-
-    def gap(a: _Piece, b: _Piece) -> int:
-        return max(0, max(a.x0, b.x0) - min(a.x1, b.x1))
 
     changed = True
     while changed:
@@ -671,9 +704,9 @@ def _group_pieces(ink: np.ndarray, pieces: list[_Piece]) -> list[_Piece]:
             if piece.height >= 0.5 * reference or len(pieces) == 1:
                 continue
             others = [j for j in range(len(pieces)) if j != k]
-            nearest = min(others, key=lambda j: gap(piece, pieces[j]))
-            if gap(piece, pieces[nearest]) <= reference / 3:
-                merged = _union(pieces[nearest], piece)
+            nearest = min(others, key=lambda j: _gap(piece, pieces[j]))
+            if _gap(piece, pieces[nearest]) <= reference / 3:
+                merged = _absorb(pieces[nearest], piece)
                 pieces = [p for j, p in enumerate(pieces) if j not in (k, nearest)] + [merged]
                 changed = True
                 break
@@ -716,30 +749,73 @@ class SegmentGroup:
     preferred: int
 
 
-def _split_options(crop: np.ndarray, piece: _Piece, reference: float, inverse: float) -> SegmentGroup | None:
-    """Readings of one group: as one digit and, when wide, as 2..5 touching digits."""
+def _two_way_cuts(crop: np.ndarray, tries: int = 3) -> list[list[tuple[int, int]]]:
+    """Up to ``tries`` ways to cut ``crop`` in two: at the columns of least ink between 20%
+    and 80% of its width, at least 8% of the width apart (touching digits rarely meet at
+    the very minimum of the projection)."""
+    width = crop.shape[1]
+    projection = ndi.uniform_filter1d(crop.sum(axis=0), size=max(1, width // 40))
+    lo, hi = int(0.2 * width), int(0.8 * width)
+    chosen: list[int] = []
+    for column in lo + np.argsort(projection[lo : hi + 1], kind="stable"):
+        if all(abs(int(column) - c) >= 0.08 * width for c in chosen):
+            chosen.append(int(column))
+        if len(chosen) == tries:
+            break
+    return [[(0, c), (c, width)] for c in chosen if 0 < c < width]
+
+
+def _read_part(labels: np.ndarray, ink: np.ndarray, part: _Piece, inverse: float) -> Segment | None:
+    """One piece of ink (its own components only) as a digit and its box in original pixels."""
+    digit = _to_mnist(_piece_crop(ink, labels, part))
+    if digit is None:
+        return None
+    box = (
+        int(part.x0 * inverse),
+        int(part.y0 * inverse),
+        round(part.width * inverse),
+        round(part.height * inverse),
+    )
+    return digit, (box[0], box[1], max(1, box[2]), max(1, box[3]))
+
+
+def _split_options(
+    ink: np.ndarray, labels: np.ndarray, piece: _Piece, reference: float, inverse: float
+) -> SegmentGroup | None:
+    """Readings of one group: as one digit; when wide, as 2..5 touching digits; when made
+    of digit-sized parts that overlap, as those parts."""
+    crop = _piece_crop(ink, labels, piece)
     height = max(reference, piece.height)
     width = crop.shape[1]
     estimate = max(1, round(width / (0.75 * height)))
-    counts = [1]
-    if width >= 1.1 * height:
-        counts += [n for n in (estimate - 1, estimate, estimate + 1) if 2 <= n <= 5 and n not in counts]
-        counts += [] if 2 in counts else [2]
+    cut_sets: list[list[tuple[int, int]]] = [[(0, width)]]
     preferred_count = estimate if width >= SPLIT_RATIO * height and estimate >= 2 else 1
-    options: list[list[Segment]] = []
     preferred = 0
-    for count in sorted(counts):
+    if width >= CONSIDER_SPLIT * height:
+        cut_sets += _two_way_cuts(crop)
+        cut_sets += [_cuts(crop, n) for n in (estimate - 1, estimate, estimate + 1) if 3 <= n <= 5]
+        if preferred_count > 1:
+            preferred = next((k for k, cuts in enumerate(cut_sets) if len(cuts) == preferred_count), 0)
+    options: list[list[Segment]] = []
+    if len(piece.parts) > 1:
+        # Each digit-sized part read on its own (labels restrict each to its own ink).
+        separate = [
+            _read_part(labels, ink, part, inverse) for part in sorted(piece.parts, key=lambda p: p.x0)
+        ]
+        if all(segment is not None for segment in separate):
+            options.append([segment for segment in separate if segment is not None])
+    for index, cuts in enumerate(cut_sets):
         option: list[Segment] = []
-        for start, stop in _cuts(crop, count):
+        for start, stop in cuts:
             part = crop[:, start:stop]
             rows = np.where((part > 0.15).any(axis=1))[0]
             cols = np.where((part > 0.15).any(axis=0))[0]
             if rows.size == 0:
-                continue
+                break
             part = part[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
             digit = _to_mnist(part)
             if digit is None:
-                continue
+                break
             box = (
                 int((piece.x0 + start + cols[0]) * inverse),
                 int((piece.y0 + rows[0]) * inverse),
@@ -747,11 +823,13 @@ def _split_options(crop: np.ndarray, piece: _Piece, reference: float, inverse: f
                 max(1, round(part.shape[0] * inverse)),
             )
             option.append((digit, box))
-        if option and (count == 1 or len(option) == count):
-            if count == preferred_count:
+        if len(option) == len(cuts):
+            if index == preferred:
                 preferred = len(options)
             options.append(option)
-    return SegmentGroup(options, preferred) if options else None
+        elif index == preferred:
+            preferred = 0
+    return SegmentGroup(options, min(preferred, len(options) - 1)) if options else None
 
 
 def segment_groups(image: Any) -> list[SegmentGroup]:
@@ -772,7 +850,7 @@ def segment_groups(image: Any) -> list[SegmentGroup]:
     reference = _reference_height(pieces)
     groups = []
     for piece in pieces:
-        group = _split_options(_piece_crop(inkmap.ink, labels, piece), piece, reference, 1.0 / inkmap.scale)
+        group = _split_options(inkmap.ink, labels, piece, reference, 1.0 / inkmap.scale)
         if group is not None:
             groups.append(group)
     return groups

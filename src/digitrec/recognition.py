@@ -43,9 +43,6 @@ Scorer = Callable[[np.ndarray], np.ndarray]
 
 DEFAULT_MODEL_DIR = ("_data", "default_model")
 NO_PROBABILITIES = (0.0,) * 10
-# Multi mode: the geometric reading of a wide group wins unless another reading is more
-# confident by more than this (in mean log probability).
-PREFERRED_BONUS = 0.05
 
 
 @dataclass
@@ -262,9 +259,10 @@ class Recognizer:
     def _predict_rows(self, images: Sequence[Any], min_confidence: float | None) -> list[Prediction]:
         """Multi mode: every candidate reading of every group, scored in one forward pass.
 
-        A group of ink wider than a digit may be one wide digit or several touching ones;
-        the reading whose digits the model reads most confidently (highest mean log
-        probability) wins, ties going to the geometric guess.
+        A group of ink wider than a digit may be one wide digit or several touching ones,
+        and two overlapping digit-sized pieces one digit or two: the reading whose digits
+        the model reads most confidently (highest mean log probability) wins, ties going
+        to the geometric guess.
         """
         rows = [segment_groups(load_image(image)) for image in images]
         flat = [pixels for groups in rows for g in groups for option in g.options for pixels, _ in option]
@@ -278,10 +276,9 @@ class Recognizer:
                 for index, option in enumerate(group.options):
                     option_probs = [next(confidence) for _ in option]
                     score = float(np.mean([np.log(max(p.max(), 1e-12)) for p in option_probs]))
-                    scored.append(
-                        (score + (PREFERRED_BONUS if index == group.preferred else 0.0), index, option_probs)
-                    )
-                _, best, best_probs = max(scored, key=lambda item: item[0])
+                    # Ties go to the geometric guess.
+                    scored.append((score, index == group.preferred, index, option_probs))
+                *_, best, best_probs = max(scored, key=lambda item: (item[0], item[1]))
                 segments += group.options[best]
                 chosen_probs += best_probs
             results.append(self._multi(segments, np.array(chosen_probs).reshape(-1, 10), min_confidence))
