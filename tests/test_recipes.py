@@ -31,7 +31,8 @@ def test_augmented_ema_recipe_is_reproducible(small_mnist):
     b = train(config, dataset=small_mnist, save=False, log=None)
     assert [r["val_accuracy"] for r in a.metrics] == [r["val_accuracy"] for r in b.metrics]
     assert all(
-        torch.equal(x, y) for x, y in zip(a.model.state_dict().values(), b.model.state_dict().values(), strict=True)
+        torch.equal(x, y)
+        for x, y in zip(a.model.state_dict().values(), b.model.state_dict().values(), strict=True)
     )
 
 
