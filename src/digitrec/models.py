@@ -92,8 +92,10 @@ class LeNet(nn.Module):
         self.output_tanh = output_tanh
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.pool1(torch.tanh(self.conv1(x)))
-        x = self.pool2(torch.tanh(self.conv2(x)))
+        # The tutorial computes pool(tanh(conv(x))). tanh is monotone, so max-pooling first gives exactly
+        # the same values (and gradients) while computing tanh on 4x fewer elements: ~25% of a CPU step.
+        x = torch.tanh(self.pool1(self.conv1(x)))
+        x = torch.tanh(self.pool2(self.conv2(x)))
         x = torch.tanh(self.fc1(x.flatten(1)))
         x = self.fc2(x)
         # The tutorial squashes its scores with tanh before the softmax loss; kept for fidelity.
