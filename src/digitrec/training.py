@@ -104,15 +104,23 @@ def train(
     save: bool = True,
     log: Callable[[str], None] | None = print,
     progress: bool | None = None,
+    tensorboard: bool = False,
 ) -> TrainResult:
     """Train ``config`` and return the model and its per-epoch metrics.
 
     ``out_dir``: the run directory (default ``runs/<recipe>-<timestamp>``);
     ``save=False`` writes nothing. ``resume=True`` continues the run in
     ``out_dir`` after its last completed epoch. ``progress`` shows a bar per
-    epoch (default: when stderr is a terminal).
+    epoch (default: when stderr is a terminal). ``tensorboard=True`` also writes
+    TensorBoard event files into ``out_dir/tensorboard`` (see :mod:`digitrec.tensorboard_log`).
     """
     config.validate()
+    if tensorboard:
+        from . import tensorboard_log
+
+        if not save:
+            raise DigitrecError("tensorboard=True writes into the run directory; it needs save=True")
+        tensorboard_log.summary_writer_class()  # fails now, before anything is written, if it is missing
 
     # --- processes: one, or many under torchrun (nanoGPT's wiring) ---
     ddp = int(os.environ.get("RANK", -1)) != -1
@@ -174,6 +182,9 @@ def train(
         say(f"resuming {run_dir} after epoch {start_epoch}")
     if run_dir is not None and master_process:
         write_config(run_dir, config, _run_info(dataset, world_size))
+    tb_writer = None
+    if tensorboard and run_dir is not None and master_process:
+        tb_writer = tensorboard_log.open_log(run_dir, dataset.train_images, start_epoch)
     raw_model = model
     if ddp:
         from torch.nn.parallel import DistributedDataParallel
@@ -251,7 +262,14 @@ def train(
             write_metrics(run_dir, metrics)
             save_checkpoint(run_dir, raw_model, optimizer, config, epoch + 1)
             save_model(run_dir / MODEL_FILE, raw_model, config, epoch + 1)
+        if tb_writer is not None:
+            tensorboard_log.log_epoch(tb_writer, row)
 
+    if tb_writer is not None:
+        tensorboard_log.log_mistakes(
+            tb_writer, raw_model, dataset.test_images, dataset.test_labels, config.epochs
+        )
+        tb_writer.close()
     if run_dir is not None:
         say(f"saved {run_dir}")
     if ddp:
