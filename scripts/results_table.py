@@ -42,10 +42,13 @@ def build_table(run_dirs: list[str]) -> str:
             }
         )
     lines = [
-        "| recipe | model | parameters | multiply-adds / image | epochs | test accuracy | seeds | training time |",
+        "| recipe | model | parameters | multiply-adds / image | epochs | test accuracy | seeds "
+        "| training time |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for recipe, runs in sorted(groups.items(), key=lambda item: statistics.mean(r["accuracy"] for r in item[1])):
+    for recipe, runs in sorted(
+        groups.items(), key=lambda item: statistics.mean(r["accuracy"] for r in item[1])
+    ):
         accs = [r["accuracy"] for r in runs]
         accuracy = f"{100 * statistics.mean(accs):.2f}%"
         if len(accs) > 1:
@@ -53,8 +56,8 @@ def build_table(run_dirs: list[str]) -> str:
         first = runs[0]
         minutes = statistics.median(r["seconds"] for r in runs) / 60
         lines.append(
-            f"| {recipe} | {first['model']} | {first['params']:,} | {first['macs'] / 1e6:.2f} M | {first['epochs']} "
-            f"| {accuracy} | {len(runs)} | {minutes:.1f} min |"
+            f"| {recipe} | {first['model']} | {first['params']:,} | {first['macs'] / 1e6:.2f} M "
+            f"| {first['epochs']} | {accuracy} | {len(runs)} | {minutes:.1f} min |"
         )
     return "\n".join(lines)
 
@@ -62,7 +65,9 @@ def build_table(run_dirs: list[str]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", help="run directories")
-    parser.add_argument("--readme", help="README to update between the results-table markers (default: print)")
+    parser.add_argument(
+        "--readme", help="README to update between the results-table markers (default: print)"
+    )
     args = parser.parse_args(argv)
     table = build_table(args.runs)
     if args.readme:

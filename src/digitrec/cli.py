@@ -145,6 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="show a progress bar per epoch (default: when stderr is a terminal)",
     )
+    run.add_argument(
+        "--tensorboard",
+        action="store_true",
+        help="also write TensorBoard event files into the run directory's tensorboard/ folder; "
+        "needs pip install 'digitrec[tensorboard]' (default: off)",
+    )
     train.set_defaults(handler=cmd_train)
 
     evaluate = commands.add_parser(
@@ -172,6 +178,43 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--device", default="cpu", help="device to evaluate on (default: cpu)")
     evaluate.set_defaults(handler=cmd_evaluate)
+
+    report = commands.add_parser(
+        "report",
+        help="figures of a run (learning curves, confusion matrix, mistakes) and an HTML page",
+        description="Write PNG figures and index.html for a run: learning curves, confusion matrix, "
+        "per-digit accuracy and the most confident mistakes on the test set.",
+    )
+    report.add_argument("run", metavar="DIR", help="run directory written by digitrec train")
+    report.add_argument("--out", help="folder to write the report into (default: DIR/report)")
+    report.add_argument(
+        "--mistakes",
+        type=_bounded(int, 0),
+        default=40,
+        help="how many mistakes the gallery shows, most confident first (default: 40)",
+    )
+    report.add_argument(
+        "--data-dir", help="report on the IDX files in this folder (default: the run's dataset)"
+    )
+    report.add_argument("--device", default="cpu", help="device to score the test set on (default: cpu)")
+    report.set_defaults(handler=cmd_report)
+
+    export = commands.add_parser(
+        "export",
+        help="export a run's model for other runtimes (ONNX)",
+        description="Export a run's model. ONNX: input 'images' float32 (N, 1, 28, 28) in [0, 1] with a "
+        "dynamic batch axis, output 'scores' (N, 10) logits.",
+    )
+    export.add_argument("run", metavar="DIR", help="run directory written by digitrec train")
+    export.add_argument("--format", choices=["onnx"], default="onnx", help="file format (default: onnx)")
+    export.add_argument("--out", help="file to write (default: DIR/model.onnx)")
+    export.add_argument(
+        "--opset",
+        type=_bounded(int, 18),
+        default=18,
+        help="ONNX opset version, 18 or newer (default: 18)",
+    )
+    export.set_defaults(handler=cmd_export)
 
     models = commands.add_parser(
         "models",
@@ -255,7 +298,7 @@ def cmd_train(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
             )
         if args.epochs is not None:
             config.epochs = args.epochs
-        train(config, out_dir=args.resume, resume=True, progress=args.progress)
+        train(config, out_dir=args.resume, resume=True, progress=args.progress, tensorboard=args.tensorboard)
         return 0
 
     recipe = args.recipe or MODEL_DEFAULT_RECIPE.get(args.model or "mlp")
@@ -275,7 +318,7 @@ def cmd_train(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
         seed=args.seed,
         device=args.device,
     )
-    train(config, out_dir=args.out, progress=args.progress)
+    train(config, out_dir=args.out, progress=args.progress, tensorboard=args.tensorboard)
     return 0
 
 
@@ -300,6 +343,30 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         tta = ", test-time augmentation" if args.tta else ""
         print(f"{what}: model {', '.join(names)}, dataset {dataset.name} (test set{tta})")
         print(format_report(report))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .reports import write_report
+    from .training import resolve_device
+
+    written = write_report(
+        args.run,
+        out_dir=args.out,
+        data_dir=args.data_dir,
+        device=resolve_device(args.device),
+        max_mistakes=args.mistakes,
+    )
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_onnx
+
+    path = export_onnx(args.run, args.out, opset=args.opset)
+    print(f"wrote {path}")
     return 0
 
 

@@ -20,6 +20,7 @@ over the global batch, exactly as in one process.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import os
 import sys
@@ -139,15 +140,26 @@ def train(
     save: bool = True,
     log: Callable[[str], None] | None = print,
     progress: bool | None = None,
+    tensorboard: bool = False,
 ) -> TrainResult:
     """Train ``config`` and return the model and its per-epoch metrics.
 
     ``out_dir``: the run directory (default ``runs/<recipe>-<timestamp>``);
     ``save=False`` writes nothing. ``resume=True`` continues the run in
     ``out_dir`` after its last completed epoch. ``progress`` shows a bar per
-    epoch (default: when stderr is a terminal).
+    epoch (default: when stderr is a terminal). ``tensorboard=True`` also writes
+    TensorBoard event files into ``out_dir/tensorboard`` (see :mod:`digitrec.tensorboard_log`).
     """
     config.validate()
+    if dataset is not None and dataset.name != config.dataset and Path(dataset.source).is_dir():
+        # Record where the given dataset came from, so that evaluate and report score the same test set.
+        config = dataclasses.replace(config, dataset=dataset.name, data_dir=dataset.source)
+    if tensorboard:
+        from . import tensorboard_log
+
+        if not save:
+            raise DigitrecError("tensorboard=True writes into the run directory; it needs save=True")
+        tensorboard_log.summary_writer_class()  # fails now, before anything is written, if it is missing
 
     # --- processes: one, or many under torchrun (nanoGPT's wiring) ---
     ddp = int(os.environ.get("RANK", -1)) != -1
@@ -210,7 +222,7 @@ def train(
     model = create_model(config.model, **config.model_args).to(device)
     if any(isinstance(layer, nn.Conv2d) for layer in model.modules()):
         # oneDNN (CPU) and cuDNN run convolutions fastest on NHWC; the numbers are the same up to rounding.
-        model = model.to(memory_format=torch.channels_last)
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     optimizer = make_optimizer(config, model)
     # The weight average (EMA) is what gets evaluated and saved; the raw weights are what trains.
     ema_model = copy.deepcopy(model) if config.ema > 0 else None
@@ -223,6 +235,9 @@ def train(
         say(f"resuming {run_dir} after epoch {start_epoch}")
     if run_dir is not None and master_process:
         write_config(run_dir, config, _run_info(dataset, world_size))
+    tb_writer = None
+    if tensorboard and run_dir is not None and master_process:
+        tb_writer = tensorboard_log.open_log(run_dir, dataset.train_images, start_epoch)
     raw_model = model
     if ddp:
         from torch.nn.parallel import DistributedDataParallel
@@ -316,7 +331,14 @@ def train(
             write_metrics(run_dir, metrics)
             save_checkpoint(run_dir, raw_model, optimizer, config, epoch + 1, ema_model)
             save_model(run_dir / MODEL_FILE, eval_model, config, epoch + 1)
+        if tb_writer is not None:
+            tensorboard_log.log_epoch(tb_writer, row)
 
+    if tb_writer is not None:
+        tensorboard_log.log_mistakes(
+            tb_writer, eval_model, dataset.test_images, dataset.test_labels, config.epochs
+        )
+        tb_writer.close()
     if run_dir is not None:
         say(f"saved {run_dir}")
     if ddp:
