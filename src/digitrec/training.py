@@ -352,11 +352,16 @@ def _shard_bounds(count: int, rank: int, world_size: int) -> tuple[int, int]:
     return start, start + per_rank + (1 if rank < extra else 0)
 
 
+def _program_name() -> str:
+    name = Path(sys.argv[0]).name
+    return "python -m digitrec" if name == "__main__.py" else name
+
+
 def _run_info(dataset: Dataset, world_size: int) -> dict[str, Any]:
     return {
         "digitrec_version": __version__,
         "torch_version": torch.__version__,
         "dataset_source": dataset.source,
         "world_size": world_size,
-        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "command": " ".join([_program_name(), *sys.argv[1:]]),
     }
