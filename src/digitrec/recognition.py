@@ -105,7 +105,10 @@ def _check_confidence(min_confidence: float | None) -> None:
 
 
 def default_model_dir() -> Path:
-    """Where the bundled default model lives (inside the installed package)."""
+    """Where the bundled default model lives (inside the installed package).
+
+    The same folder as ``digitrec.checkpoints.default_model_dir``, found without importing
+    torch (which that module does)."""
     return Path(str(resources.files("digitrec").joinpath(*DEFAULT_MODEL_DIR)))
 
 
