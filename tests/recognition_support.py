@@ -1,32 +1,11 @@
-"""Shared by the recognition tests: the model they read with, and image helpers."""
+"""Shared by the recognition tests: images of MNIST digits."""
 
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
-
-from digitrec.recognition import default_model_dir
-
-
-def has_default_model() -> bool:
-    folder = default_model_dir()
-    return (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
-
-
-def model_run(tmp_root: Path) -> Path:
-    """The bundled default model's folder; without it (a checkout before the model was
-    committed), a small MLP trained for real on MNIST in a few seconds."""
-    if has_default_model():
-        return default_model_dir()
-    from digitrec.config import recipe_config
-    from digitrec.training import train
-
-    out = tmp_root / "fallback-mlp"
-    train(recipe_config("tutorial-mlp", epochs=5, device="cpu"), out_dir=out, progress=False)
-    return out
 
 
 def ink_on_paper(digit: np.ndarray, height: int = 200, canvas: int = 320) -> np.ndarray:

@@ -15,13 +15,15 @@ from PIL import Image
 from digitrec.cli import main
 from digitrec.data import Dataset
 from digitrec.images import MAX_PIXELS, ImageError, load_image, normalize_digit
+from digitrec.recognition import default_model_dir
 
-from .recognition_support import encode, ink_on_paper, model_run
+from .recognition_support import encode, ink_on_paper
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return model_run(tmp_path_factory.mktemp("predict-model"))
+def run_dir() -> Path:
+    """The bundled default model, read as a run directory."""
+    return default_model_dir()
 
 
 @pytest.fixture(scope="module")

@@ -18,16 +18,17 @@ from scipy import ndimage as ndi
 from digitrec.data import Dataset
 from digitrec.errors import DigitrecError
 from digitrec.images import normalize_digit, segment_digits
-from digitrec.recognition import Prediction, Recognizer, softmax
+from digitrec.recognition import Prediction, Recognizer, default_model_dir, softmax
 
-from .recognition_support import encode, ink_on_paper, model_run
+from .recognition_support import encode, ink_on_paper
 
 N_DIGITS = 40
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return model_run(tmp_path_factory.mktemp("recognition-model"))
+def run_dir() -> Path:
+    """The bundled default model, read as a run directory."""
+    return default_model_dir()
 
 
 @pytest.fixture(scope="module")
@@ -319,6 +320,11 @@ def test_concurrent_predictions_agree_with_sequential(digits, recognizer):
     with ThreadPoolExecutor(max_workers=4) as pool:
         concurrent = list(pool.map(work, range(len(pages))))
     np.testing.assert_allclose(np.array(concurrent), np.array(sequential), atol=1e-6)
+
+
+def test_default_is_the_bundled_model():
+    info = Recognizer.default().info()
+    assert info["source"] == "bundled" and info["val_accuracy"] >= 0.99
 
 
 def test_default_model_missing_is_a_clear_error(tmp_path, monkeypatch):

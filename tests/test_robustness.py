@@ -13,7 +13,6 @@ import pytest
 from digitrec.recognition import Recognizer
 
 from . import handwriting
-from .recognition_support import has_default_model
 
 PER_CONDITION = 100
 NUMBERS = 100
@@ -33,7 +32,6 @@ def test_renderings_are_deterministic(mnist):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not has_default_model(), reason="the bundled default model is not in this checkout")
 def test_default_model_meets_the_robustness_targets():
     results = handwriting.evaluate(Recognizer.default(), PER_CONDITION, NUMBERS, seed=0)
     print()
