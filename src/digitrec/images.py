@@ -1,0 +1,582 @@
+"""Images of handwriting in, MNIST-style 28x28 digits out.
+
+Three public functions, shared by the CLI, the server and the Python API:
+
+- :func:`load_image` decodes a file, bytes, a PIL image or a NumPy array, safely:
+  decompression bombs, absurd sizes, empty, truncated and non-image files all raise
+  :class:`ImageError`. Animated images (GIF, WebP, APNG, multi-page TIFF) are read
+  from their **first frame**; JPEG EXIF orientation is applied.
+- :func:`normalize_digit` turns a picture of one digit into what an MNIST model
+  expects (see its docstring for the steps), or ``None`` when there is no digit.
+- :func:`segment_digits` splits a row of digits (a postcode, a number) into
+  normalized digits with their bounding boxes, left to right.
+
+Everything here is NumPy, SciPy and Pillow; no torch, so a non-torch runtime can
+use the same normalization.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import os
+import struct
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+from scipy import ndimage as ndi
+
+from .errors import DigitrecError
+
+# Limits on what load_image accepts. 40 megapixels is a 7300x5500 photo; a digit
+# needs far fewer. Pillow's own DecompressionBombWarning (at ~89 Mpx) is an error too.
+MAX_PIXELS = 40_000_000
+MAX_SIDE = 20_000
+# Longer side / shorter side. A row of ten digits is about 10:1; 1x10000 is absurd.
+MAX_ASPECT = 50.0
+MAX_FILE_BYTES = 100 * 1024 * 1024
+
+# Formats Pillow may try; anything else is "not an image" (a smaller attack surface).
+# MPO is how Pillow opens many phone JPEGs.
+FORMATS = ("PNG", "JPEG", "MPO", "BMP", "GIF", "WEBP", "TIFF", "PPM")
+
+# The MNIST geometry: the digit fits a 20x20 box, pasted into 28x28 so that its
+# centre of mass lands on pixel (14, 14) (measured on MNIST's training set: 13.99, 14.00).
+SIZE = 28
+BOX = 20
+CENTRE = 14.0
+
+# Analysis resolution: large images are reduced (area averaging) to about this many
+# pixels before the ink is found; digits are then cropped from this map.
+ANALYSIS_PIXELS = 1_000_000
+# Stroke processing happens with the digit's longer side at WORK px (4x the final 20).
+WORK = 4 * BOX
+# MNIST's median stroke width is 2.8 px for a digit 20 px tall (2*area/boundary of
+# the >0.5 mask), i.e. 14% of the digit's height. Thinner strokes are thickened.
+MNIST_STROKE = 0.14
+# Ink darker (less contrasted) than this fraction of full scale is not a digit.
+MIN_CONTRAST = 0.08
+# A digit's bounding box must be at least this fraction of the image's longer side
+# (and at least MIN_DIGIT_PX), else the image is "near blank": a speck, not a digit.
+MIN_DIGIT_FRACTION = 0.015
+MIN_DIGIT_PX = 4
+# A connected piece of ink with less than this fraction of the biggest piece's ink is a speck.
+SPECK_FRACTION = 0.06
+
+
+class ImageError(DigitrecError):
+    """The input is not a usable image: undecodable, empty, truncated, a bomb, absurd size."""
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _describe(source: Any) -> str:
+    if isinstance(source, (str, os.PathLike)):
+        return str(source)
+    return f"<{type(source).__name__}>"
+
+
+def _check_size(width: int, height: int, where: str) -> None:
+    if width < 1 or height < 1:
+        raise ImageError(f"{where}: image has no pixels ({width}x{height})")
+    if width > MAX_SIDE or height > MAX_SIDE or width * height > MAX_PIXELS:
+        raise ImageError(
+            f"{where}: image too large ({width}x{height}; at most {MAX_PIXELS // 1_000_000} megapixels "
+            f"and {MAX_SIDE} px a side)"
+        )
+    if max(width, height) / min(width, height) > MAX_ASPECT:
+        raise ImageError(f"{where}: absurd dimensions {width}x{height} (aspect ratio above {MAX_ASPECT:g}:1)")
+
+
+def _decode(data: bytes, where: str) -> Image.Image:
+    if not data:
+        raise ImageError(f"{where}: empty file")
+    with warnings.catch_warnings():
+        # Locally, not globally: a bomb is an error here and nowhere else changes.
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            image = Image.open(io.BytesIO(data), formats=FORMATS)
+            _check_size(image.width, image.height, where)
+            # Animated images: the first frame (Pillow opens on frame 0). load() forces the
+            # full decode here, so a truncated file fails now and not later.
+            image.load()
+            transposed: Image.Image = ImageOps.exif_transpose(image) or image
+        except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+            raise ImageError(f"{where}: refused as a decompression bomb ({exc})") from None
+        except UnidentifiedImageError:
+            raise ImageError(
+                f"{where}: not an image, or not a supported format ({', '.join(FORMATS)})"
+            ) from None
+        except (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error) as exc:
+            raise ImageError(f"{where}: corrupt or truncated image ({exc})") from None
+    return transposed
+
+
+def _from_array(array: np.ndarray, where: str) -> Image.Image:
+    """A NumPy image: (H, W) gray or (H, W, C) with C in 1, 3, 4. uint8/uint16/bool as is;
+    floats are taken as [0, 1] (values outside are clipped)."""
+    array = np.asarray(array)
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (3, 4)):
+        raise ImageError(f"{where}: expected an array (H, W), (H, W, 3) or (H, W, 4), got {array.shape}")
+    _check_size(array.shape[1], array.shape[0], where)
+    if array.dtype == np.bool_:
+        array = array.astype(np.uint8) * 255
+    elif np.issubdtype(array.dtype, np.floating):
+        if not np.isfinite(array).all():
+            raise ImageError(f"{where}: array has NaN or infinite values")
+        array = (np.clip(array, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    elif array.dtype == np.uint16 and array.ndim == 2:
+        return Image.fromarray(array.astype(np.int32), mode="I")
+    elif np.issubdtype(array.dtype, np.integer):
+        if array.min() < 0 or array.max() > 255:
+            raise ImageError(f"{where}: integer pixel values must be in 0..255 (or a 2-D uint16 array)")
+        array = array.astype(np.uint8)
+    else:
+        raise ImageError(f"{where}: unsupported array dtype {array.dtype}")
+    return Image.fromarray(np.ascontiguousarray(array))
+
+
+def load_image(source: Any) -> Image.Image:
+    """Decode ``source`` (a path, bytes, a PIL image or a NumPy array) into a PIL image.
+
+    Raises :class:`ImageError` for anything that is not a usable image. Animated
+    images give their first frame. The image keeps its mode; :func:`normalize_digit`
+    handles every mode.
+    """
+    where = _describe(source)
+    if isinstance(source, Image.Image):
+        _check_size(source.width, source.height, where)
+        return source
+    if isinstance(source, np.ndarray):
+        return _from_array(source, where)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        if len(source) > MAX_FILE_BYTES:
+            raise ImageError(f"{where}: file too large (over {MAX_FILE_BYTES // 2**20} MiB)")
+        return _decode(bytes(source), where)
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        try:
+            size = path.stat().st_size
+            if path.is_dir():
+                raise ImageError(f"{where}: is a folder, not an image file")
+            if size > MAX_FILE_BYTES:
+                raise ImageError(
+                    f"{where}: file too large ({size} bytes; at most {MAX_FILE_BYTES // 2**20} MiB)"
+                )
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise ImageError(f"{where}: file not found") from None
+        except ImageError:
+            raise
+        except OSError as exc:
+            raise ImageError(f"{where}: cannot read ({exc.strerror or exc})") from None
+        return _decode(data, where)
+    raise ImageError(f"{where}: expected a path, bytes, a PIL image or a NumPy array")
+
+
+# --------------------------------------------------------------------------- to float
+
+
+def _to_channels(image: Image.Image) -> np.ndarray:
+    """(H, W, C) float32 in [0, 1], C = 1 (gray) or 3 (colour), transparency composited.
+
+    Transparency goes onto the *right* background: where most of the image is transparent
+    (a drawing on a transparent canvas), the background is the opposite of the ink's
+    brightness; where most of it is opaque (a photo with a transparent corner), the
+    background is the opaque pixels' median, i.e. more paper.
+    """
+    mode = image.mode
+    alpha: np.ndarray | None = None
+    if mode == "P":
+        image = image.convert("RGBA") if "transparency" in image.info else image.convert("RGB")
+        mode = image.mode
+    if mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        if mode in ("La", "RGBa"):
+            image = image.convert("RGBA" if mode == "RGBa" else "LA")
+        rgba = image.convert("RGBA")
+        alpha = np.asarray(rgba, dtype=np.float32)[:, :, 3] / 255.0
+        base = rgba.convert("RGB") if mode in ("RGBA", "PA", "RGBa") else rgba.convert("L")
+        values = np.asarray(base, dtype=np.float32) / 255.0
+    elif mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        raw = np.asarray(image.convert("I") if mode != "I" else image, dtype=np.float64)
+        # 16-bit data is scaled from 0..65535; an "I" image that never exceeds 255 is 8-bit data.
+        scale = 65535.0 if (mode != "I" or raw.max() > 255) else 255.0
+        values = np.clip(raw / scale, 0.0, 1.0).astype(np.float32)
+    elif mode == "F":
+        raw = np.asarray(image, dtype=np.float32)
+        values = np.clip(raw if raw.max() <= 1.0 else raw / 255.0, 0.0, 1.0)
+    elif mode in ("1", "L"):
+        values = np.asarray(image.convert("L"), dtype=np.float32) / 255.0
+    else:  # RGB, CMYK, YCbCr, LAB, HSV, RGBX ...
+        values = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    if values.ndim == 2:
+        values = values[:, :, None]
+    elif values.ndim == 3 and np.ptp(values, axis=2).max() < 2.0 / 255.0:
+        values = values[:, :, :1]  # a colour image that is really gray
+    if alpha is not None and alpha.min() < 0.99:
+        opaque = alpha >= 0.5
+        if opaque.mean() < 0.5:
+            ink = values[opaque].mean() if opaque.any() else 0.0
+            background = np.full(values.shape[2], 1.0 if ink < 0.5 else 0.0, np.float32)
+        else:
+            background = np.median(values[opaque], axis=0).astype(np.float32)
+        values = values * alpha[:, :, None] + background * (1.0 - alpha[:, :, None])
+    return values
+
+
+def _shrink(values: np.ndarray, max_pixels: int) -> tuple[np.ndarray, float]:
+    """Area-average (H, W, C) down to at most ``max_pixels``; returns it and the scale factor (<= 1)."""
+    height, width = values.shape[:2]
+    if height * width <= max_pixels:
+        return values, 1.0
+    scale = (max_pixels / (height * width)) ** 0.5
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    channels = [
+        np.asarray(Image.fromarray(values[:, :, c], mode="F").resize(size, Image.Resampling.BOX))
+        for c in range(values.shape[2])
+    ]
+    return np.stack(channels, axis=2), size[0] / width
+
+
+# --------------------------------------------------------------------------- ink map
+
+
+def _fit_background(values: np.ndarray) -> np.ndarray:
+    """Robust smooth (quadratic) background per channel, (H, W, C): uneven lighting.
+
+    Fitted on a coarse grid (block medians, at most 48x48) and refitted twice without
+    the pixels that stand out (ink, either polarity), so strokes never bias it.
+    """
+    height, width, channels = values.shape
+    step = max(1, int(np.ceil(max(height, width) / 48)))
+    rows, cols = height // step * step, width // step * step
+    if rows == 0 or cols == 0:
+        step, rows, cols = 1, height, width
+    grid = values[:rows, :cols].reshape(rows // step, step, cols // step, step, channels)
+    coarse = np.median(grid, axis=(1, 3)).reshape(-1, channels)  # (G, C)
+    gy, gx = np.mgrid[0 : rows // step, 0 : cols // step]
+    # Coordinates in [-1, 1] of block centres, in full-image pixel units.
+    ys = ((gy.ravel() + 0.5) * step / height) * 2 - 1
+    xs = ((gx.ravel() + 0.5) * step / width) * 2 - 1
+
+    def design(y: np.ndarray, x: np.ndarray) -> np.ndarray:
+        return np.stack([np.ones_like(x), x, y, x * x, x * y, y * y], axis=-1)
+
+    basis = design(ys, xs)
+    # Start from a flat background (the median: paper is most of a picture of a digit).
+    coef = np.zeros((6, channels))
+    coef[0] = np.median(coarse, axis=0)
+    for _ in range(4):
+        residual = np.linalg.norm(coarse - basis @ coef, axis=1)
+        sigma = max(1.4826 * float(np.median(residual)), 2.0 / 255.0)
+        keep = residual < 2.5 * sigma
+        if keep.sum() < 12:
+            break
+        coef, *_ = np.linalg.lstsq(basis[keep], coarse[keep], rcond=None)
+    fy = (np.arange(height) + 0.5) / height * 2 - 1
+    fx = (np.arange(width) + 0.5) / width * 2 - 1
+    yy, xx = np.meshgrid(fy, fx, indexing="ij")
+    return (design(yy, xx) @ coef).astype(np.float32)  # (H, W, C)
+
+
+@dataclass
+class _InkMap:
+    ink: np.ndarray  # (H, W) float32 in [0, 1]: 1 = full ink, 0 = paper
+    scale: float  # analysis pixels per original pixel (<= 1)
+
+
+def _ink_map(image: Image.Image) -> _InkMap | None:
+    """White-ink-on-black map of the image at analysis resolution, or None if there is no ink.
+
+    1. to float channels (transparency composited); large images area-averaged down;
+    2. subtract a smooth robust background (lighting gradient, tinted paper);
+    3. the ink's colour: the mean residual of the 1% most deviating pixels. Dark ink on
+       light paper has a negative residual and is inverted; coloured ink on coloured paper
+       projects onto its own colour direction. Polarity is thus decided against the
+       background, not guessed from the mean;
+    4. contrast stretch between the noise floor (3 sigma of the paper's texture) and the
+       ink's typical level: anti-aliased edges keep their intermediate values.
+    """
+    values, scale = _shrink(_to_channels(image), ANALYSIS_PIXELS)
+    residual = values - _fit_background(values)  # (H, W, C)
+    norms = np.linalg.norm(residual, axis=2)
+    strongest = norms >= np.percentile(norms, 99.0)
+    direction = residual[strongest].mean(axis=0)
+    length = float(np.linalg.norm(direction))
+    if length < 1e-6:
+        return None
+    # Per-channel units: projecting gray ink onto (1,1,1)/sqrt(3) would give sqrt(3)x.
+    ink = residual @ (direction / length) / np.sqrt(residual.shape[2])
+    sigma = 1.4826 * float(np.median(np.abs(ink - np.median(ink))))
+    floor = float(np.median(ink)) + 3.0 * sigma
+    above = ink[ink > floor]
+    if above.size == 0:
+        return None
+    level = float(np.percentile(above, 90.0))
+    if level - floor < max(MIN_CONTRAST, 3.0 * sigma):
+        return None  # nothing stands out of the paper: blank
+    stretched = np.clip((ink - floor) / (level - floor), 0.0, 1.0).astype(np.float32)
+    return _InkMap(stretched, scale)
+
+
+# --------------------------------------------------------------------------- components
+
+
+@dataclass
+class _Piece:
+    labels: list[int]  # component labels that make up this digit
+    x0: int
+    y0: int
+    x1: int  # exclusive
+    y1: int  # exclusive
+    mass: float
+
+    @property
+    def width(self) -> int:
+        return self.x1 - self.x0
+
+    @property
+    def height(self) -> int:
+        return self.y1 - self.y0
+
+
+def _components(ink: np.ndarray) -> tuple[np.ndarray, list[_Piece]]:
+    """Label the ink (8-connected, anti-aliased halo included) and drop specks.
+
+    Returns the label image and the kept pieces (one per component), unsorted.
+    """
+    mask = ink > 0.15
+    labels, count = ndi.label(mask, structure=np.ones((3, 3), bool))
+    if count == 0:
+        return labels, []
+    index = np.arange(1, count + 1)
+    # Ink mass (sum of the map) per component: faint halos weigh little, strokes a lot.
+    masses = np.asarray(ndi.sum(ink, labels, index))
+    cores = np.asarray(ndi.maximum(ink, labels, index))
+    slices = ndi.find_objects(labels)
+    biggest = masses.max()
+    pieces = []
+    for label, mass, core, box in zip(index, masses, cores, slices, strict=True):
+        if box is None or mass < SPECK_FRACTION * biggest or core < 0.5:
+            continue
+        rows, cols = box
+        pieces.append(_Piece([int(label)], cols.start, rows.start, cols.stop, rows.stop, float(mass)))
+    return labels, pieces
+
+
+def _large_enough(piece: _Piece, shape: tuple[int, ...]) -> bool:
+    longest = max(piece.width, piece.height)
+    return longest >= max(MIN_DIGIT_PX, MIN_DIGIT_FRACTION * max(shape))
+
+
+# --------------------------------------------------------------------------- to 28x28
+
+
+def _stroke_width(mask: np.ndarray) -> float:
+    """Mean stroke width in pixels of a binary mask: 2 * area / boundary length."""
+    area = int(mask.sum())
+    if area == 0:
+        return 0.0
+    boundary = int((mask & ~ndi.binary_erosion(mask, border_value=0)).sum())
+    return 2.0 * area / max(boundary, 1)
+
+
+def _resize(values: np.ndarray, width: int, height: int) -> np.ndarray:
+    image = Image.fromarray(values.astype(np.float32), mode="F")
+    return np.asarray(image.resize((width, height), Image.Resampling.LANCZOS), dtype=np.float32)
+
+
+def _disk(radius: float) -> np.ndarray:
+    r = int(np.ceil(radius))
+    yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
+    return (yy * yy + xx * xx) <= radius * radius + 0.5
+
+
+def _to_mnist(crop: np.ndarray) -> np.ndarray | None:
+    """A tight crop of one digit's ink map (white on black, float in [0, 1]) -> (28, 28) uint8.
+
+    Scale to the work size (longer side 80 px, aspect kept), thicken strokes that are
+    much thinner than MNIST's, scale to fit 20x20 (anti-aliased Lanczos), and paste into
+    28x28 with the centre of mass on pixel (14, 14), as MNIST was prepared.
+    """
+    height, width = crop.shape
+    factor = WORK / max(height, width)
+    work_w, work_h = max(1, round(width * factor)), max(1, round(height * factor))
+    pad = WORK // 4
+    work = np.pad(np.clip(_resize(crop, work_w, work_h), 0, 1), pad)
+    mask = work > 0.5
+    if not mask.any():
+        return None
+    target = MNIST_STROKE * WORK
+    stroke = _stroke_width(mask)
+    if stroke < 0.6 * target:
+        # Thin pen on a big canvas: grow the strokes to MNIST's width (grey dilation keeps edges soft).
+        radius = (0.85 * target - stroke) / 2.0
+        work = ndi.grey_dilation(work, footprint=_disk(radius))
+    # Back to the tight box after dilation, then fit 20x20 keeping the aspect ratio.
+    rows = np.where((work > 0.05).any(axis=1))[0]
+    cols = np.where((work > 0.05).any(axis=0))[0]
+    work = work[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    height, width = work.shape
+    factor = BOX / max(height, width)
+    small_w, small_h = max(1, round(width * factor)), max(1, round(height * factor))
+    small = np.clip(_resize(work, small_w, small_h), 0.0, 1.0)
+    if small.max() <= 0:
+        return None
+    small = np.clip(small / small.max(), 0.0, 1.0)
+    cy, cx = ndi.center_of_mass(small)
+    top = int(np.clip(round(CENTRE - cy), 0, SIZE - small_h))
+    left = int(np.clip(round(CENTRE - cx), 0, SIZE - small_w))
+    out = np.zeros((SIZE, SIZE), np.float32)
+    out[top : top + small_h, left : left + small_w] = small
+    return (out * 255.0 + 0.5).astype(np.uint8)
+
+
+def _piece_crop(ink: np.ndarray, labels: np.ndarray, piece: _Piece) -> np.ndarray:
+    """The piece's ink, with other components inside its box (neighbours, specks) removed."""
+    box = (slice(piece.y0, piece.y1), slice(piece.x0, piece.x1))
+    own = np.isin(labels[box], piece.labels)
+    return np.where(own, ink[box], 0.0)
+
+
+def normalize_digit(image: Any) -> np.ndarray | None:
+    """Bring a picture of one handwritten digit into MNIST's form: (28, 28) uint8, or None.
+
+    ``image`` is anything :func:`load_image` accepts. The steps, the same everywhere
+    (CLI, server, Python API):
+
+    1. grayscale (any mode; transparency composited on the right background;
+       coloured ink on coloured paper is projected on the ink's colour);
+    2. polarity from the background: dark ink on light paper is inverted to MNIST's
+       white ink on black;
+    3. uneven lighting and paper texture evened out: a smooth background fitted
+       robustly is subtracted, then the contrast is stretched from the paper's noise
+       floor to the ink's level (anti-aliasing kept);
+    4. crop to the ink's bounding box, ignoring specks (connected pieces with under 6%
+       of the main piece's ink);
+    5. strokes much thinner than MNIST's are thickened; scale to fit 20x20 keeping the
+       aspect ratio (anti-aliased);
+    6. paste into 28x28 with the centre of mass at the centre.
+
+    Returns None when the image is blank or near blank (no ink, or only specks): no
+    digit found, rather than a guess.
+    """
+    inkmap = _ink_map(load_image(image))
+    if inkmap is None:
+        return None
+    labels, pieces = _components(inkmap.ink)
+    pieces = [p for p in pieces if _large_enough(p, inkmap.ink.shape)]
+    if not pieces:
+        return None
+    merged = _Piece(
+        [label for p in pieces for label in p.labels],
+        min(p.x0 for p in pieces),
+        min(p.y0 for p in pieces),
+        max(p.x1 for p in pieces),
+        max(p.y1 for p in pieces),
+        sum(p.mass for p in pieces),
+    )
+    return _to_mnist(_piece_crop(inkmap.ink, labels, merged))
+
+
+# --------------------------------------------------------------------------- several digits
+
+
+def _merge_broken(pieces: list[_Piece]) -> list[_Piece]:
+    """Merge pieces of one digit: strokes that overlap horizontally (the bar of a 5 over its
+    body, the two halves of a broken 4). Pieces must be sorted by x0."""
+    groups: list[_Piece] = []
+    for piece in pieces:
+        if groups:
+            last = groups[-1]
+            overlap = min(last.x1, piece.x1) - max(last.x0, piece.x0)
+            narrower = min(last.width, piece.width)
+            if overlap >= 0.5 * narrower:
+                groups[-1] = _Piece(
+                    last.labels + piece.labels,
+                    min(last.x0, piece.x0),
+                    min(last.y0, piece.y0),
+                    max(last.x1, piece.x1),
+                    max(last.y1, piece.y1),
+                    last.mass + piece.mass,
+                )
+                continue
+        groups.append(piece)
+    return groups
+
+
+def _split_wide(crop: np.ndarray, height: float) -> list[tuple[int, int]]:
+    """Column ranges of the digits in a crop that is too wide for one digit (touching digits).
+
+    The number of digits is estimated from the aspect ratio (a digit is about 0.7x as wide
+    as tall); each cut goes to the column of least ink near its expected place.
+    """
+    width = crop.shape[1]
+    count = round(width / (0.75 * height))
+    if width < 1.3 * height or count < 2:
+        return [(0, width)]
+    projection = ndi.uniform_filter1d(crop.sum(axis=0), size=max(1, width // 40))
+    cuts = [0]
+    for k in range(1, count):
+        expected = k * width / count
+        lo = max(cuts[-1] + 1, int(expected - 0.3 * width / count))
+        hi = min(width - 1, int(expected + 0.3 * width / count))
+        cuts.append(lo + int(np.argmin(projection[lo : hi + 1])) if hi > lo else int(expected))
+    cuts.append(width)
+    return list(itertools.pairwise(cuts))
+
+
+def segment_digits(image: Any) -> list[tuple[np.ndarray, tuple[int, int, int, int]]]:
+    """Split a row of handwritten digits into MNIST-style digits, left to right.
+
+    Each item is ``(digit, (x, y, w, h))``: the (28, 28) uint8 image (as from
+    :func:`normalize_digit`) and the bounding box in the original image's pixels.
+    Connected pieces of ink are found as in :func:`normalize_digit`; pieces that overlap
+    horizontally are merged (broken strokes); a piece much wider than tall is split at
+    the columns of least ink (touching digits). An empty list means no digit was found.
+    """
+    inkmap = _ink_map(load_image(image))
+    if inkmap is None:
+        return []
+    labels, pieces = _components(inkmap.ink)
+    if not pieces:
+        return []
+    pieces = _merge_broken(sorted(pieces, key=lambda p: p.x0))
+    pieces = [p for p in pieces if _large_enough(p, inkmap.ink.shape)]
+    if not pieces:
+        return []
+    # Reference digit height: the tallest pieces (short ones may be a 1's serif or a dash).
+    reference = float(
+        np.median([p.height for p in pieces if p.height >= 0.6 * max(q.height for q in pieces)])
+    )
+    inverse = 1.0 / inkmap.scale
+    results = []
+    for piece in pieces:
+        crop = _piece_crop(inkmap.ink, labels, piece)
+        for start, stop in _split_wide(crop, max(reference, piece.height)):
+            part = crop[:, start:stop]
+            rows = np.where((part > 0.15).any(axis=1))[0]
+            cols = np.where((part > 0.15).any(axis=0))[0]
+            if rows.size == 0:
+                continue
+            part = part[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+            digit = _to_mnist(part)
+            if digit is None:
+                continue
+            x = (piece.x0 + start + cols[0]) * inverse
+            y = (piece.y0 + rows[0]) * inverse
+            box = (
+                int(x),
+                int(y),
+                max(1, round(part.shape[1] * inverse)),
+                max(1, round(part.shape[0] * inverse)),
+            )
+            results.append((digit, box))
+    return results
