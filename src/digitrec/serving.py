@@ -38,6 +38,7 @@ import json
 import logging
 import math
 import os
+import signal
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -139,12 +140,10 @@ def load_recognizer(run: str | None) -> Any:
 def recognize(
     recognizer: Any, payload: bytes | np.ndarray, *, multi: bool, min_confidence: float | None
 ) -> Any:
-    """One Prediction for an encoded image (bytes) or 28x28 uint8 MNIST-style pixels."""
+    """One Prediction for an encoded image (bytes) or (28, 28) uint8 MNIST-style pixels."""
     if isinstance(payload, np.ndarray) and not multi:
-        prediction = recognizer.predict_pixels(payload)
-        if min_confidence is not None and prediction.confidence < min_confidence:
-            prediction.digit = None  # the same rule predict() applies: too unsure is "unknown"
-        return prediction
+        return recognizer.predict_pixels(payload, min_confidence=min_confidence)
+    # Pixels with multi=true go through segmentation like any image (a 28x28 row of digits).
     return recognizer.predict(payload, multi=multi, min_confidence=min_confidence)
 
 
@@ -227,7 +226,6 @@ class ServerState:
     config: ServeConfig
     metrics: Metrics
     recognizer: Any = None  # set once the model is loaded (readyz turns 200)
-    load_error: str | None = None
     inflight: int = 0  # admitted prediction requests; touched only on the event loop
     slots: Any = None  # anyio.Semaphore(threads), made in the lifespan (needs the running loop)
     limiter: Any = None  # anyio.CapacityLimiter(threads) for to_thread
@@ -381,8 +379,10 @@ def prediction_json(prediction: Any, *, multi: bool, include_input: bool) -> dic
         out["number"] = prediction.number
         out["digits"] = _jsonable(prediction.digits or [])
     if include_input:
-        image = getattr(prediction, "input_image", None)
+        image = prediction.input_image
         out["input_image"] = None if image is None else png_data_url(image)
+        if multi:
+            out["input_images"] = [png_data_url(pixels) for pixels in prediction.input_images or []]
     return out
 
 
@@ -396,7 +396,8 @@ def predict_payload(
     try:
         prediction = recognize(recognizer, payload, multi=multi, min_confidence=min_confidence)
     except ImageError as exc:
-        raise ApiError(400, f"image: {exc}", "bad_image") from None
+        # The decoder names its source "<bytes>"; here the source is the request body.
+        raise ApiError(400, f"image: {str(exc).removeprefix('<bytes>: ')}", "bad_image") from None
     except DigitrecError as exc:
         raise ApiError(422, str(exc), "bad_input") from None
     return prediction_json(prediction, multi=multi, include_input=include_input)
@@ -440,13 +441,31 @@ class ErrorResponse(BaseModel):
 
 
 class PredictResponse(BaseModel):
-    digit: int | None = Field(description="the digit read, or null when none is found or it is too unsure")
-    confidence: float = Field(description="probability of the most likely digit, 0-1")
-    probabilities: list[float] = Field(description="10 probabilities, for the digits 0-9")
-    number: str | None = Field(None, description="with multi=true: the digits read left to right")
-    digits: list[dict[str, Any]] | None = Field(None, description="with multi=true: one object per digit")
+    digit: int | None = Field(
+        description="the digit read; null when none is found, when it is below min_confidence, "
+        "or (multi=true) when the number has other than one digit"
+    )
+    confidence: float = Field(
+        description="probability of the most likely digit, 0-1 (multi=true: the product over the digits)"
+    )
+    probabilities: list[float] = Field(
+        description="10 probabilities for the digits 0-9; all 0 when there is no single digit to score"
+    )
+    number: str | None = Field(
+        None,
+        description="with multi=true: the digits read left to right, '?' for one below min_confidence; "
+        "null when none is found",
+    )
+    digits: list[dict[str, Any]] | None = Field(
+        None,
+        description="with multi=true: per digit, left to right: digit, confidence, "
+        "bbox [x, y, width, height] in the image, probabilities",
+    )
     input_image: str | None = Field(
         None, description="with include_input=true: the 28x28 image the model saw, a PNG data URL"
+    )
+    input_images: list[str] | None = Field(
+        None, description="with include_input=true and multi=true: each digit's 28x28 input, left to right"
     )
 
 
@@ -502,7 +521,7 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 
 def create_app(config: ServeConfig | None = None, recognizer: Any = None) -> FastAPI:
-    """The ASGI app. Without ``recognizer`` the model loads in a thread at startup (readyz: 503 till then)."""
+    """The ASGI app. Without ``recognizer``, the lifespan startup loads ``config.run`` (or the default)."""
     config = config or ServeConfig()
     state = ServerState(config=config, metrics=Metrics(), recognizer=recognizer)
 
@@ -511,7 +530,9 @@ def create_app(config: ServeConfig | None = None, recognizer: Any = None) -> Fas
         state.slots = anyio.Semaphore(config.threads)
         state.limiter = anyio.CapacityLimiter(config.threads)
         if state.recognizer is None:
-            threading.Thread(target=_load_into, args=(state,), name="digitrec-load", daemon=True).start()
+            # Load before accepting connections: with --workers N, no worker answers 503
+            # "loading" while its siblings are ready. A failed load fails the startup.
+            state.recognizer = await anyio.to_thread.run_sync(_load, config.run)
         yield
 
     app = FastAPI(
@@ -531,16 +552,13 @@ def create_app(config: ServeConfig | None = None, recognizer: Any = None) -> Fas
     return app
 
 
-def _load_into(state: ServerState) -> None:
-    try:
-        import torch
+def _load(run: str | None) -> Any:
+    import torch
 
-        torch.set_num_threads(1)  # parallelism comes from the inference threads, not from inside one
-        state.recognizer = load_recognizer(state.config.run)
-        log.info("model loaded: %s", state.recognizer.info())
-    except Exception as exc:
-        state.load_error = str(exc)
-        log.error("cannot load the model: %s", exc)
+    torch.set_num_threads(1)  # parallelism comes from the inference threads, not from inside one
+    recognizer = load_recognizer(run)
+    log.info("model loaded: %s", recognizer.info())
+    return recognizer
 
 
 def _add_error_handlers(app: FastAPI, state: ServerState) -> None:
@@ -584,8 +602,7 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
 
     def ready_recognizer() -> Any:
         if state.recognizer is None:
-            why = f"model failed to load: {state.load_error}" if state.load_error else "model is loading"
-            raise ApiError(503, why, "not_ready", {"Retry-After": "1"})
+            raise ApiError(503, "model is not loaded yet", "not_ready", {"Retry-After": "1"})
         return state.recognizer
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -650,8 +667,7 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
 
     @app.get("/v1/models", summary="The loaded model", responses=_errors(503))
     async def models() -> dict[str, Any]:
-        info = _jsonable(dict(ready_recognizer().info()))
-        return {"models": [{"source": config.run or "default", **info}]}
+        return {"models": [_jsonable(dict(ready_recognizer().info()))]}
 
     @app.get("/healthz", summary="Alive: the server answers")
     async def healthz() -> dict[str, str]:
@@ -702,7 +718,7 @@ def serve(
     recognizer = load_recognizer(config.run)  # fail fast with a one-line DigitrecError
     shown = "localhost" if host in ("127.0.0.1", "0.0.0.0", "::") else host
     print(
-        f"digitrec serve: model {recognizer.info().get('model', '?')} "
+        f"digitrec serve: model {recognizer.info().get('name', '?')} "
         f"({config.run or 'bundled default'}); open http://{shown}:{port}/",
         flush=True,
     )
@@ -714,11 +730,28 @@ def serve(
         "log_level": log_level,
         "server_header": False,
     }
-    if workers == 1:
-        import torch
+    # uvicorn traps SIGTERM, finishes the requests in flight, restores the handler it found and
+    # raises SIGTERM again. This handler turns that last signal into a normal return (exit 0).
+    previous = signal.signal(signal.SIGTERM, _stop)
+    try:
+        if workers == 1:
+            import torch
 
-        torch.set_num_threads(1)
-        uvicorn.run(create_app(config, recognizer=recognizer), **options)
-    else:
-        os.environ[CONFIG_ENV] = config.to_json()
-        uvicorn.run("digitrec.serving:app_from_env", factory=True, workers=workers, **options)
+            torch.set_num_threads(1)
+            uvicorn.run(create_app(config, recognizer=recognizer), **options)
+        else:
+            os.environ[CONFIG_ENV] = config.to_json()
+            uvicorn.run("digitrec.serving:app_from_env", factory=True, workers=workers, **options)
+    except _Stopped:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    print("digitrec serve: stopped", flush=True)
+
+
+class _Stopped(Exception):
+    """SIGTERM after uvicorn's graceful shutdown (or before it started): stop normally."""
+
+
+def _stop(signum: int, frame: Any) -> None:
+    raise _Stopped

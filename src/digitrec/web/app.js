@@ -20,6 +20,9 @@
   const busy = $("busy");
   const resultCard = $("result-card");
   const barsTitle = $("bars-title");
+  const strip = $("seen-strip");
+  const seenFrame = $("seen-frame");
+  const seenCaption = $("seen-caption");
 
   const INK = "#111827";
   // Stroke width as a fraction of the pad's height: about 2.5 pixels of a 28-pixel-tall MNIST grid,
@@ -227,8 +230,6 @@
       $("draw-title").textContent = TEXT[state.mode].title;
       $("draw-help").textContent = TEXT[state.mode].help;
       $("pad-hint-text").textContent = TEXT[state.mode].hint;
-      barsTitle.textContent =
-        state.mode === "multi" ? "Probability per digit, first digit" : "Probability per digit";
       clearAll();
     });
   }
@@ -328,63 +329,104 @@
 
   function showResult(data) {
     const probabilities = data.probabilities || [];
-    const anyInk = probabilities.some((p) => p > 0);
-    const best = anyInk ? argmax(probabilities) : -1;
     chips.hidden = true;
     chips.replaceChildren();
+    strip.hidden = true;
+    strip.replaceChildren();
+    seenFrame.hidden = false;
+    seenCaption.innerHTML = "The 28&times;28 image<br>the model saw";
     let spoken;
     if (state.mode === "multi") {
-      const number = data.number || "";
-      const digits = data.digits || [];
-      digitOut.textContent = number || "?";
-      digitOut.dataset.state = number ? "value" : "none";
-      if (number) {
-        const lowest = Math.min(...digits.map((d) => d.confidence ?? 1));
-        confidenceOut.innerHTML = "";
-        confidenceOut.append(`${digits.length} digit${digits.length === 1 ? "" : "s"} · lowest confidence `);
-        const strong = document.createElement("strong");
-        strong.textContent = percent(lowest);
-        confidenceOut.append(strong);
-        spoken = `Read the number ${number.split("").join(" ")}.`;
-      } else {
-        confidenceOut.textContent = "No digits found";
-        spoken = "No digits found.";
-      }
-      for (const d of digits) {
-        const chip = document.createElement("span");
-        chip.className = "chip";
-        chip.dataset.low = String(d.digit == null);
-        chip.innerHTML = `<b></b><span></span>`;
-        chip.querySelector("b").textContent = d.digit == null ? "?" : String(d.digit);
-        chip.querySelector("span").textContent = percent(d.confidence ?? 0);
-        chips.appendChild(chip);
-      }
-      chips.hidden = digits.length === 0;
-    } else if (data.digit != null) {
-      digitOut.textContent = String(data.digit);
-      digitOut.dataset.state = "value";
-      confidenceOut.innerHTML = "";
-      const strong = document.createElement("strong");
-      strong.textContent = percent(data.confidence);
-      confidenceOut.append(strong, " sure");
-      spoken = `Read ${data.digit}, ${Math.round(data.confidence * 100)} percent sure.`;
+      spoken = showNumber(data);
     } else {
+      const anyInk = probabilities.some((p) => p > 0);
+      const best = anyInk ? argmax(probabilities) : -1;
+      if (data.digit != null) {
+        digitOut.textContent = String(data.digit);
+        digitOut.dataset.state = "value";
+        confidenceOut.replaceChildren(strongText(percent(data.confidence)), " sure");
+        spoken = `Read ${data.digit}, ${Math.round(data.confidence * 100)} percent sure.`;
+      } else {
+        digitOut.textContent = "?";
+        digitOut.dataset.state = "none";
+        confidenceOut.textContent = anyInk
+          ? `Too unsure to say (best guess ${best}, ${percent(probabilities[best])})`
+          : "No digit found";
+        spoken = anyInk ? "Too unsure to say." : "No digit found.";
+      }
+      showBars(anyInk ? probabilities : null, data.digit != null ? best : -1);
+      showSeen(data.input_image);
+    }
+    announce.textContent = spoken;
+  }
+
+  function showNumber(data) {
+    const digits = data.digits || [];
+    const images = data.input_images || [];
+    const number = data.number;
+    if (!number) {
       digitOut.textContent = "?";
       digitOut.dataset.state = "none";
-      confidenceOut.textContent = anyInk
-        ? `Too unsure to say (best guess ${best}, ${percent(probabilities[best])})`
-        : "No digit found";
-      spoken = anyInk ? "Too unsure to say." : "No digit found.";
+      confidenceOut.textContent = "No digits found";
+      showBars(null, -1);
+      showSeen(null);
+      return "No digits found.";
     }
-    showBars(anyInk ? probabilities : null, state.mode === "multi" || data.digit != null ? best : -1);
-    if (data.input_image) {
-      seenImage.src = data.input_image;
+    digitOut.textContent = number;
+    digitOut.dataset.state = "value";
+    const count = `${digits.length} digit${digits.length === 1 ? "" : "s"}, `;
+    confidenceOut.replaceChildren(count, strongText(percent(data.confidence)), " sure of the whole number");
+    // One chip per digit; the selected chip's probabilities fill the bars.
+    const select = (index) => {
+      chips.querySelectorAll(".chip").forEach((chip, i) => chip.setAttribute("aria-pressed", String(i === index)));
+      strip.querySelectorAll("img").forEach((img, i) => (img.dataset.selected = String(i === index)));
+      const d = digits[index];
+      barsTitle.textContent = `Probability per digit: digit ${index + 1} of ${digits.length}`;
+      showBars(d.probabilities, d.digit == null ? -1 : argmax(d.probabilities));
+    };
+    digits.forEach((d, i) => {
+      const chip = document.createElement("button");
+      chip.type = "button";
+      chip.className = "chip";
+      chip.dataset.low = String(d.digit == null);
+      const label = d.digit == null ? "?" : String(d.digit);
+      chip.setAttribute("aria-label", `Digit ${i + 1}: ${label}, ${percent(d.confidence)} sure`);
+      chip.append(Object.assign(document.createElement("b"), { textContent: label }), percent(d.confidence));
+      chip.addEventListener("click", () => select(i));
+      chips.appendChild(chip);
+    });
+    chips.hidden = false;
+    if (images.length) {
+      seenFrame.hidden = true;
+      images.forEach((src, i) => {
+        const img = document.createElement("img");
+        img.src = src;
+        img.alt = `Digit ${i + 1} as the model saw it, 28 by 28 pixels`;
+        strip.appendChild(img);
+      });
+      strip.hidden = false;
+      seenCaption.innerHTML = "What the model saw,<br>28&times;28 per digit";
+    }
+    select(0);
+    return `Read the number ${number.split("").join(" ")}, ${Math.round(data.confidence * 100)} percent sure.`;
+  }
+
+  function strongText(text) {
+    const strong = document.createElement("strong");
+    strong.textContent = text;
+    return strong;
+  }
+
+  function showSeen(src) {
+    if (src) {
+      seenImage.src = src;
       seenImage.alt = "The 28 by 28 image the model saw";
       seenImage.hidden = false;
     } else {
       seenImage.hidden = true;
+      seenImage.removeAttribute("src");
+      seenImage.alt = "";
     }
-    announce.textContent = spoken;
   }
 
   function resetResult() {
@@ -393,8 +435,11 @@
     confidenceOut.textContent = state.mode === "multi" ? "Write a number to start" : "Draw something to start";
     chips.hidden = true;
     chips.replaceChildren();
-    seenImage.hidden = true;
-    seenImage.removeAttribute("src");
+    strip.hidden = true;
+    strip.replaceChildren();
+    seenFrame.hidden = false;
+    showSeen(null);
+    barsTitle.textContent = "Probability per digit";
     showBars(null, -1);
     announce.textContent = "";
   }
@@ -419,7 +464,7 @@
       if (response.ok) {
         const model = data.models[0] || {};
         status.dataset.state = "ready";
-        text.textContent = `Model ${model.model || model.name || "loaded"} · ready`;
+        text.textContent = `Model ${model.name || "loaded"} · ready`;
         return;
       }
       text.textContent = data.error || "Model loading…";
