@@ -166,7 +166,7 @@
   }
 
   function isEmpty() {
-    return state.strokes.length === 0 && !state.background;
+    return state.strokes.length === 0 && !state.background && !state.upload;
   }
 
   function clearAll() {
@@ -285,21 +285,20 @@
   }
 
   async function predict() {
+    if (isEmpty()) return;
     const seq = ++state.seq;
-    let body;
-    const headers = {};
-    if (state.upload && state.strokes.length === 0) {
-      body = new FormData();
-      body.append("file", state.upload, state.upload.name || "image");
-    } else if (!isEmpty()) {
-      body = await drawingAsPng();
-      headers["Content-Type"] = "image/png";
-    } else {
-      return;
-    }
+    setBusy(true); // at once, so "busy" covers the PNG encoding too
     const url = `/v1/predict?include_input=true${state.mode === "multi" ? "&multi=true" : ""}`;
-    setBusy(true);
     try {
+      let body;
+      const headers = {};
+      if (state.upload && state.strokes.length === 0) {
+        body = new FormData();
+        body.append("file", state.upload, state.upload.name || "image");
+      } else {
+        body = await drawingAsPng();
+        headers["Content-Type"] = "image/png";
+      }
       const response = await fetch(url, { method: "POST", body, headers });
       const data = await response.json().catch(() => ({ error: `HTTP ${response.status}` }));
       if (seq !== state.seq) return;
