@@ -192,12 +192,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-inflight",
         type=_bounded(int, 1),
         default=32,
+        metavar="N",
         help="prediction requests admitted at once per process; one more is answered 503 (default: 32)",
     )
     limits.add_argument(
         "--threads",
         type=_bounded(int, 1),
         default=2,
+        metavar="N",
         help="inference threads per process, off the event loop (default: 2)",
     )
     limits.add_argument(
@@ -354,6 +356,8 @@ def cmd_recipes(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from .serving import ServeConfig, serve
 
+    if args.port > 65535:
+        raise DigitrecError(f"--port must be <= 65535, got {args.port}")
     config = ServeConfig(
         run=args.run,
         max_body_bytes=args.max_body,
