@@ -41,8 +41,8 @@ MAX_ASPECT = 50.0
 MAX_FILE_BYTES = 100 * 1024 * 1024
 
 # Formats Pillow may try; anything else is "not an image" (a smaller attack surface).
-# MPO is how Pillow opens many phone JPEGs.
-FORMATS = ("PNG", "JPEG", "MPO", "BMP", "GIF", "WEBP", "TIFF", "PPM")
+# (Phone JPEGs that Pillow reads as MPO come through the JPEG plugin.)
+FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF", "PPM")
 
 # The MNIST geometry: the digit fits a 20x20 box, pasted into 28x28 so that its
 # centre of mass lands on pixel (14, 14) (measured on MNIST's training set: 13.99, 14.00).
@@ -64,6 +64,9 @@ MIN_CONTRAST = 0.08
 # (and at least MIN_DIGIT_PX), else the image is "near blank": a speck, not a digit.
 MIN_DIGIT_FRACTION = 0.015
 MIN_DIGIT_PX = 4
+# A group of ink this much wider than a digit is tall is read as touching digits
+# (0.4% of MNIST digits are 1.5x wider than tall; two touching digits are 1.2-2x).
+SPLIT_RATIO = 1.6
 # A connected piece of ink with less than this fraction of the biggest piece's ink is a speck.
 SPECK_FRACTION = 0.06
 
@@ -100,6 +103,7 @@ def _decode(data: bytes, where: str) -> Image.Image:
         # Locally, not globally: a bomb is an error here and nowhere else changes.
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
+            Image.init()  # registers every plugin (WebP and TIFF are not preloaded)
             image = Image.open(io.BytesIO(data), formats=FORMATS)
             _check_size(image.width, image.height, where)
             # Animated images: the first frame (Pillow opens on frame 0). load() forces the
@@ -249,20 +253,24 @@ def _shrink(values: np.ndarray, max_pixels: int) -> tuple[np.ndarray, float]:
 
 
 def _fit_background(values: np.ndarray) -> np.ndarray:
-    """Robust smooth (quadratic) background per channel, (H, W, C): uneven lighting.
+    """Robust smooth background per channel, (H, W, C): the paper under uneven lighting.
 
-    Fitted on a coarse grid (block medians, at most 48x48) and refitted twice without
-    the pixels that stand out (ink, either polarity), so strokes never bias it.
+    Works on a coarse grid (block medians, at most 64 blocks a side): a quadratic surface
+    is fitted and refitted without the blocks that stand out (ink, of either polarity),
+    then what the quadratic misses (a soft shadow) is added back from the remaining paper
+    blocks by normalized Gaussian smoothing (scale: 1/8 of the image). Ink blocks and
+    their neighbours never contribute, so strokes do not leak into the background.
     """
     height, width, channels = values.shape
-    step = max(1, int(np.ceil(max(height, width) / 48)))
+    step = max(1, int(np.ceil(max(height, width) / 64)))
     rows, cols = height // step * step, width // step * step
     if rows == 0 or cols == 0:
         step, rows, cols = 1, height, width
-    grid = values[:rows, :cols].reshape(rows // step, step, cols // step, step, channels)
-    coarse = np.median(grid, axis=(1, 3)).reshape(-1, channels)  # (G, C)
-    gy, gx = np.mgrid[0 : rows // step, 0 : cols // step]
-    # Coordinates in [-1, 1] of block centres, in full-image pixel units.
+    grid_h, grid_w = rows // step, cols // step
+    blocks = values[:rows, :cols].reshape(grid_h, step, grid_w, step, channels)
+    coarse = np.median(blocks, axis=(1, 3)).reshape(-1, channels)  # (G, C)
+    gy, gx = np.mgrid[0:grid_h, 0:grid_w]
+    # Block centres in [-1, 1] image coordinates.
     ys = ((gy.ravel() + 0.5) * step / height) * 2 - 1
     xs = ((gx.ravel() + 0.5) * step / width) * 2 - 1
 
@@ -273,6 +281,7 @@ def _fit_background(values: np.ndarray) -> np.ndarray:
     # Start from a flat background (the median: paper is most of a picture of a digit).
     coef = np.zeros((6, channels))
     coef[0] = np.median(coarse, axis=0)
+    keep = np.ones(len(coarse), bool)
     for _ in range(4):
         residual = np.linalg.norm(coarse - basis @ coef, axis=1)
         sigma = max(1.4826 * float(np.median(residual)), 2.0 / 255.0)
@@ -280,10 +289,40 @@ def _fit_background(values: np.ndarray) -> np.ndarray:
         if keep.sum() < 12:
             break
         coef, *_ = np.linalg.lstsq(basis[keep], coarse[keep], rcond=None)
+    # Local correction from paper blocks only (ink blocks and their neighbours excluded).
+    paper = ~ndi.binary_dilation(~keep.reshape(grid_h, grid_w), structure=np.ones((3, 3), bool))
+    rest = (coarse - basis @ coef).reshape(grid_h, grid_w, channels)
+    spread = max(grid_h, grid_w) / 8.0
+    weight = ndi.gaussian_filter(paper.astype(np.float64), spread, mode="nearest")
+    correction = np.stack(
+        [
+            ndi.gaussian_filter(rest[:, :, c] * paper, spread, mode="nearest") / np.maximum(weight, 1e-6)
+            for c in range(channels)
+        ],
+        axis=2,
+    )
+    # Where hardly any paper is near (a digit filling the frame), trust the quadratic alone.
+    correction *= np.clip(weight / 0.3, 0.0, 1.0)[:, :, None]
     fy = (np.arange(height) + 0.5) / height * 2 - 1
     fx = (np.arange(width) + 0.5) / width * 2 - 1
     yy, xx = np.meshgrid(fy, fx, indexing="ij")
-    return (design(yy, xx) @ coef).astype(np.float32)  # (H, W, C)
+    smooth = design(yy, xx) @ coef  # (H, W, C)
+    # Block grid -> pixels: bilinear, block centres at (i + 0.5) * step.
+    py = np.clip((np.arange(height) + 0.5) / step - 0.5, 0, grid_h - 1)
+    px = np.clip((np.arange(width) + 0.5) / step - 0.5, 0, grid_w - 1)
+    pyy, pxx = np.meshgrid(py, px, indexing="ij")
+    local = np.stack(
+        [ndi.map_coordinates(correction[:, :, c], [pyy, pxx], order=1) for c in range(channels)], axis=2
+    )
+    return (smooth + local).astype(np.float32)
+
+
+def _noise_sigma(plane: np.ndarray) -> float:
+    """Pixel noise of a 2-D map, robust to strokes: MAD of horizontal neighbour differences."""
+    if plane.shape[1] < 2:
+        return 0.0
+    diffs = np.diff(plane, axis=1)
+    return 1.4826 * float(np.median(np.abs(diffs))) / np.sqrt(2.0)
 
 
 @dataclass
@@ -296,16 +335,21 @@ def _ink_map(image: Image.Image) -> _InkMap | None:
     """White-ink-on-black map of the image at analysis resolution, or None if there is no ink.
 
     1. to float channels (transparency composited); large images area-averaged down;
-    2. subtract a smooth robust background (lighting gradient, tinted paper);
+    2. subtract a smooth robust background (lighting gradient, shadow, tinted paper);
     3. the ink's colour: the mean residual of the 1% most deviating pixels. Dark ink on
        light paper has a negative residual and is inverted; coloured ink on coloured paper
        projects onto its own colour direction. Polarity is thus decided against the
        background, not guessed from the mean;
-    4. contrast stretch between the noise floor (3 sigma of the paper's texture) and the
-       ink's typical level: anti-aliased edges keep their intermediate values.
+    4. lighting: the ink's contrast is divided by the local paper brightness (relative to
+       its median), as a dimly lit corner dims ink and paper alike;
+    5. noise: a grainy picture (noise above 4% of full scale) is median- and
+       Gaussian-filtered; clean pictures are left alone, anti-aliasing included;
+    6. contrast stretch between the noise floor (paper + 3 sigma) and the ink's typical
+       level: anti-aliased edges keep their intermediate values.
     """
     values, scale = _shrink(_to_channels(image), ANALYSIS_PIXELS)
-    residual = values - _fit_background(values)  # (H, W, C)
+    background = _fit_background(values)
+    residual = values - background  # (H, W, C)
     norms = np.linalg.norm(residual, axis=2)
     strongest = norms >= np.percentile(norms, 99.0)
     direction = residual[strongest].mean(axis=0)
@@ -314,8 +358,15 @@ def _ink_map(image: Image.Image) -> _InkMap | None:
         return None
     # Per-channel units: projecting gray ink onto (1,1,1)/sqrt(3) would give sqrt(3)x.
     ink = residual @ (direction / length) / np.sqrt(residual.shape[2])
-    sigma = 1.4826 * float(np.median(np.abs(ink - np.median(ink))))
-    floor = float(np.median(ink)) + 3.0 * sigma
+    brightness = background.mean(axis=2)
+    # +0.1 keeps a black background (chalk, MNIST itself) from being divided by ~0.
+    ink = ink / np.clip((brightness + 0.1) / (float(np.median(brightness)) + 0.1), 0.3, 3.0)
+    sigma = _noise_sigma(ink)
+    if sigma > 0.04:
+        ink = ndi.gaussian_filter(ndi.median_filter(ink, size=3), 1.0)
+        sigma = _noise_sigma(ink)
+    paper = float(np.median(ink))
+    floor = paper + max(3.0 * sigma, 0.5 / 255.0)
     above = ink[ink > floor]
     if above.size == 0:
         return None
@@ -337,6 +388,7 @@ class _Piece:
     x1: int  # exclusive
     y1: int  # exclusive
     mass: float
+    seed: tuple[int, int]  # (row, col) of one pixel of the first component
 
     @property
     def width(self) -> int:
@@ -367,7 +419,9 @@ def _components(ink: np.ndarray) -> tuple[np.ndarray, list[_Piece]]:
         if box is None or mass < SPECK_FRACTION * biggest or core < 0.5:
             continue
         rows, cols = box
-        pieces.append(_Piece([int(label)], cols.start, rows.start, cols.stop, rows.stop, float(mass)))
+        row, col = np.argwhere(labels[box] == label)[0]
+        seed = (rows.start + int(row), cols.start + int(col))
+        pieces.append(_Piece([int(label)], cols.start, rows.start, cols.stop, rows.stop, float(mass), seed))
     return labels, pieces
 
 
@@ -475,52 +529,94 @@ def normalize_digit(image: Any) -> np.ndarray | None:
     pieces = [p for p in pieces if _large_enough(p, inkmap.ink.shape)]
     if not pieces:
         return None
-    merged = _Piece(
-        [label for p in pieces for label in p.labels],
-        min(p.x0 for p in pieces),
-        min(p.y0 for p in pieces),
-        max(p.x1 for p in pieces),
-        max(p.y1 for p in pieces),
-        sum(p.mass for p in pieces),
-    )
+    merged = pieces[0]
+    for piece in pieces[1:]:
+        merged = _union(merged, piece)
     return _to_mnist(_piece_crop(inkmap.ink, labels, merged))
 
 
 # --------------------------------------------------------------------------- several digits
 
 
-def _merge_broken(pieces: list[_Piece]) -> list[_Piece]:
-    """Merge pieces of one digit: strokes that overlap horizontally (the bar of a 5 over its
-    body, the two halves of a broken 4). Pieces must be sorted by x0."""
-    groups: list[_Piece] = []
-    for piece in pieces:
-        if groups:
-            last = groups[-1]
-            overlap = min(last.x1, piece.x1) - max(last.x0, piece.x0)
-            narrower = min(last.width, piece.width)
-            if overlap >= 0.5 * narrower:
-                groups[-1] = _Piece(
-                    last.labels + piece.labels,
-                    min(last.x0, piece.x0),
-                    min(last.y0, piece.y0),
-                    max(last.x1, piece.x1),
-                    max(last.y1, piece.y1),
-                    last.mass + piece.mass,
-                )
-                continue
-        groups.append(piece)
-    return groups
+def _union(a: _Piece, b: _Piece) -> _Piece:
+    return _Piece(
+        a.labels + b.labels,
+        min(a.x0, b.x0),
+        min(a.y0, b.y0),
+        max(a.x1, b.x1),
+        max(a.y1, b.y1),
+        a.mass + b.mass,
+        a.seed,
+    )
 
 
-def _split_wide(crop: np.ndarray, height: float) -> list[tuple[int, int]]:
-    """Column ranges of the digits in a crop that is too wide for one digit (touching digits).
+def _reference_height(pieces: list[_Piece]) -> float:
+    """A digit's height in this row: the median of the tall pieces (not fragments, dashes)."""
+    tallest = max(p.height for p in pieces)
+    return float(np.median([p.height for p in pieces if p.height >= 0.6 * tallest]))
 
-    The number of digits is estimated from the aspect ratio (a digit is about 0.7x as wide
-    as tall); each cut goes to the column of least ink near its expected place.
+
+def _group_pieces(ink: np.ndarray, pieces: list[_Piece]) -> list[_Piece]:
+    """Group the pieces of ink into digits, left to right.
+
+    1. pieces less than 4% of a digit's height apart are one digit (a hairline gap in a
+       stroke); found by labelling the ink grown by that distance;
+    2. pieces that overlap horizontally by half the narrower one are one digit (the bar of
+       a 5 over its body, the halves of a broken 4);
+    3. a fragment (under half a digit's height) joins its nearest neighbour if that is
+       less than a third of a digit's height away; an isolated small fragment (under 35%)
+       is a dash or a stray mark and is dropped.
     """
+    if not pieces:
+        return []
+    reference = _reference_height(pieces)
+    radius = 0.04 * reference
+    if radius >= 1.0 and len(pieces) > 1:
+        grown, _ = ndi.label(ndi.binary_dilation(ink > 0.15, structure=_disk(radius)), np.ones((3, 3), bool))
+        by_region: dict[int, _Piece] = {}
+        for piece in pieces:
+            region = int(grown[piece.seed])
+            by_region[region] = _union(by_region[region], piece) if region in by_region else piece
+        pieces = list(by_region.values())
+
+    changed = True
+    while changed:
+        changed = False
+        pieces.sort(key=lambda p: p.x0)
+        for k in range(len(pieces) - 1):
+            a, b = pieces[k], pieces[k + 1]
+            overlap = min(a.x1, b.x1) - max(a.x0, b.x0)
+            if overlap >= 0.5 * min(a.width, b.width):
+                pieces[k : k + 2] = [_union(a, b)]
+                changed = True
+                break
+
+    def gap(a: _Piece, b: _Piece) -> int:
+        return max(0, max(a.x0, b.x0) - min(a.x1, b.x1))
+
+    changed = True
+    while changed:
+        changed = False
+        pieces.sort(key=lambda p: p.x0)
+        for k, piece in enumerate(pieces):
+            if piece.height >= 0.5 * reference or len(pieces) == 1:
+                continue
+            others = [j for j in range(len(pieces)) if j != k]
+            nearest = min(others, key=lambda j: gap(piece, pieces[j]))
+            if gap(piece, pieces[nearest]) <= reference / 3:
+                merged = _union(pieces[nearest], piece)
+                pieces = [p for j, p in enumerate(pieces) if j not in (k, nearest)] + [merged]
+                changed = True
+                break
+    pieces = [p for p in pieces if p.height >= 0.35 * reference]
+    return sorted(pieces, key=lambda p: p.x0)
+
+
+def _cuts(crop: np.ndarray, count: int) -> list[tuple[int, int]]:
+    """Column ranges splitting ``crop`` into ``count`` digits: each cut at the column of
+    least ink (smoothed projection) near its expected place."""
     width = crop.shape[1]
-    count = round(width / (0.75 * height))
-    if width < 1.3 * height or count < 2:
+    if count < 2:
         return [(0, width)]
     projection = ndi.uniform_filter1d(crop.sum(axis=0), size=max(1, width // 40))
     cuts = [0]
@@ -533,34 +629,39 @@ def _split_wide(crop: np.ndarray, height: float) -> list[tuple[int, int]]:
     return list(itertools.pairwise(cuts))
 
 
-def segment_digits(image: Any) -> list[tuple[np.ndarray, tuple[int, int, int, int]]]:
-    """Split a row of handwritten digits into MNIST-style digits, left to right.
+# One digit read from a row: its (28, 28) uint8 image and its box (x, y, w, h) in the
+# original image's pixels.
+Segment = tuple[np.ndarray, tuple[int, int, int, int]]
 
-    Each item is ``(digit, (x, y, w, h))``: the (28, 28) uint8 image (as from
-    :func:`normalize_digit`) and the bounding box in the original image's pixels.
-    Connected pieces of ink are found as in :func:`normalize_digit`; pieces that overlap
-    horizontally are merged (broken strokes); a piece much wider than tall is split at
-    the columns of least ink (touching digits). An empty list means no digit was found.
+
+@dataclass
+class SegmentGroup:
+    """One group of ink in a row and the ways to read it.
+
+    options[k] is a reading of the group as one or more digits (left to right);
+    options[preferred] is the geometric guess (split when much wider than a digit).
+    A recognizer may pick another option by how confidently it reads each.
     """
-    inkmap = _ink_map(load_image(image))
-    if inkmap is None:
-        return []
-    labels, pieces = _components(inkmap.ink)
-    if not pieces:
-        return []
-    pieces = _merge_broken(sorted(pieces, key=lambda p: p.x0))
-    pieces = [p for p in pieces if _large_enough(p, inkmap.ink.shape)]
-    if not pieces:
-        return []
-    # Reference digit height: the tallest pieces (short ones may be a 1's serif or a dash).
-    reference = float(
-        np.median([p.height for p in pieces if p.height >= 0.6 * max(q.height for q in pieces)])
-    )
-    inverse = 1.0 / inkmap.scale
-    results = []
-    for piece in pieces:
-        crop = _piece_crop(inkmap.ink, labels, piece)
-        for start, stop in _split_wide(crop, max(reference, piece.height)):
+
+    options: list[list[Segment]]
+    preferred: int
+
+
+def _split_options(crop: np.ndarray, piece: _Piece, reference: float, inverse: float) -> SegmentGroup | None:
+    """Readings of one group: as one digit and, when wide, as 2..5 touching digits."""
+    height = max(reference, piece.height)
+    width = crop.shape[1]
+    estimate = max(1, round(width / (0.75 * height)))
+    counts = [1]
+    if width >= 1.1 * height:
+        counts += [n for n in (estimate - 1, estimate, estimate + 1) if 2 <= n <= 5 and n not in counts]
+        counts += [] if 2 in counts else [2]
+    preferred_count = estimate if width >= SPLIT_RATIO * height and estimate >= 2 else 1
+    options: list[list[Segment]] = []
+    preferred = 0
+    for count in sorted(counts):
+        option: list[Segment] = []
+        for start, stop in _cuts(crop, count):
             part = crop[:, start:stop]
             rows = np.where((part > 0.15).any(axis=1))[0]
             cols = np.where((part > 0.15).any(axis=0))[0]
@@ -570,13 +671,54 @@ def segment_digits(image: Any) -> list[tuple[np.ndarray, tuple[int, int, int, in
             digit = _to_mnist(part)
             if digit is None:
                 continue
-            x = (piece.x0 + start + cols[0]) * inverse
-            y = (piece.y0 + rows[0]) * inverse
             box = (
-                int(x),
-                int(y),
+                int((piece.x0 + start + cols[0]) * inverse),
+                int((piece.y0 + rows[0]) * inverse),
                 max(1, round(part.shape[1] * inverse)),
                 max(1, round(part.shape[0] * inverse)),
             )
-            results.append((digit, box))
-    return results
+            option.append((digit, box))
+        if option and (count == 1 or len(option) == count):
+            if count == preferred_count:
+                preferred = len(options)
+            options.append(option)
+    return SegmentGroup(options, preferred) if options else None
+
+
+def segment_groups(image: Any) -> list[SegmentGroup]:
+    """Like :func:`segment_digits`, with every candidate reading of each group of ink.
+
+    :class:`digitrec.recognition.Recognizer` uses this to decide between "one wide digit"
+    and "touching digits" by how confidently the model reads each option.
+    """
+    inkmap = _ink_map(load_image(image))
+    if inkmap is None:
+        return []
+    labels, pieces = _components(inkmap.ink)
+    if not pieces:
+        return []
+    pieces = [p for p in _group_pieces(inkmap.ink, pieces) if _large_enough(p, inkmap.ink.shape)]
+    if not pieces:
+        return []
+    reference = _reference_height(pieces)
+    groups = []
+    for piece in pieces:
+        group = _split_options(_piece_crop(inkmap.ink, labels, piece), piece, reference, 1.0 / inkmap.scale)
+        if group is not None:
+            groups.append(group)
+    return groups
+
+
+def segment_digits(image: Any) -> list[Segment]:
+    """Split a row of handwritten digits into MNIST-style digits, left to right.
+
+    Each item is ``(digit, (x, y, w, h))``: the (28, 28) uint8 image (as from
+    :func:`normalize_digit`) and the bounding box in the original image's pixels.
+    Connected pieces of ink are found as in :func:`normalize_digit` and grouped into digits
+    (broken strokes merged, stray fragments dropped: see :func:`_group_pieces`); a group
+    at least 1.6x wider than a digit is tall is split into touching digits at the columns
+    of least ink. An empty list means no digit was found. (The Recognizer goes further:
+    for a wide group it reads every split and keeps the most confident, see
+    :func:`segment_groups`.)
+    """
+    return [segment for group in segment_groups(image) for segment in group.options[group.preferred]]

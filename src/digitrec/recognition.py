@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from .errors import DigitrecError
-from .images import ImageError, load_image, normalize_digit, segment_digits
+from .images import ImageError, load_image, normalize_digit, segment_digits, segment_groups
 
 __all__ = [
     "ImageError",
@@ -43,6 +43,9 @@ Scorer = Callable[[np.ndarray], np.ndarray]
 
 DEFAULT_MODEL_DIR = ("_data", "default_model")
 NO_PROBABILITIES = (0.0,) * 10
+# Multi mode: the geometric reading of a wide group wins unless another reading is more
+# confident by more than this (in mean log probability).
+PREFERRED_BONUS = 0.05
 
 
 @dataclass
@@ -247,14 +250,7 @@ class Recognizer:
         """Read several images with one forward pass; raises ImageError at the first bad image."""
         _check_confidence(min_confidence)
         if multi:
-            all_segments = [segment_digits(load_image(image)) for image in images]
-            flat = [pixels for segments in all_segments for pixels, _ in segments]
-            probs = self._probabilities(flat)
-            results, start = [], 0
-            for segments in all_segments:
-                results.append(self._multi(segments, probs[start : start + len(segments)], min_confidence))
-                start += len(segments)
-            return results
+            return self._predict_rows(images, min_confidence)
         inputs = [normalize_digit(load_image(image)) for image in images]
         found = [pixels for pixels in inputs if pixels is not None]
         rows = iter(self._probabilities(found))
@@ -262,6 +258,34 @@ class Recognizer:
             self._single(pixels, next(rows) if pixels is not None else None, min_confidence)
             for pixels in inputs
         ]
+
+    def _predict_rows(self, images: Sequence[Any], min_confidence: float | None) -> list[Prediction]:
+        """Multi mode: every candidate reading of every group, scored in one forward pass.
+
+        A group of ink wider than a digit may be one wide digit or several touching ones;
+        the reading whose digits the model reads most confidently (highest mean log
+        probability) wins, ties going to the geometric guess.
+        """
+        rows = [segment_groups(load_image(image)) for image in images]
+        flat = [pixels for groups in rows for g in groups for option in g.options for pixels, _ in option]
+        confidence = iter(self._probabilities(flat))
+        results = []
+        for groups in rows:
+            segments: list[tuple[np.ndarray, tuple[int, int, int, int]]] = []
+            chosen_probs: list[np.ndarray] = []
+            for group in groups:
+                scored = []
+                for index, option in enumerate(group.options):
+                    option_probs = [next(confidence) for _ in option]
+                    score = float(np.mean([np.log(max(p.max(), 1e-12)) for p in option_probs]))
+                    scored.append(
+                        (score + (PREFERRED_BONUS if index == group.preferred else 0.0), index, option_probs)
+                    )
+                _, best, best_probs = max(scored, key=lambda item: item[0])
+                segments += group.options[best]
+                chosen_probs += best_probs
+            results.append(self._multi(segments, np.array(chosen_probs).reshape(-1, 10), min_confidence))
+        return results
 
     def predict_pixels(self, pixels: Any, *, min_confidence: float | None = None) -> Prediction:
         """Read a (28, 28) image already in MNIST's form (white ink on black, 0-255): no
