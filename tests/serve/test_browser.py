@@ -24,6 +24,7 @@ import pytest
 from .conftest import Server, encode, on_paper
 
 sync_api = pytest.importorskip("playwright.sync_api")
+pytestmark = pytest.mark.slow  # a browser and a server: seconds per test (CI runs slow tests too)
 
 CHROMIUM = os.environ.get("DIGITREC_CHROMIUM", "/usr/bin/chromium")
 ARGS = [

@@ -7,11 +7,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from .conftest import Server, server_env
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "load_serve.py"
 
 
+@pytest.mark.slow  # a second process that loads MNIST, then 50 requests: several seconds
 def test_load_benchmark_smoke(server: Server, tmp_path: Path) -> None:
     out = tmp_path / "load.json"
     command = [sys.executable, str(SCRIPT), "--url", server.url, "--requests", "50", "--concurrency", "8"]
