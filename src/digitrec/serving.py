@@ -26,7 +26,7 @@ How a prediction request goes, and why:
 
 Every error is ``{"error": "..."}``. Bad input is a 4xx; a 500 means a bug.
 SIGTERM: uvicorn stops accepting connections and finishes the requests in
-flight (up to ``graceful_timeout`` seconds) before the process exits.
+flight (up to ``graceful_timeout`` seconds); then :func:`serve` returns (exit 0).
 """
 
 from __future__ import annotations

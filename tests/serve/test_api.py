@@ -387,6 +387,30 @@ def test_a_stalled_body_gets_408(limited: Server, mnist: Any) -> None:
     wait_inflight(limited, 0)
 
 
+def test_no_inference_slot_in_time_is_503(tmp_path: Any, mnist: Any) -> None:
+    # One inference thread and a 1 ms wait for it: of 8 simultaneous requests, the first is
+    # read while the others, admitted, find the thread busy and are answered 503.
+    png = encode(on_paper(mnist.test_images[0].numpy(), size=1000))
+    with run_server(tmp_path, "--threads", "1", "--queue-timeout", "0.001") as live:
+        answers: list[tuple[int, dict[str, Any]]] = []
+        start = threading.Barrier(8)
+
+        def send() -> None:
+            start.wait()
+            answers.append(post(live, png, PNG))
+
+        clients = [threading.Thread(target=send) for _ in range(8)]
+        for client in clients:
+            client.start()
+        for client in clients:
+            client.join(timeout=120)
+        statuses = sorted(status for status, _ in answers)
+        assert len(statuses) == 8 and set(statuses) == {200, 503}, statuses
+        busy = [got for status, got in answers if status == 503]
+        assert all("no inference slot" in got["error"] for got in busy)
+        assert scrape(live)['digitrec_http_errors_total{route="/v1/predict",kind="overloaded"}'] == len(busy)
+
+
 # ---- lifecycle ---------------------------------------------------------------------------------
 
 
