@@ -254,9 +254,9 @@ def test_metrics_count_requests_latency_and_errors(server: Server, mnist: Any) -
 
 
 def test_healthz_stays_fast_while_predictions_run(server: Server, mnist: Any) -> None:
-    # A 1000x1000 PNG takes the model tens of milliseconds; if inference ran on the event
-    # loop, /healthz would wait behind the queue of predictions and be as slow as they are.
-    body = encode(on_paper(mnist.test_images[0].numpy(), size=1000))
+    # Six clients keep both inference threads busy and requests queued. If inference ran on
+    # the event loop, /healthz would wait behind the queue and be as slow as a prediction.
+    body = encode(on_paper(mnist.test_images[0].numpy()))
     stop = threading.Event()
     predict_times: list[float] = []
 
@@ -267,18 +267,18 @@ def test_healthz_stays_fast_while_predictions_run(server: Server, mnist: Any) ->
             conn.request("POST", "/v1/predict", body=body, headers=PNG)
             response = conn.getresponse()
             response.read()
-            assert response.status == 200
-            predict_times.append(time.perf_counter() - start)
+            if response.status == 200:  # 503 (busy) is allowed here; it is not what is timed
+                predict_times.append(time.perf_counter() - start)
         conn.close()
 
     workers = [threading.Thread(target=hammer) for _ in range(6)]
     for worker in workers:
         worker.start()
+    health_times = []
     try:
-        time.sleep(0.5)
-        health_times = []
         conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
-        for _ in range(20):
+        deadline = time.monotonic() + 60
+        while (len(health_times) < 20 or len(predict_times) < 12) and time.monotonic() < deadline:
             start = time.perf_counter()
             conn.request("GET", "/healthz")
             assert conn.getresponse().read() == b'{"status":"ok"}'
@@ -289,10 +289,10 @@ def test_healthz_stays_fast_while_predictions_run(server: Server, mnist: Any) ->
         stop.set()
         for worker in workers:
             worker.join(timeout=60)
-    assert len(predict_times) >= 6
+    assert len(predict_times) >= 12
     assert statistics.median(health_times) < 0.5 * statistics.median(predict_times), (
-        health_times,
-        predict_times,
+        statistics.median(health_times),
+        statistics.median(predict_times),
     )
 
 
