@@ -171,6 +171,21 @@ def transparent(digit: np.ndarray, rng: np.random.Generator) -> Image.Image:
     return Image.fromarray(rgba, "RGBA")
 
 
+def sheet_on_desk(digit: np.ndarray, rng: np.random.Generator) -> Image.Image:
+    """A photo of a sheet on a desk: the sheet covers 75..95% of the frame's width, the desk
+    (darker, any colour) shows along one or two sides."""
+    side = 300
+    ink = _centred(digit, rng, side, 0.5)
+    sheet = np.asarray(_paper(ink, tuple(rng.uniform(215, 250, 3)), tuple(rng.uniform(0, 50, 3))))
+    desk_colour = rng.uniform(20, 150, 3)
+    frame = int(side / rng.uniform(0.75, 0.95))
+    photo = np.empty((frame, frame, 3), np.float32)
+    photo[:] = desk_colour
+    top, left = int(rng.integers(0, frame - side + 1)), int(rng.integers(0, frame - side + 1))
+    photo[top : top + side, left : left + side] = sheet
+    return Image.fromarray(np.clip(photo + 0.5, 0, 255).astype(np.uint8), "RGB")
+
+
 CONDITIONS: dict[str, Callable[[np.ndarray, np.random.Generator], Image.Image]] = {
     "large canvas 64-2000px": large_canvas,
     "black ink on white": ink_on_paper,
@@ -184,6 +199,7 @@ CONDITIONS: dict[str, Callable[[np.ndarray, np.random.Generator], Image.Image]] 
     "uneven lighting": uneven_light,
     "rotation +-15 deg": rotated,
     "transparent canvas": transparent,
+    "sheet on a desk": sheet_on_desk,
 }
 
 

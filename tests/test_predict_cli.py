@@ -83,6 +83,27 @@ def test_decompression_bomb_is_refused():
         Image.open(io.BytesIO(data))
 
 
+def test_bomb_check_leaves_no_global_warning_filter(seven):
+    """Many threads loading at once (as a server does): the filters are the same afterwards."""
+    import warnings
+    from concurrent.futures import ThreadPoolExecutor
+
+    before = list(warnings.filters)
+    data = [encode(Image.fromarray(seven), "PNG"), bilevel_png(10_000, 10_000)] * 16
+
+    def attempt(blob: bytes) -> str:
+        try:
+            return load_image(blob).mode
+        except ImageError as exc:
+            return str(exc)
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(attempt, data))
+    assert results[0] == "L" and "decompression bomb" in results[1]
+    assert len(set(results)) == 2
+    assert warnings.filters == before
+
+
 def test_pixel_cap_below_pillows_limit():
     """48 megapixels: under Pillow's bomb threshold, over ours (40 Mpx), refused before decoding."""
     assert MAX_PIXELS < 8000 * 6000

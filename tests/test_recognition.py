@@ -114,6 +114,18 @@ def test_specks_are_ignored(digits):
     assert _similarity(reference, out) > 0.99
 
 
+def test_a_desk_around_the_sheet_is_not_ink(digits):
+    """A photo of a sheet with the (darker) desk showing along two sides, or a thin strip."""
+    digit = digits[0][3]
+    page = ink_on_paper(digit, height=150, canvas=300)
+    reference = normalize_digit(page)
+    for margin in (40, 15):
+        photo = np.full((300 + margin, 300 + margin), 70, np.uint8)
+        photo[margin:, margin:] = page
+        out = normalize_digit(photo)
+        assert out is not None and _similarity(reference, out) > 0.97, margin
+
+
 def test_thin_strokes_are_thickened(digits):
     """A fine pen on a large canvas: strokes 1-2 px wide on a 500 px digit."""
     digit = digits[0][0]

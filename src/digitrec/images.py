@@ -21,6 +21,7 @@ import io
 import itertools
 import os
 import struct
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,28 +97,33 @@ def _check_size(width: int, height: int, where: str) -> None:
         raise ImageError(f"{where}: absurd dimensions {width}x{height} (aspect ratio above {MAX_ASPECT:g}:1)")
 
 
+# warnings.catch_warnings changes process-wide state: two threads inside it at once can
+# leave the "error" filter installed for good. Opening (parsing the header, where Pillow
+# checks for bombs) is quick, so openers take turns; decoding runs in parallel.
+_OPEN_LOCK = threading.Lock()
+
+
 def _decode(data: bytes, where: str) -> Image.Image:
     if not data:
         raise ImageError(f"{where}: empty file")
-    with warnings.catch_warnings():
-        # Locally, not globally: a bomb is an error here and nowhere else changes.
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
+    try:
+        with _OPEN_LOCK, warnings.catch_warnings():
+            # Locally, not globally: Pillow's bomb warning is an error here only.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
             Image.init()  # registers every plugin (WebP and TIFF are not preloaded)
             image = Image.open(io.BytesIO(data), formats=FORMATS)
-            _check_size(image.width, image.height, where)
-            # Animated images: the first frame (Pillow opens on frame 0). load() forces the
-            # full decode here, so a truncated file fails now and not later.
-            image.load()
-            transposed: Image.Image = ImageOps.exif_transpose(image) or image
-        except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
-            raise ImageError(f"{where}: refused as a decompression bomb ({exc})") from None
-        except UnidentifiedImageError:
-            raise ImageError(
-                f"{where}: not an image, or not a supported format ({', '.join(FORMATS)})"
-            ) from None
-        except (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error) as exc:
-            raise ImageError(f"{where}: corrupt or truncated image ({exc})") from None
+        # Our own cap (40 Mpx) is below Pillow's warning (89 Mpx): checked before decoding.
+        _check_size(image.width, image.height, where)
+        # Animated images: the first frame (Pillow opens on frame 0). load() forces the
+        # full decode here, so a truncated file fails now and not later.
+        image.load()
+        transposed: Image.Image = ImageOps.exif_transpose(image) or image
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+        raise ImageError(f"{where}: refused as a decompression bomb ({exc})") from None
+    except UnidentifiedImageError:
+        raise ImageError(f"{where}: not an image, or not a supported format ({', '.join(FORMATS)})") from None
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error) as exc:
+        raise ImageError(f"{where}: corrupt or truncated image ({exc})") from None
     return transposed
 
 
@@ -188,65 +194,70 @@ def load_image(source: Any) -> Image.Image:
 # --------------------------------------------------------------------------- to float
 
 
-def _to_channels(image: Image.Image) -> np.ndarray:
-    """(H, W, C) float32 in [0, 1], C = 1 (gray) or 3 (colour), transparency composited.
-
-    Transparency goes onto the *right* background: where most of the image is transparent
-    (a drawing on a transparent canvas), the background is the opposite of the ink's
-    brightness; where most of it is opaque (a photo with a transparent corner), the
-    background is the opaque pixels' median, i.e. more paper.
-    """
+def _standard_mode(image: Image.Image) -> Image.Image:
+    """The image in one of L, LA, RGB, RGBA or F (16-bit and 32-bit data as F in [0, 1])."""
     mode = image.mode
-    alpha: np.ndarray | None = None
+    if mode in ("L", "LA", "RGB", "RGBA"):
+        return image
     if mode == "P":
-        image = image.convert("RGBA") if "transparency" in image.info else image.convert("RGB")
-        mode = image.mode
-    if mode in ("RGBA", "LA", "PA", "La", "RGBa"):
-        if mode in ("La", "RGBa"):
-            image = image.convert("RGBA" if mode == "RGBa" else "LA")
-        rgba = image.convert("RGBA")
-        alpha = np.asarray(rgba, dtype=np.float32)[:, :, 3] / 255.0
-        base = rgba.convert("RGB") if mode in ("RGBA", "PA", "RGBa") else rgba.convert("L")
-        values = np.asarray(base, dtype=np.float32) / 255.0
-    elif mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
-        raw = np.asarray(image.convert("I") if mode != "I" else image, dtype=np.float64)
+        return image.convert("RGBA" if "transparency" in image.info else "RGB")
+    if mode in ("PA", "RGBa"):
+        return image.convert("RGBA")
+    if mode == "La":
+        return image.convert("LA")
+    if mode == "1":
+        return image.convert("L")
+    if mode.startswith("I"):
+        raw = np.asarray(image.convert("I") if mode != "I" else image, dtype=np.float32)
         # 16-bit data is scaled from 0..65535; an "I" image that never exceeds 255 is 8-bit data.
         scale = 65535.0 if (mode != "I" or raw.max() > 255) else 255.0
-        values = np.clip(raw / scale, 0.0, 1.0).astype(np.float32)
-    elif mode == "F":
+        return Image.fromarray(np.clip(raw / scale, 0.0, 1.0), mode="F")
+    if mode == "F":
         raw = np.asarray(image, dtype=np.float32)
-        values = np.clip(raw if raw.max() <= 1.0 else raw / 255.0, 0.0, 1.0)
-    elif mode in ("1", "L"):
-        values = np.asarray(image.convert("L"), dtype=np.float32) / 255.0
-    else:  # RGB, CMYK, YCbCr, LAB, HSV, RGBX ...
-        values = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
-    if values.ndim == 2:
-        values = values[:, :, None]
-    elif values.ndim == 3 and np.ptp(values, axis=2).max() < 2.0 / 255.0:
-        values = values[:, :, :1]  # a colour image that is really gray
+        return Image.fromarray(np.clip(raw if raw.max() <= 1.0 else raw / 255.0, 0.0, 1.0), mode="F")
+    return image.convert("RGB")  # CMYK, YCbCr, LAB, HSV, RGBX ...
+
+
+def _to_channels(image: Image.Image, max_pixels: int) -> tuple[np.ndarray, float]:
+    """(H, W, C) float32 in [0, 1], C = 1 (gray) or 3 (colour), transparency composited,
+    area-averaged down to at most ``max_pixels``; and the scale factor (<= 1).
+
+    The reduction happens first, in Pillow (alpha premultiplied), so a 40-megapixel photo
+    costs little. Transparency goes onto the *right* background: where most of the image
+    is transparent (a drawing on a transparent canvas), the background is the opposite of
+    the ink's brightness; where most of it is opaque (a photo with a transparent corner),
+    it is the opaque pixels' median, i.e. more paper.
+    """
+    image = _standard_mode(image)
+    scale = 1.0
+    if image.width * image.height > max_pixels:
+        factor = (max_pixels / (image.width * image.height)) ** 0.5
+        size = (max(1, round(image.width * factor)), max(1, round(image.height * factor)))
+        scale = size[0] / image.width
+        image = image.resize(size, Image.Resampling.BOX)
+    array = np.asarray(image, dtype=np.float32)
+    if image.mode != "F":
+        array = array / 255.0
+    if array.ndim == 2:
+        array = array[:, :, None]
+    alpha: np.ndarray | None = None
+    if image.mode in ("LA", "RGBA"):
+        array, alpha = array[:, :, :-1], array[:, :, -1]
+    if (
+        array.shape[2] == 3
+        and np.abs(array[:, :, 0] - array[:, :, 1]).max() < 2.0 / 255.0
+        and np.abs(array[:, :, 1] - array[:, :, 2]).max() < 2.0 / 255.0
+    ):
+        array = array[:, :, :1]  # a colour image that is really gray
     if alpha is not None and alpha.min() < 0.99:
         opaque = alpha >= 0.5
         if opaque.mean() < 0.5:
-            ink = values[opaque].mean() if opaque.any() else 0.0
-            background = np.full(values.shape[2], 1.0 if ink < 0.5 else 0.0, np.float32)
+            ink = array[opaque].mean() if opaque.any() else 0.0
+            background = np.full(array.shape[2], 1.0 if ink < 0.5 else 0.0, np.float32)
         else:
-            background = np.median(values[opaque], axis=0).astype(np.float32)
-        values = values * alpha[:, :, None] + background * (1.0 - alpha[:, :, None])
-    return values
-
-
-def _shrink(values: np.ndarray, max_pixels: int) -> tuple[np.ndarray, float]:
-    """Area-average (H, W, C) down to at most ``max_pixels``; returns it and the scale factor (<= 1)."""
-    height, width = values.shape[:2]
-    if height * width <= max_pixels:
-        return values, 1.0
-    scale = (max_pixels / (height * width)) ** 0.5
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    channels = [
-        np.asarray(Image.fromarray(values[:, :, c], mode="F").resize(size, Image.Resampling.BOX))
-        for c in range(values.shape[2])
-    ]
-    return np.stack(channels, axis=2), size[0] / width
+            background = np.median(array[opaque], axis=0).astype(np.float32)
+        array = array * alpha[:, :, None] + background * (1.0 - alpha[:, :, None])
+    return np.ascontiguousarray(array, dtype=np.float32), scale
 
 
 # --------------------------------------------------------------------------- ink map
@@ -303,10 +314,11 @@ def _fit_background(values: np.ndarray) -> np.ndarray:
     )
     # Where hardly any paper is near (a digit filling the frame), trust the quadratic alone.
     correction *= np.clip(weight / 0.3, 0.0, 1.0)[:, :, None]
-    fy = (np.arange(height) + 0.5) / height * 2 - 1
-    fx = (np.arange(width) + 0.5) / width * 2 - 1
-    yy, xx = np.meshgrid(fy, fx, indexing="ij")
-    smooth = design(yy, xx) @ coef  # (H, W, C)
+    # The quadratic at every pixel, by broadcasting (H, 1) against (1, W): no (H, W, 6) array.
+    fy = ((np.arange(height, dtype=np.float32) + 0.5) / height * 2 - 1)[:, None, None]
+    fx = ((np.arange(width, dtype=np.float32) + 0.5) / width * 2 - 1)[None, :, None]
+    c = coef.astype(np.float32)
+    smooth = c[0] + c[1] * fx + c[2] * fy + c[3] * fx * fx + c[4] * fx * fy + c[5] * fy * fy  # (H, W, C)
     # Block grid -> pixels: bilinear, block centres at (i + 0.5) * step.
     py = np.clip((np.arange(height) + 0.5) / step - 0.5, 0, grid_h - 1)
     px = np.clip((np.arange(width) + 0.5) / step - 0.5, 0, grid_w - 1)
@@ -347,7 +359,7 @@ def _ink_map(image: Image.Image) -> _InkMap | None:
     6. contrast stretch between the noise floor (paper + 3 sigma) and the ink's typical
        level: anti-aliased edges keep their intermediate values.
     """
-    values, scale = _shrink(_to_channels(image), ANALYSIS_PIXELS)
+    values, scale = _to_channels(image, ANALYSIS_PIXELS)
     background = _fit_background(values)
     residual = values - background  # (H, W, C)
     norms = np.linalg.norm(residual, axis=2)
@@ -367,14 +379,68 @@ def _ink_map(image: Image.Image) -> _InkMap | None:
         sigma = _noise_sigma(ink)
     paper = float(np.median(ink))
     floor = paper + max(3.0 * sigma, 0.5 / 255.0)
+    stretched = _stretch(ink, floor, sigma)
+    if stretched is None:
+        return None
+    beyond = _beyond_the_paper(stretched)
+    if beyond is not None:
+        # The desk around the sheet: not ink. Make it paper and stretch again without it.
+        ink = np.where(beyond, paper, ink)
+        stretched = _stretch(ink, floor, sigma)
+        if stretched is None:
+            return None
+    return _InkMap(stretched, scale)
+
+
+def _stretch(ink: np.ndarray, floor: float, sigma: float) -> np.ndarray | None:
+    """Contrast stretch from ``floor`` (0) to the ink's typical level (1); None if no ink."""
     above = ink[ink > floor]
     if above.size == 0:
         return None
     level = float(np.percentile(above, 90.0))
     if level - floor < max(MIN_CONTRAST, 3.0 * sigma):
         return None  # nothing stands out of the paper: blank
-    stretched = np.clip((ink - floor) / (level - floor), 0.0, 1.0).astype(np.float32)
-    return _InkMap(stretched, scale)
+    return np.clip((ink - floor) / (level - floor), 0.0, 1.0).astype(np.float32)
+
+
+def _beyond_the_paper(stretched: np.ndarray) -> np.ndarray | None:
+    """Solid regions along the image's edge (a desk or a table around a photographed sheet),
+    as a mask, or None.
+
+    A region qualifies if it runs along 60% of one side of the image, or if it covers at
+    least 15% of the image's border and is much thicker (2x the largest inscribed circle)
+    than the ink away from the border: strokes are thin and cross the border, a desk is
+    not and does not. With no ink away from the border, nothing is removed (a digit
+    cropped tightly touches the border too).
+    """
+    solid = stretched > 0.5
+    labels, count = ndi.label(solid, structure=np.ones((3, 3), bool))
+    if count < 2:
+        return None
+    sides = [labels[0], labels[-1], labels[:, 0], labels[:, -1]]
+    edge = np.concatenate(sides)
+    on_edge = np.bincount(edge, minlength=count + 1)
+    on_edge[0] = 0
+    # Covering most of one side: a strip of desk, however thin.
+    along = np.zeros(count + 1, bool)
+    for side in sides:
+        along |= np.bincount(side, minlength=count + 1) >= 0.6 * side.size
+    along[0] = False
+    candidates = np.where((on_edge >= 0.15 * edge.size) | along)[0]
+    if candidates.size == 0:
+        return None
+    # Half-thickness per region: the largest distance from a pixel to the region's edge.
+    radius = ndi.maximum(ndi.distance_transform_edt(solid), labels, np.arange(1, count + 1))
+    radius = np.concatenate([[0.0], np.asarray(radius)])
+    inner = [label for label in range(1, count + 1) if on_edge[label] == 0]
+    if not inner:
+        return None
+    stroke = max(radius[label] for label in inner)
+    marked = [int(label) for label in candidates if along[label] or radius[label] >= 2.0 * max(stroke, 1.0)]
+    if not marked:
+        return None
+    # Grown a little: the region's soft edge goes with it.
+    return ndi.binary_dilation(np.isin(labels, marked), iterations=2)
 
 
 # --------------------------------------------------------------------------- components
@@ -410,8 +476,11 @@ def _components(ink: np.ndarray) -> tuple[np.ndarray, list[_Piece]]:
         return labels, []
     index = np.arange(1, count + 1)
     # Ink mass (sum of the map) per component: faint halos weigh little, strokes a lot.
-    masses = np.asarray(ndi.sum(ink, labels, index))
-    cores = np.asarray(ndi.maximum(ink, labels, index))
+    inked = labels[mask]
+    masses = np.bincount(inked, weights=ink[mask], minlength=count + 1)[1:]
+    cores = np.zeros(count + 1)
+    np.maximum.at(cores, inked, ink[mask])
+    cores = cores[1:]
     slices = ndi.find_objects(labels)
     biggest = masses.max()
     pieces = []
