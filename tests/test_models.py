@@ -76,3 +76,17 @@ def test_xavier_matches_mxnet_magnitude_224():
     assert weights.abs().max() > 0.98 * bound  # uniform over the whole range
     assert abs(weights.std().item() - bound / math.sqrt(3)) < 0.02 * bound  # uniform's std
     assert torch.count_nonzero(conv.bias) == 0
+
+
+def test_lenet_pooling_before_tanh_is_exactly_the_tutorials_order():
+    torch.manual_seed(1)
+    model = create_model("lenet")
+    x = torch.rand(16, 1, 28, 28, requires_grad=True)
+    pool = nn.functional.max_pool2d
+    h = pool(torch.tanh(model.conv1(x)), 2)  # the tutorial: pool(tanh(conv(x)))
+    h = pool(torch.tanh(model.conv2(h)), 2)
+    reference = torch.tanh(model.fc2(torch.tanh(model.fc1(h.flatten(1)))))
+    assert torch.equal(model(x), reference)
+    (grad_model,) = torch.autograd.grad(model(x).sum(), x)
+    (grad_reference,) = torch.autograd.grad(reference.sum(), x)
+    assert torch.equal(grad_model, grad_reference)

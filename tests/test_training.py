@@ -43,7 +43,9 @@ def test_run_directory_and_metrics(tmp_path, small_mnist):
     assert rows[1]["train_loss"] < rows[0]["train_loss"]
     assert rows[-1]["val_accuracy"] > 0.5  # far above chance after 40 steps on real digits
     saved = json.loads((run / "config.json").read_text())
-    assert saved["train"] == config.to_dict() and saved["torch_version"] == torch.__version__
+    assert saved["train"] == result.config.to_dict() and saved["torch_version"] == torch.__version__
+    # the dataset given in memory is recorded, so evaluate and report later score the same test set
+    assert (saved["train"]["dataset"], saved["train"]["data_dir"]) == ("small", small_mnist.source)
     assert any("validation acc" in line for line in lines)
     assert _weights_equal(result.model, load_model(run)[0])
 

@@ -34,6 +34,13 @@ MODEL_FILE = "model.safetensors"
 CHECKPOINT_FILE = "checkpoint.safetensors"
 
 
+def default_model_dir() -> Path:
+    """The bundled default model: a run directory (config.json + model.safetensors) inside the package."""
+    from importlib import resources
+
+    return Path(str(resources.files("digitrec") / "_data" / "default_model"))
+
+
 def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     try:
         raw = path.read_bytes()
@@ -94,10 +101,17 @@ def load_model(
 
 
 def save_checkpoint(
-    run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, config: TrainConfig, epoch: int
+    run_dir: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    config: TrainConfig,
+    epoch: int,
+    ema_model: nn.Module | None = None,
 ) -> None:
-    """One file, one atomic replace: weights and optimizer state always agree."""
+    """One file, one atomic replace: weights, weight average and optimizer state always agree."""
     tensors = {f"model.{k}": v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    if ema_model is not None:
+        tensors.update({f"ema.{k}": v.detach().contiguous().cpu() for k, v in ema_model.state_dict().items()})
     optim_state = optimizer.state_dict()
     scalars: dict[str, dict[str, Any]] = {}
     for param_id, state in optim_state["state"].items():
@@ -115,7 +129,9 @@ def save_checkpoint(
     write_bytes_atomic(run_dir / CHECKPOINT_FILE, save_safetensors(tensors, metadata=metadata))
 
 
-def load_checkpoint(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> int:
+def load_checkpoint(
+    run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, ema_model: nn.Module | None = None
+) -> int:
     """Restore weights and optimizer state in place; returns the number of completed epochs."""
     path = run_dir / CHECKPOINT_FILE
     tensors, metadata = _read_safetensors(path)
@@ -125,9 +141,12 @@ def load_checkpoint(run_dir: Path, model: nn.Module, optimizer: torch.optim.Opti
         scalars = json.loads(metadata["optim_scalars"])
     except (KeyError, ValueError) as exc:
         raise DigitrecError(f"{path}: checkpoint metadata is incomplete ({exc})") from None
-    model_state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
     try:
-        model.load_state_dict(model_state)
+        for prefix, target in (("model.", model), ("ema.", ema_model)):
+            if target is not None:
+                target.load_state_dict(
+                    {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+                )
     except RuntimeError as exc:
         raise DigitrecError(f"{path}: weights do not fit the model ({str(exc).splitlines()[0]})") from None
     state: dict[int, dict[str, Any]] = {}

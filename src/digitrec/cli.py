@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
@@ -126,10 +127,29 @@ def build_parser() -> argparse.ArgumentParser:
         "only --epochs may change (default: off)",
     )
     run.add_argument(
+        "--nproc",
+        type=_bounded(int, 1),
+        help="train with N data-parallel processes on this machine: hands over to torchrun "
+        "(torch.distributed.run --standalone) with the same arguments (default: 1, no torchrun)",
+    )
+    run.add_argument(
+        "--max-restarts",
+        type=_bounded(int, 0),
+        default=0,
+        help="with --nproc: restart the process group this many times after a failure, "
+        "resuming from the last checkpoint (default: 0)",
+    )
+    run.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
         default=None,
         help="show a progress bar per epoch (default: when stderr is a terminal)",
+    )
+    run.add_argument(
+        "--tensorboard",
+        action="store_true",
+        help="also write TensorBoard event files into the run directory's tensorboard/ folder; "
+        "needs pip install 'digitrec[tensorboard]' (default: off)",
     )
     train.set_defaults(handler=cmd_train)
 
@@ -138,7 +158,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="accuracy, per-class precision/recall and confusion matrix of a run",
         description="Evaluate a run's model on its dataset's test set.",
     )
-    evaluate.add_argument("run", metavar="DIR", help="run directory written by digitrec train")
+    evaluate.add_argument(
+        "runs",
+        metavar="DIR",
+        nargs="*",
+        help="run directory written by digitrec train; several runs are evaluated as an ensemble "
+        "(their probabilities averaged) (default: the bundled default model)",
+    )
+    evaluate.add_argument(
+        "--tta",
+        action="store_true",
+        help="test-time augmentation: average over the image and its 1-pixel shifts (default: off)",
+    )
     evaluate.add_argument(
         "--json", action="store_true", help="print one JSON object instead of tables (default: off)"
     )
@@ -147,6 +178,43 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--device", default="cpu", help="device to evaluate on (default: cpu)")
     evaluate.set_defaults(handler=cmd_evaluate)
+
+    report = commands.add_parser(
+        "report",
+        help="figures of a run (learning curves, confusion matrix, mistakes) and an HTML page",
+        description="Write PNG figures and index.html for a run: learning curves, confusion matrix, "
+        "per-digit accuracy and the most confident mistakes on the test set.",
+    )
+    report.add_argument("run", metavar="DIR", help="run directory written by digitrec train")
+    report.add_argument("--out", help="folder to write the report into (default: DIR/report)")
+    report.add_argument(
+        "--mistakes",
+        type=_bounded(int, 0),
+        default=40,
+        help="how many mistakes the gallery shows, most confident first (default: 40)",
+    )
+    report.add_argument(
+        "--data-dir", help="report on the IDX files in this folder (default: the run's dataset)"
+    )
+    report.add_argument("--device", default="cpu", help="device to score the test set on (default: cpu)")
+    report.set_defaults(handler=cmd_report)
+
+    export = commands.add_parser(
+        "export",
+        help="export a run's model for other runtimes (ONNX)",
+        description="Export a run's model. ONNX: input 'images' float32 (N, 1, 28, 28) in [0, 1] with a "
+        "dynamic batch axis, output 'scores' (N, 10) logits.",
+    )
+    export.add_argument("run", metavar="DIR", help="run directory written by digitrec train")
+    export.add_argument("--format", choices=["onnx"], default="onnx", help="file format (default: onnx)")
+    export.add_argument("--out", help="file to write (default: DIR/model.onnx)")
+    export.add_argument(
+        "--opset",
+        type=_bounded(int, 18),
+        default=18,
+        help="ONNX opset version, 18 or newer (default: 18)",
+    )
+    export.set_defaults(handler=cmd_export)
 
     models = commands.add_parser(
         "models",
@@ -281,11 +349,46 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def cmd_train(args: argparse.Namespace) -> int:
+def _launch_torchrun(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    """Hand ``digitrec train`` over to torchrun: N processes running the same command without --nproc."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser, run
+
+    tokens = list(argv)[1:] if list(argv)[:1] == ["train"] else list(argv)
+    passthrough, skip_value = [], False
+    for token in tokens:
+        if skip_value:
+            skip_value = False
+        elif token in ("--nproc", "--max-restarts"):
+            skip_value = True
+        elif not token.startswith(("--nproc=", "--max-restarts=")):
+            passthrough.append(token)
+    if args.resume is None and args.out is None:
+        raise DigitrecError(
+            "--nproc needs --out DIR, so that every process and every restart uses one folder"
+        )
+    torchrun_args = get_args_parser().parse_args(
+        ["--standalone", f"--nproc-per-node={args.nproc}", f"--max-restarts={args.max_restarts}",
+         "-m", "digitrec", "train", *passthrough]
+    )  # fmt: skip
+    try:
+        run(torchrun_args)
+    except ChildFailedError as exc:
+        failures = "; ".join(f"rank {rank}: exit code {f.exitcode}" for rank, f in exc.failures.items())
+        raise DigitrecError(
+            f"distributed training failed after {args.max_restarts} restart(s) ({failures}); "
+            f"the last checkpoint in {args.resume or args.out} can be resumed with --resume"
+        ) from None
+    return 0
+
+
+def cmd_train(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     from .checkpoints import read_config
     from .config import recipe_config
     from .training import train
 
+    if args.nproc and args.nproc > 1 and "RANK" not in os.environ:
+        return _launch_torchrun(args, argv)
     if args.resume:
         if args.out is not None and args.out != args.resume:
             raise DigitrecError("--resume DIR continues DIR; do not pass a different --out")
@@ -312,7 +415,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             )
         if args.epochs is not None:
             config.epochs = args.epochs
-        train(config, out_dir=args.resume, resume=True, progress=args.progress)
+        train(config, out_dir=args.resume, resume=True, progress=args.progress, tensorboard=args.tensorboard)
         return 0
 
     recipe = args.recipe or MODEL_DEFAULT_RECIPE.get(args.model or "mlp")
@@ -332,27 +435,55 @@ def cmd_train(args: argparse.Namespace) -> int:
         seed=args.seed,
         device=args.device,
     )
-    train(config, out_dir=args.out, progress=args.progress)
+    train(config, out_dir=args.out, progress=args.progress, tensorboard=args.tensorboard)
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .checkpoints import load_model
+    from .checkpoints import default_model_dir, load_model
     from .data import load_dataset
     from .evaluation import evaluate, format_report
     from .training import resolve_device
 
     device = resolve_device(args.device)
-    model, config = load_model(args.run, device)
+    runs = args.runs or [str(default_model_dir())]
+    loaded = [load_model(run, device) for run in runs]
+    config = loaded[0][1]
     dataset = load_dataset(config.dataset, data_dir=args.data_dir or config.data_dir)
-    report = evaluate(model, dataset.test_images, dataset.test_labels)
+    report = evaluate([model for model, _ in loaded], dataset.test_images, dataset.test_labels, tta=args.tta)
+    names = [c.model for _, c in loaded]
     if args.json:
-        print(
-            json.dumps({"run": args.run, "model": config.model, "dataset": dataset.name, **report.to_dict()})
-        )
+        header = {"runs": runs, "models": names, "dataset": dataset.name, "tta": args.tta}
+        print(json.dumps({**header, **report.to_dict()}))
     else:
-        print(f"run {args.run}: model {config.model}, dataset {dataset.name} (test set)")
+        what = f"ensemble of {', '.join(runs)}" if len(runs) > 1 else f"run {runs[0]}"
+        tta = ", test-time augmentation" if args.tta else ""
+        print(f"{what}: model {', '.join(names)}, dataset {dataset.name} (test set{tta})")
         print(format_report(report))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .reports import write_report
+    from .training import resolve_device
+
+    written = write_report(
+        args.run,
+        out_dir=args.out,
+        data_dir=args.data_dir,
+        device=resolve_device(args.device),
+        max_mistakes=args.mistakes,
+    )
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_onnx
+
+    path = export_onnx(args.run, args.out, opset=args.opset)
+    print(f"wrote {path}")
     return 0
 
 
@@ -557,6 +688,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     try:
+        if args.command == "train":
+            return int(args.handler(args, list(argv) if argv is not None else sys.argv[1:]))
         return int(args.handler(args))
     except DigitrecError as exc:
         print(f"digitrec {args.command}: error: {exc}", file=sys.stderr)

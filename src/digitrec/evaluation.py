@@ -30,6 +30,28 @@ def predict(model: nn.Module, images: torch.Tensor, batch_size: int = EVAL_BATCH
     return torch.cat(outputs)
 
 
+# Test-time augmentation: the image itself and its one-pixel shifts (dy, dx).
+TTA_SHIFTS = ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1))
+
+
+def _shift(images: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """Shift uint8 images (N, 28, 28) by whole pixels, filling with background (0)."""
+    if dy == 0 and dx == 0:
+        return images
+    padded = torch.nn.functional.pad(images, (1, 1, 1, 1))
+    return padded[:, 1 - dy : 1 - dy + images.shape[1], 1 - dx : 1 - dx + images.shape[2]]
+
+
+@torch.no_grad()
+def predict_proba(model: nn.Module, images: torch.Tensor, tta: bool = False) -> torch.Tensor:
+    """Class probabilities (N, 10) for uint8 images (N, 28, 28); with ``tta`` averaged over 1-pixel shifts."""
+    shifts = TTA_SHIFTS if tta else TTA_SHIFTS[:1]
+    total = torch.zeros(len(images), 10, device=images.device)
+    for dy, dx in shifts:
+        total += predict(model, _shift(images, dy, dx)).softmax(dim=1)
+    return total / len(shifts)
+
+
 def confusion_matrix(predicted: torch.Tensor, labels: torch.Tensor, num_classes: int = 10) -> torch.Tensor:
     """(num_classes, num_classes) int64; row = true class, column = predicted class."""
     flat = labels.to(torch.int64) * num_classes + predicted.to(torch.int64)
@@ -77,11 +99,20 @@ def report_from_predictions(predicted: torch.Tensor, labels: torch.Tensor) -> Ev
     )
 
 
-def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> EvalReport:
-    """Evaluate ``model`` on uint8 images (N, 28, 28) with int labels (N,)."""
-    device = next(model.parameters()).device
-    scores = predict(model, images.to(device))
-    return report_from_predictions(scores.argmax(1), labels)
+def evaluate(
+    model: nn.Module | list[nn.Module], images: torch.Tensor, labels: torch.Tensor, tta: bool = False
+) -> EvalReport:
+    """Evaluate a model, or an ensemble of models (their probabilities averaged), on uint8 images
+    (N, 28, 28) with int labels (N,). Without ``tta`` a single model's argmax is exactly the one that
+    training's ``val_accuracy`` used."""
+    models = model if isinstance(model, list) else [model]
+    device = next(models[0].parameters()).device
+    images = images.to(device)
+    if len(models) == 1 and not tta:
+        return report_from_predictions(predict(models[0], images).argmax(1), labels)
+    probabilities = sum(predict_proba(m, images, tta=tta) for m in models)
+    assert isinstance(probabilities, torch.Tensor)
+    return report_from_predictions(probabilities.argmax(1), labels)
 
 
 def format_report(report: EvalReport) -> str:

@@ -63,12 +63,16 @@ def xavier_init_(module: nn.Module, magnitude: float = 2.24) -> nn.Module:
 
 
 @register_model
-def mlp(hidden: tuple[int, ...] | list[int] = (128, 64), init_magnitude: float = 2.24) -> nn.Module:
+def mlp(
+    hidden: tuple[int, ...] | list[int] = (128, 64), dropout: float = 0.0, init_magnitude: float = 2.24
+) -> nn.Module:
     """The tutorial's multilayer perceptron: Dense 128 ReLU, Dense 64 ReLU, Dense 10."""
     layers: list[nn.Module] = [nn.Flatten()]
     width = 28 * 28
     for size in hidden:
         layers += [nn.Linear(width, size), nn.ReLU()]
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
         width = size
     layers.append(nn.Linear(width, 10))
     return xavier_init_(nn.Sequential(*layers), init_magnitude)
@@ -88,8 +92,10 @@ class LeNet(nn.Module):
         self.output_tanh = output_tanh
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.pool1(torch.tanh(self.conv1(x)))
-        x = self.pool2(torch.tanh(self.conv2(x)))
+        # The tutorial computes pool(tanh(conv(x))). tanh is monotone, so max-pooling first gives exactly
+        # the same values (and gradients) while computing tanh on 4x fewer elements: ~25% of a CPU step.
+        x = torch.tanh(self.pool1(self.conv1(x)))
+        x = torch.tanh(self.pool2(self.conv2(x)))
         x = torch.tanh(self.fc1(x.flatten(1)))
         x = self.fc2(x)
         # The tutorial squashes its scores with tanh before the softmax loss; kept for fidelity.
@@ -131,3 +137,67 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...] = (1, 1, 28, 28)) 
         for handle in handles:
             handle.remove()
     return total
+
+
+def _conv_bn(c_in: int, c_out: int, kernel: int = 3) -> list[nn.Module]:
+    return [
+        nn.Conv2d(c_in, c_out, kernel, padding=kernel // 2, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+    ]
+
+
+@register_model
+def cnn(width: int = 32, dropout: float = 0.1) -> nn.Module:
+    """Compact VGG-style CNN with batch norm (the bundled default model's architecture)."""
+    w = width
+    model = nn.Sequential(
+        *_conv_bn(1, w), *_conv_bn(w, w), nn.MaxPool2d(2),  # (B, w, 14, 14)
+        *_conv_bn(w, 2 * w), *_conv_bn(2 * w, 2 * w), nn.MaxPool2d(2),  # (B, 2w, 7, 7)
+        *_conv_bn(2 * w, 4 * w), nn.MaxPool2d(2),  # (B, 4w, 3, 3)
+        nn.Flatten(), nn.Dropout(dropout), nn.Linear(4 * w * 9, 10),
+    )  # fmt: skip
+    for layer in model.modules():
+        if isinstance(layer, nn.Conv2d):
+            nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
+    return model
+
+
+@register_model
+def fastcnn(channels: tuple[int, int] | list[int] = (16, 32)) -> nn.Module:
+    """Small CNN for the seconds-long ``fast`` recipe: two 5x5 conv + BN blocks, one dense layer."""
+    c1, c2 = channels
+    return nn.Sequential(
+        *_conv_bn(1, c1, 5), nn.MaxPool2d(2),  # (B, c1, 14, 14)
+        *_conv_bn(c1, c2, 5), nn.MaxPool2d(2),  # (B, c2, 7, 7)
+        nn.Flatten(), nn.Linear(c2 * 49, 10),
+    )  # fmt: skip
+
+
+class _Residual(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            *_conv_bn(channels, channels),
+            nn.Conv2d(channels, channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(channels),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x + self.body(x))
+
+
+@register_model
+def resnet(width: int = 48, dropout: float = 0.2) -> nn.Module:
+    """Strong residual CNN with batch norm for the ``best`` recipe (three stages, 28 -> 14 -> 7)."""
+    w = width
+    model = nn.Sequential(
+        *_conv_bn(1, w), _Residual(w), nn.MaxPool2d(2),  # (B, w, 14, 14)
+        *_conv_bn(w, 2 * w), _Residual(2 * w), nn.MaxPool2d(2),  # (B, 2w, 7, 7)
+        *_conv_bn(2 * w, 4 * w), _Residual(4 * w), nn.AdaptiveMaxPool2d(1),  # (B, 4w, 1, 1)
+        nn.Flatten(), nn.Dropout(dropout), nn.Linear(4 * w, 10),
+    )  # fmt: skip
+    for layer in model.modules():
+        if isinstance(layer, nn.Conv2d):
+            nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
+    return model

@@ -19,6 +19,9 @@ over the global batch, exactly as in one process.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import math
 import os
 import sys
 import time
@@ -33,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import __version__
+from .augment import AugmentConfig, augment_batch
 from .checkpoints import (
     CHECKPOINT_FILE,
     MODEL_FILE,
@@ -73,9 +77,41 @@ def resolve_device(name: str) -> torch.device:
 def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     if config.optimizer == "sgd":
         return torch.optim.SGD(
-            model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+            model.parameters(),
+            lr=config.lr,
+            momentum=config.momentum,
+            nesterov=config.nesterov,
+            weight_decay=config.weight_decay,
         )
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     raise DigitrecError(f"unknown optimizer {config.optimizer!r}")
+
+
+def learning_rate(config: TrainConfig, step: int, total_steps: int) -> float:
+    """The learning rate of ``step`` (0-based) out of ``total_steps``.
+
+    onecycle: linear warm-up from lr/25 to lr, then cosine down to lr/10^4 (Smith's one-cycle);
+    cosine: linear warm-up from 0, then cosine down to 0; constant: lr throughout (the tutorial).
+    """
+    if config.schedule == "constant":
+        return config.lr
+    warm_steps = config.warmup * total_steps
+    if step < warm_steps:
+        start = config.lr / 25 if config.schedule == "onecycle" else 0.0
+        return start + (config.lr - start) * step / warm_steps
+    progress = (step - warm_steps) / max(1.0, total_steps - warm_steps)
+    floor = config.lr / 1e4 if config.schedule == "onecycle" else 0.0
+    return floor + (config.lr - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+@torch.no_grad()
+def update_ema(ema_model: nn.Module, model: nn.Module, decay: float) -> None:
+    """ema <- decay * ema + (1 - decay) * model, for parameters; buffers (BN statistics) copied."""
+    ema_params: list[torch.Tensor] = list(ema_model.parameters())
+    torch._foreach_lerp_(ema_params, [p.detach() for p in model.parameters()], 1.0 - decay)
+    for ema_buffer, buffer in zip(ema_model.buffers(), model.buffers(), strict=True):
+        ema_buffer.copy_(buffer)
 
 
 def default_run_dir(config: TrainConfig) -> Path:
@@ -104,15 +140,26 @@ def train(
     save: bool = True,
     log: Callable[[str], None] | None = print,
     progress: bool | None = None,
+    tensorboard: bool = False,
 ) -> TrainResult:
     """Train ``config`` and return the model and its per-epoch metrics.
 
     ``out_dir``: the run directory (default ``runs/<recipe>-<timestamp>``);
     ``save=False`` writes nothing. ``resume=True`` continues the run in
     ``out_dir`` after its last completed epoch. ``progress`` shows a bar per
-    epoch (default: when stderr is a terminal).
+    epoch (default: when stderr is a terminal). ``tensorboard=True`` also writes
+    TensorBoard event files into ``out_dir/tensorboard`` (see :mod:`digitrec.tensorboard_log`).
     """
     config.validate()
+    if dataset is not None and dataset.name != config.dataset and Path(dataset.source).is_dir():
+        # Record where the given dataset came from, so that evaluate and report score the same test set.
+        config = dataclasses.replace(config, dataset=dataset.name, data_dir=dataset.source)
+    if tensorboard:
+        from . import tensorboard_log
+
+        if not save:
+            raise DigitrecError("tensorboard=True writes into the run directory; it needs save=True")
+        tensorboard_log.summary_writer_class()  # fails now, before anything is written, if it is missing
 
     # --- processes: one, or many under torchrun (nanoGPT's wiring) ---
     ddp = int(os.environ.get("RANK", -1)) != -1
@@ -136,7 +183,16 @@ def train(
     # --- run directory ---
     run_dir: Path | None = None
     if save:
-        run_dir = Path(out_dir) if out_dir is not None else default_run_dir(config)
+        if out_dir is not None:
+            run_dir = Path(out_dir)
+        elif ddp and os.environ.get("TORCHELASTIC_RUN_ID", "none") != "none":
+            # Every rank, and every restart of the group, must agree on the folder: name it by the job.
+            run_dir = Path("runs") / f"{config.recipe}-{os.environ['TORCHELASTIC_RUN_ID']}"
+        else:
+            run_dir = default_run_dir(config)
+        # torchrun --max-restarts restarts the whole group after a failure: pick up the last checkpoint.
+        if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0)) > 0 and (run_dir / CHECKPOINT_FILE).exists():
+            resume = True
         if resume:
             saved = read_config(run_dir)
             if saved.to_dict() | {"epochs": config.epochs} != config.to_dict():
@@ -164,16 +220,24 @@ def train(
     # --- model and optimizer; the same seed gives the same initial weights on every rank ---
     torch.manual_seed(config.seed)
     model = create_model(config.model, **config.model_args).to(device)
+    if any(isinstance(layer, nn.Conv2d) for layer in model.modules()):
+        # oneDNN (CPU) and cuDNN run convolutions fastest on NHWC; the numbers are the same up to rounding.
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     optimizer = make_optimizer(config, model)
+    # The weight average (EMA) is what gets evaluated and saved; the raw weights are what trains.
+    ema_model = copy.deepcopy(model) if config.ema > 0 else None
     start_epoch, metrics = 0, []
     if resume and run_dir is not None:
         for stale in run_dir.glob(".*.tmp"):  # left by a write that was killed midway
             stale.unlink(missing_ok=True)
-        start_epoch = load_checkpoint(run_dir, model, optimizer)
+        start_epoch = load_checkpoint(run_dir, model, optimizer, ema_model)
         metrics = [row for row in read_metrics(run_dir) if row["epoch"] <= start_epoch]
         say(f"resuming {run_dir} after epoch {start_epoch}")
     if run_dir is not None and master_process:
         write_config(run_dir, config, _run_info(dataset, world_size))
+    tb_writer = None
+    if tensorboard and run_dir is not None and master_process:
+        tb_writer = tensorboard_log.open_log(run_dir, dataset.train_images, start_epoch)
     raw_model = model
     if ddp:
         from torch.nn.parallel import DistributedDataParallel
@@ -185,10 +249,17 @@ def train(
         f"{len(dataset.test_images)} test images, device {device}, {world_size} process(es), "
         f"batch {config.batch_size}, lr {config.lr}, {config.epochs} epochs, seed {config.seed}"
     )
+    augment = AugmentConfig(**config.augment)
+    eval_model = ema_model if ema_model is not None else raw_model
+    steps_per_epoch = len(train_batches)
+    total_steps = steps_per_epoch * config.epochs
     for epoch in range(start_epoch, config.epochs):
         # Any randomness inside the epoch (dropout, augmentation) depends only on seed, epoch and rank,
         # so a resumed run continues exactly where an uninterrupted one would be.
-        torch.manual_seed(config.seed * 100_003 + epoch * 1_009 + rank)
+        epoch_seed = config.seed * 100_003 + epoch * 1_009 + rank
+        torch.manual_seed(epoch_seed)
+        augment_generator = torch.Generator().manual_seed(epoch_seed)
+        step = epoch * steps_per_epoch
         model.train()
         loss_sum = torch.zeros((), device=device)  # summed over samples; no host sync per step
         correct = torch.zeros((), dtype=torch.int64, device=device)
@@ -207,13 +278,22 @@ def train(
             )
         started = time.perf_counter()
         for x, y, global_size in batches:
+            if augment.enabled:
+                x = augment_batch(x, augment, augment_generator)
+            if config.schedule != "constant":
+                for group in optimizer.param_groups:
+                    group["lr"] = learning_rate(config, step, total_steps)
             scores = model(x)
-            batch_loss = F.cross_entropy(scores, y, reduction="sum")
+            batch_loss = F.cross_entropy(scores, y, reduction="sum", label_smoothing=config.label_smoothing)
             # Mean over the global batch after DDP averages over world_size ranks.
             loss = batch_loss * (world_size / global_size)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            step += 1
+            if ema_model is not None:
+                # Short warm-up of the decay so early averages are not dominated by the random init.
+                update_ema(ema_model, raw_model, min(config.ema, (1 + step) / (10 + step)))
             loss_sum += batch_loss.detach()
             correct += (scores.argmax(1) == y).sum()
             seen += len(y)
@@ -221,7 +301,7 @@ def train(
             torch.cuda.synchronize(device)
         epoch_seconds = time.perf_counter() - started
 
-        val_correct = (predict(raw_model, val_images).argmax(1) == val_labels).sum()
+        val_correct = (predict(eval_model, val_images).argmax(1) == val_labels).sum()
         totals = torch.stack(
             [
                 loss_sum.double(),
@@ -249,14 +329,21 @@ def train(
         if run_dir is not None and master_process:
             # Metrics first, then the checkpoint: a kill in between is healed by resume.
             write_metrics(run_dir, metrics)
-            save_checkpoint(run_dir, raw_model, optimizer, config, epoch + 1)
-            save_model(run_dir / MODEL_FILE, raw_model, config, epoch + 1)
+            save_checkpoint(run_dir, raw_model, optimizer, config, epoch + 1, ema_model)
+            save_model(run_dir / MODEL_FILE, eval_model, config, epoch + 1)
+        if tb_writer is not None:
+            tensorboard_log.log_epoch(tb_writer, row)
 
+    if tb_writer is not None:
+        tensorboard_log.log_mistakes(
+            tb_writer, eval_model, dataset.test_images, dataset.test_labels, config.epochs
+        )
+        tb_writer.close()
     if run_dir is not None:
         say(f"saved {run_dir}")
     if ddp:
         torch.distributed.barrier()
-    return TrainResult(model=raw_model.eval(), config=config, metrics=metrics, run_dir=run_dir)
+    return TrainResult(model=eval_model.eval(), config=config, metrics=metrics, run_dir=run_dir)
 
 
 def _shard_bounds(count: int, rank: int, world_size: int) -> tuple[int, int]:
@@ -265,11 +352,16 @@ def _shard_bounds(count: int, rank: int, world_size: int) -> tuple[int, int]:
     return start, start + per_rank + (1 if rank < extra else 0)
 
 
+def _program_name() -> str:
+    name = Path(sys.argv[0]).name
+    return "python -m digitrec" if name == "__main__.py" else name
+
+
 def _run_info(dataset: Dataset, world_size: int) -> dict[str, Any]:
     return {
         "digitrec_version": __version__,
         "torch_version": torch.__version__,
         "dataset_source": dataset.source,
         "world_size": world_size,
-        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "command": " ".join([_program_name(), *sys.argv[1:]]),
     }

@@ -1,0 +1,126 @@
+"""Export a run's model to ONNX, for onnxruntime and other runtimes.
+
+    digitrec export runs/tutorial-lenet-20261126-091500 --out lenet.onnx
+
+The ONNX model has one input, ``images``: float32 (N, 1, 28, 28) in [0, 1] with
+a dynamic batch axis N (every digitrec model takes exactly that, so any
+normalization lives inside the graph), and one output, ``scores``: float32
+(N, 10), the model's unnormalized class scores (argmax = predicted digit).
+The run's configuration and epoch travel in the model's metadata.
+
+Uses PyTorch's maintained exporter (``torch.onnx.export(..., dynamo=True)``,
+which needs ``onnxscript``); the TorchScript-based one is deprecated. Needs
+``pip install 'digitrec[onnx]'``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import __version__
+from .checkpoints import load_model, read_metrics
+from .errors import DigitrecError
+from .fileio import write_bytes_atomic
+
+INPUT_NAME = "images"
+OUTPUT_NAME = "scores"
+DEFAULT_OPSET = 18  # the oldest opset the exporter targets; runs on onnxruntime >= 1.14
+ONNX_FILE = "model.onnx"
+
+
+def _require_onnx() -> Any:
+    try:
+        import onnx
+        import onnxscript  # noqa: F401  (the exporter imports it; fail here with a clear message)
+    except ImportError as exc:
+        raise DigitrecError(f"ONNX export needs {exc.name}: pip install 'digitrec[onnx]'") from None
+    return onnx
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    # The exporter logs a warning per optional torchvision op it cannot register and emits
+    # deprecation warnings from its internals: noise for a user who asked for a file.
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def model_to_onnx(
+    model: nn.Module, opset: int = DEFAULT_OPSET, metadata: dict[str, str] | None = None
+) -> Any:
+    """An ``onnx.ModelProto`` of ``model`` (taking (N, 1, 28, 28) float32), checked by onnx.checker."""
+    onnx = _require_onnx()
+    model = model.cpu().eval()
+    # Batch 2, not 1: the exporter would specialize a size-1 axis instead of keeping it dynamic.
+    example = torch.zeros(2, 1, 28, 28)
+    try:
+        with _quiet_exporter():
+            program = torch.onnx.export(
+                model,
+                (example,),
+                dynamo=True,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_shapes=({0: torch.export.Dim("batch")},),
+                opset_version=opset,
+                optimize=True,
+                verbose=False,
+            )
+    except Exception as exc:  # the exporter raises many types; the user needs the first line
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise DigitrecError(f"ONNX export failed: {first_line}") from exc
+    if program is None:  # only when exporting to a path; typed Optional for that case
+        raise DigitrecError("ONNX export failed: the exporter returned no program")
+    proto = program.model_proto
+    proto.producer_name, proto.producer_version = "digitrec", __version__
+    proto.doc_string = (
+        f"input '{INPUT_NAME}': float32 (N, 1, 28, 28) in [0, 1]; output '{OUTPUT_NAME}': float32 (N, 10) "
+        "class scores (logits), argmax = predicted digit"
+    )
+    for key, value in (metadata or {}).items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.checker.check_model(proto, full_check=True)
+    return proto
+
+
+def export_onnx(
+    run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | None = None, opset: int = DEFAULT_OPSET
+) -> Path:
+    """Export the model of ``run_dir`` to ``out`` (default ``run_dir/model.onnx``), atomically."""
+    if opset < DEFAULT_OPSET:
+        raise DigitrecError(f"--opset must be {DEFAULT_OPSET} or newer, got {opset}")
+    run_dir = Path(run_dir)
+    target = Path(out) if out is not None else run_dir / ONNX_FILE
+    if target.is_dir():
+        raise DigitrecError(f"{target}: is a folder; --out names the .onnx file to write")
+    _require_onnx()  # before loading anything: a missing package is the user's first problem
+    model, config = load_model(run_dir)
+    metrics = read_metrics(run_dir)
+    metadata = {
+        "digitrec_config": json.dumps(config.to_dict()),
+        "digitrec_version": __version__,
+        "epoch": str(metrics[-1]["epoch"]) if metrics else "",
+        "val_accuracy": str(metrics[-1]["val_accuracy"]) if metrics else "",
+    }
+    proto = model_to_onnx(model, opset=opset, metadata=metadata)
+    write_bytes_atomic(target, proto.SerializeToString())
+    return target

@@ -1,0 +1,182 @@
+"""Data-parallel training with real torchrun processes (gloo on CPU).
+
+What is proved here:
+- 2 processes end with the weights of 1 process (same seed, same global batch) within a float tolerance,
+  and the same accuracy to within 0.3 points;
+- two torchrun invocations (--nnodes 2, c10d rendezvous on 127.0.0.1) form one job;
+- killing a worker mid-run with --max-restarts resumes from the last checkpoint and finishes with the
+  result of an uninterrupted run; with no restarts left the job exits non-zero with a clear message.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from digitrec.checkpoints import load_model, read_metrics
+from digitrec.config import recipe_config
+from digitrec.training import train
+
+pytestmark = pytest.mark.slow
+
+# Gradients are averaged in another order across 2 processes; differences stay at float32 rounding level.
+WEIGHT_ATOL = 1e-4
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def _train_args(data_dir: Path, out: Path, model: str, epochs: int) -> list[str]:
+    return ["train", "--model", model, "--data-dir", str(data_dir), "--epochs", str(epochs),
+            "--out", str(out), "--no-progress"]  # fmt: skip
+
+
+def _max_weight_difference(a: torch.nn.Module, b: torch.nn.Module) -> float:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    return max(float((sa[k].float() - sb[k].float()).abs().max()) for k in sa)
+
+
+@pytest.mark.parametrize("model", ["mlp", "lenet"])
+def test_two_processes_match_one(tmp_path, small_mnist_dir, model):
+    out = tmp_path / "ddp"
+    if model == "mlp":  # through the convenience flag
+        command = [
+            sys.executable,
+            "-m",
+            "digitrec",
+            *_train_args(small_mnist_dir, out, model, 2),
+            "--nproc",
+            "2",
+        ]
+    else:  # through torchrun itself
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                   "-m", "digitrec", *_train_args(small_mnist_dir, out, model, 2)]  # fmt: skip
+    proc = subprocess.run(command, capture_output=True, text=True, env=_env(), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count("epoch   1/2") == 1  # only rank 0 prints
+    assert "2 process(es)" in proc.stdout
+    torch.set_num_threads(1)
+    single = train(
+        recipe_config(f"tutorial-{model}", epochs=2, data_dir=str(small_mnist_dir)), save=False, log=None
+    )
+    parallel, _ = load_model(out)
+    assert _max_weight_difference(single.model, parallel) < WEIGHT_ATOL
+    rows = read_metrics(out)
+    assert abs(rows[-1]["val_accuracy"] - single.metrics[-1]["val_accuracy"]) <= 0.003
+    # metrics cover the whole dataset, not rank 0's shard
+    assert abs(rows[-1]["train_accuracy"] - single.metrics[-1]["train_accuracy"]) <= 0.003
+    assert abs(rows[-1]["train_loss"] - single.metrics[-1]["train_loss"]) < 1e-3
+
+
+def test_two_nodes_form_one_job(tmp_path, small_mnist_dir):
+    port = _free_port()
+    out = tmp_path / "two-nodes"
+    nodes = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nnodes",
+                "2",
+                "--nproc-per-node",
+                "1",
+                "--rdzv-backend",
+                "c10d",
+                "--rdzv-endpoint",
+                f"127.0.0.1:{port}",
+                "--rdzv-id",
+                "digitrec-test",
+                "-m",
+                "digitrec",
+                *_train_args(small_mnist_dir, out, "mlp", 1),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=_env(),
+        )
+        for _ in range(2)
+    ]
+    outputs = [node.communicate(timeout=600) for node in nodes]
+    assert all(node.returncode == 0 for node in nodes), [err[-1500:] for _, err in outputs]
+    assert sum("2 process(es)" in stdout for stdout, _ in outputs) == 1  # one job, one master
+    single = train(
+        recipe_config("tutorial-mlp", epochs=1, data_dir=str(small_mnist_dir)), save=False, log=None
+    )
+    assert _max_weight_difference(single.model, load_model(out)[0]) < WEIGHT_ATOL
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def _kill_a_worker_mid_run(proc: subprocess.Popen, run: Path) -> None:
+    deadline = time.monotonic() + 300
+    while not (run / "checkpoint.safetensors").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, (
+            "training ended before its first checkpoint"
+        )
+        time.sleep(0.05)
+    time.sleep(0.3)  # into the next epoch
+    workers = []
+    while not workers:
+        workers = [child for child in _children(proc.pid)]
+        assert proc.poll() is None
+    os.kill(workers[-1], signal.SIGKILL)
+
+
+def test_killed_worker_restarts_from_checkpoint(tmp_path, small_mnist_dir):
+    run = tmp_path / "restarted"
+    command = [sys.executable, "-m", "digitrec", *_train_args(small_mnist_dir, run, "lenet", 4),
+               "--nproc", "2", "--max-restarts", "1"]  # fmt: skip
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    _kill_a_worker_mid_run(proc, run)
+    stdout, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 0, stderr[-2000:]
+    assert "resuming" in stdout
+    assert [row["epoch"] for row in read_metrics(run)] == [1, 2, 3, 4]
+    torch.set_num_threads(1)
+    single = train(
+        recipe_config("tutorial-lenet", epochs=4, data_dir=str(small_mnist_dir)), save=False, log=None
+    )
+    assert _max_weight_difference(single.model, load_model(run)[0]) < WEIGHT_ATOL
+
+
+def test_out_of_restarts_exits_nonzero_with_one_clear_line(tmp_path, small_mnist_dir):
+    run = tmp_path / "failed"
+    command = [sys.executable, "-m", "digitrec", *_train_args(small_mnist_dir, run, "lenet", 4),
+               "--nproc", "2", "--max-restarts", "0"]  # fmt: skip
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    _kill_a_worker_mid_run(proc, run)
+    _, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 2
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("digitrec train: error: distributed training failed after 0 restart(s)")
+    assert "--resume" in last
+    load_model(run)  # the last checkpoint is intact

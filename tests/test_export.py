@@ -1,0 +1,123 @@
+"""digitrec export --format onnx: onnx.checker, and onnxruntime against PyTorch on all MNIST test images."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from digitrec.checkpoints import load_model, read_metrics
+from digitrec.cli import main
+from digitrec.config import recipe_config
+from digitrec.errors import DigitrecError
+from digitrec.evaluation import predict
+from digitrec.training import train
+
+onnx = pytest.importorskip("onnx")  # the optional extra; dev installs it, so CI runs these
+pytest.importorskip("onnxruntime")
+from digitrec.onnx_runtime import OnnxScorer  # noqa: E402
+
+
+@pytest.fixture(scope="module", params=["mlp", "lenet"])
+def exported(request, tmp_path_factory, small_mnist_dir):
+    """(run directory, .onnx path) of a model trained briefly on real digits, exported by the CLI."""
+    folder = tmp_path_factory.mktemp(f"export-{request.param}")
+    run = folder / "run"
+    config = recipe_config(f"tutorial-{request.param}", epochs=2, data_dir=str(small_mnist_dir))
+    train(config, out_dir=run, log=None)
+    path = folder / "out" / "model.onnx"
+    assert main(["export", str(run), "--format", "onnx", "--out", str(path)]) == 0
+    return run, path
+
+
+def test_exported_file_passes_the_checker_and_has_the_promised_signature(exported):
+    _, path = exported
+    assert [p.name for p in path.parent.iterdir()] == ["model.onnx"]  # written atomically, no temp left
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model, full_check=True)
+    (graph_input,) = model.graph.input
+    (graph_output,) = model.graph.output
+
+    def dims(value):
+        return [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
+
+    assert graph_input.name == "images" and graph_output.name == "scores"
+    assert graph_input.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert graph_output.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    batch = dims(graph_input)[0]
+    assert isinstance(batch, str) and dims(graph_input) == [batch, 1, 28, 28]  # dynamic batch axis
+    assert dims(graph_output) == [batch, 10]
+
+
+def test_onnxruntime_agrees_with_pytorch_on_the_whole_test_set(exported, mnist):
+    run, path = exported
+    model, _ = load_model(run)
+    expected = predict(model, mnist.test_images).numpy()  # (10000, 10)
+    images = mnist.test_images.numpy()[:, None].astype(np.float32) / 255.0  # (10000, 1, 28, 28) in [0, 1]
+    scores = OnnxScorer(path, threads=1)(images)
+    assert scores.shape == (10_000, 10) and scores.dtype == np.float32
+    assert np.abs(scores - expected).max() < 1e-4
+    assert np.array_equal(scores.argmax(1), expected.argmax(1))
+
+
+def test_batch_axis_is_dynamic_and_metadata_travels(exported, mnist):
+    run, path = exported
+    scorer = OnnxScorer(path, threads=1)
+    images = mnist.test_images[:7].numpy()[:, None].astype(np.float32) / 255.0
+    whole = scorer(images)
+    for size in (1, 3):
+        np.testing.assert_allclose(scorer(images[:size]), whole[:size], atol=1e-5)
+    assert scorer(images[:0]).shape == (0, 10)
+    _, config = load_model(run)
+    assert scorer.info["model"] == config.model and scorer.info["recipe"] == config.recipe
+    assert scorer.info["epoch"] == 2 and scorer.info["val_accuracy"] == read_metrics(run)[-1]["val_accuracy"]
+    assert scorer.info["config"] == config.to_dict() and scorer.info["format"] == "onnx"
+
+
+def test_scorer_rejects_bad_images_and_bad_files(exported, tmp_path):
+    _, path = exported
+    scorer = OnnxScorer(path, threads=1)
+    with pytest.raises(DigitrecError, match=r"shape \(N, 1, 28, 28\)"):
+        scorer(np.zeros((2, 28, 28), dtype=np.float32))
+    with pytest.raises(DigitrecError, match="float images"):
+        scorer(np.zeros((2, 1, 28, 28), dtype=np.uint8))
+    with pytest.raises(DigitrecError, match="file not found"):
+        OnnxScorer(tmp_path / "missing.onnx")
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"not a protobuf at all" * 10)
+    with pytest.raises(DigitrecError, match="not a usable ONNX model"):
+        OnnxScorer(garbage)
+
+
+def test_scorer_runs_without_importing_torch(exported):
+    _, path = exported
+    code = (
+        "import sys, numpy as np\n"
+        "from digitrec.onnx_runtime import OnnxScorer\n"
+        f"scores = OnnxScorer({str(path)!r}, threads=1)(np.zeros((4, 1, 28, 28), np.float32))\n"
+        "assert scores.shape == (4, 10), scores.shape\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["export", "{tmp}/missing"], "run directory not found"),
+        (["export", "{run}", "--out", "{tmp}"], "is a folder"),
+        (["export", "{run}", "--opset", "17"], "--opset: must be >= 18"),
+        (["export", "{run}", "--format", "tflite"], "invalid choice"),
+    ],
+)
+def test_bad_export_input_is_one_line_exit_2(exported, tmp_path, capsys, args, message):
+    run, _ = exported
+    args = [a.format(tmp=tmp_path, run=run) for a in args]
+    try:
+        code = main(args)
+    except SystemExit as exc:
+        code = exc.code
+    assert code == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
