@@ -131,7 +131,7 @@ def tab(browser: Any, server: Server) -> Iterator[Page]:
 
 def save_screenshot(page: Any, tmp_path: Path, name: str) -> Path:
     path = tmp_path / name
-    page.screenshot(path=str(path), full_page=True)
+    page.screenshot(path=str(path), full_page=True, animations="disabled")  # bars at their final width
     assert path.stat().st_size > 10_000  # a real rendering, not a blank page
     if os.environ.get("DIGITREC_SCREENSHOT_DIR"):
         shutil.copy(path, Path(os.environ["DIGITREC_SCREENSHOT_DIR"]) / name)
