@@ -224,11 +224,128 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--json", action="store_true", help="print JSON instead of a table (default: off)")
     models.set_defaults(handler=cmd_models)
 
+    predict = commands.add_parser(
+        "predict",
+        help="read handwritten digits in image files",
+        description="Read the handwritten digit (or, with --multi, the row of digits) in each image "
+        "file: PNG, JPEG, BMP, GIF (first frame), WebP or TIFF, any mode and size. Each image is "
+        "brought into MNIST's form first (see README). Exit code 1 if any file could not be read.",
+    )
+    predict.add_argument("files", nargs="+", metavar="FILE", help="image files; - reads one from stdin")
+    predict.add_argument(
+        "--run", metavar="DIR", help="run directory of the model to use (default: the bundled model)"
+    )
+    predict.add_argument(
+        "--json",
+        action="store_true",
+        help="print JSON Lines, one object per file: file, digit, confidence, probabilities "
+        "(error on failure; number and digits with --multi) (default: off)",
+    )
+    predict.add_argument(
+        "--top-k",
+        type=_bounded(int, 1),
+        metavar="K",
+        help="also show the K most likely digits with their probabilities, 1..10 (default: off)",
+    )
+    predict.add_argument(
+        "--multi",
+        action="store_true",
+        help="read a row of several digits (a number, a postcode), left to right (default: off)",
+    )
+    predict.add_argument(
+        "--min-confidence",
+        type=_bounded(float, 0),
+        metavar="P",
+        help="report a digit whose probability is below P (0..1) as unknown (default: 0, never)",
+    )
+    predict.add_argument(
+        "--show-input",
+        metavar="OUT.png",
+        help="save the 28x28 image the model saw (with --multi, the digits side by side); with "
+        "several files, OUT-1.png, OUT-2.png, ... in the order given (default: off)",
+    )
+    predict.add_argument(
+        "--device", default="cpu", help="device to run the model on: cpu, cuda, cuda:N, mps (default: cpu)"
+    )
+    predict.set_defaults(handler=cmd_predict)
+
     recipes = commands.add_parser(
         "recipes", help="list the named training recipes", description="List every recipe with its settings."
     )
     recipes.add_argument("--json", action="store_true", help="print JSON instead of a table (default: off)")
     recipes.set_defaults(handler=cmd_recipes)
+
+    serve = commands.add_parser(
+        "serve",
+        help="serve the drawing page and the HTTP API",
+        description="Serve the drawing page at / and the HTTP API (POST /v1/predict, /v1/models, "
+        "/healthz, /readyz, /metrics, /openapi.json) with FastAPI on uvicorn. "
+        "SIGTERM or Ctrl-C finishes the requests in flight, then exits.",
+    )
+    serve.add_argument(
+        "--run", metavar="DIR", help="run directory to serve (default: the bundled default model)"
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    serve.add_argument(
+        "--port", type=_bounded(int, 0), default=8000, help="TCP port, 0 for any free one (default: 8000)"
+    )
+    serve.add_argument(
+        "--workers",
+        type=_bounded(int, 1),
+        default=1,
+        metavar="N",
+        help="server processes, each with the model (default: 1)",
+    )
+    limits = serve.add_argument_group("limits")
+    limits.add_argument(
+        "--max-body",
+        type=_bounded(int, 1),
+        default=2 * 1024 * 1024,
+        metavar="BYTES",
+        help="largest request body; more is answered 413 before decoding (default: 2097152, 2 MiB)",
+    )
+    limits.add_argument(
+        "--max-inflight",
+        type=_bounded(int, 1),
+        default=32,
+        metavar="N",
+        help="prediction requests admitted at once per process; one more is answered 503 (default: 32)",
+    )
+    limits.add_argument(
+        "--threads",
+        type=_bounded(int, 1),
+        default=2,
+        metavar="N",
+        help="inference threads per process, off the event loop (default: 2)",
+    )
+    limits.add_argument(
+        "--queue-timeout",
+        type=_bounded(float, 0, inclusive=False),
+        default=5.0,
+        metavar="SECONDS",
+        help="longest wait of an admitted request for an inference thread before 503 (default: 5)",
+    )
+    limits.add_argument(
+        "--body-timeout",
+        type=_bounded(float, 0, inclusive=False),
+        default=10.0,
+        metavar="SECONDS",
+        help="longest time to receive a request body before 408 (default: 10)",
+    )
+    limits.add_argument(
+        "--graceful-timeout",
+        type=_bounded(float, 0, inclusive=False),
+        default=30.0,
+        metavar="SECONDS",
+        help="on SIGTERM, longest wait for requests in flight (default: 30)",
+    )
+    serve.add_argument(
+        "--access-log",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="log one line per request (default: on)",
+    )
+    serve.set_defaults(handler=cmd_serve)
     return parser
 
 
@@ -412,6 +529,155 @@ def cmd_recipes(args: argparse.Namespace) -> int:
                 f"{k}={v}" for k, v in row.items() if k not in ("recipe", "data_dir", "model_args")
             )
             print(f"{row['recipe']}: {settings}")
+    return 0
+
+
+EXIT_SOME_FAILED = 1
+# Files are decoded and read this many at a time: one batched forward each, bounded memory.
+PREDICT_CHUNK = 64
+
+
+def _show_input_paths(template: str, count: int) -> list[str]:
+    """Where --show-input writes: the path itself for one file, else OUT-1.png, OUT-2.png, ..."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    path = Path(template)
+    if path.suffix.lower() not in Image.registered_extensions():
+        raise DigitrecError(f"--show-input {template}: unknown image extension (use .png)")
+    if count == 1:
+        return [template]
+    return [str(path.with_name(f"{path.stem}-{index}{path.suffix}")) for index in range(1, count + 1)]
+
+
+def _save_input(path: str, prediction: Any) -> None:
+    """The 28x28 the model saw (several side by side with --multi), written atomically."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from .fileio import write_bytes_atomic
+
+    images = prediction.input_images or (
+        [prediction.input_image] if prediction.input_image is not None else []
+    )
+    if not images:
+        return
+    buffer = io.BytesIO()
+    suffix = path.rsplit(".", 1)[-1]
+    Image.fromarray(np.hstack(images), "L").save(
+        buffer, format=Image.registered_extensions()["." + suffix.lower()]
+    )
+    write_bytes_atomic(path, buffer.getvalue())
+
+
+def _read_source(name: str) -> Any:
+    return sys.stdin.buffer.read() if name == "-" else name
+
+
+def _predict_line(name: str, prediction: Any, top_k: int | None, multi: bool) -> str:
+    """One line of text output: "FILE: 7 (confidence 0.998)" and the like."""
+    if multi:
+        if not prediction.digits:
+            return f"{name}: no digit found"
+        detail = ", ".join(
+            f"{'?' if d['digit'] is None else d['digit']} ({d['confidence']:.3f})" for d in prediction.digits
+        )
+        return f"{name}: {prediction.number} [{detail}]"
+    if not prediction.found:
+        return f"{name}: no digit found"
+    if prediction.digit is None:
+        best = max(range(10), key=lambda k: prediction.probabilities[k])
+        text = f"{name}: unknown (best guess {best}, confidence {prediction.confidence:.3f})"
+    else:
+        text = f"{name}: {prediction.digit} (confidence {prediction.confidence:.3f})"
+    if top_k:
+        ranked = sorted(range(10), key=lambda k: -prediction.probabilities[k])[:top_k]
+        text += (
+            "  top-" + str(top_k) + ": " + ", ".join(f"{k} {prediction.probabilities[k]:.3f}" for k in ranked)
+        )
+    return text
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .images import ImageError, load_image
+    from .recognition import Recognizer
+
+    if args.top_k is not None and args.top_k > 10:
+        raise DigitrecError(f"--top-k must be between 1 and 10, got {args.top_k}")
+    if args.min_confidence is not None and args.min_confidence > 1:
+        raise DigitrecError(f"--min-confidence must be between 0 and 1, got {args.min_confidence}")
+    if args.files.count("-") > 1:
+        raise DigitrecError("- (stdin) can be given only once")
+    show_paths = _show_input_paths(args.show_input, len(args.files)) if args.show_input else None
+    recognizer = Recognizer.from_run(args.run, args.device) if args.run else Recognizer.default(args.device)
+
+    failed = 0
+    for start in range(0, len(args.files), PREDICT_CHUNK):
+        names = args.files[start : start + PREDICT_CHUNK]
+        loaded: dict[int, Any] = {}
+        errors: dict[int, str] = {}
+        for offset, name in enumerate(names):
+            try:
+                loaded[offset] = load_image(_read_source(name))
+            except ImageError as exc:
+                # The message names "<bytes>" for stdin; say "-" like the user did.
+                errors[offset] = str(exc).replace("<bytes>", "-", 1)
+        keys = sorted(loaded)
+        predictions = dict(
+            zip(
+                keys,
+                recognizer.predict_batch(
+                    [loaded[k] for k in keys], multi=args.multi, min_confidence=args.min_confidence
+                ),
+                strict=True,
+            )
+        )
+        for offset, name in enumerate(names):
+            if offset in errors:
+                failed += 1
+                if args.json:
+                    print(json.dumps({"file": name, "error": errors[offset]}), flush=True)
+                else:
+                    print(f"digitrec predict: error: {errors[offset]}", file=sys.stderr, flush=True)
+                continue
+            prediction = predictions[offset]
+            if show_paths is not None:
+                _save_input(show_paths[start + offset], prediction)
+            if args.json:
+                row = {"file": name, **prediction.to_dict()}
+                if args.top_k and prediction.found and prediction.digits is None:
+                    ranked = sorted(range(10), key=lambda k: -prediction.probabilities[k])[: args.top_k]
+                    row["top_k"] = [{"digit": k, "probability": prediction.probabilities[k]} for k in ranked]
+                print(json.dumps(row), flush=True)
+            else:
+                print(_predict_line(name, prediction, args.top_k, args.multi), flush=True)
+    return EXIT_SOME_FAILED if failed else 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .serving import ServeConfig, serve
+
+    if args.port > 65535:
+        raise DigitrecError(f"--port must be <= 65535, got {args.port}")
+    config = ServeConfig(
+        run=args.run,
+        max_body_bytes=args.max_body,
+        max_inflight=args.max_inflight,
+        threads=args.threads,
+        queue_timeout=args.queue_timeout,
+        body_timeout=args.body_timeout,
+    )
+    serve(
+        config,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        graceful_timeout=args.graceful_timeout,
+        access_log=args.access_log,
+    )
     return 0
 
 

@@ -1,0 +1,304 @@
+"""Recognize handwritten digits in images: the :class:`Recognizer`.
+
+>>> rec = Recognizer.default()                       # the bundled model
+>>> rec.predict("seven.png").digit                   # doctest: +SKIP
+7
+>>> rec.predict("postcode.jpg", multi=True).number   # doctest: +SKIP
+'75013'
+
+A Recognizer wraps a *scorer*: a function from (N, 1, 28, 28) float32 in [0, 1] to
+(N, 10) scores. :meth:`Recognizer.from_run` and :meth:`Recognizer.default` build a
+PyTorch scorer; torch is imported only there, so another backend (ONNX Runtime) can
+plug in through :meth:`Recognizer.from_scorer` without torch installed.
+
+Images are brought into MNIST's form by :func:`digitrec.images.normalize_digit`
+(one digit) or :func:`digitrec.images.segment_digits` (a row of digits).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import DigitrecError
+from .images import ImageError, load_image, normalize_digit, segment_digits, segment_groups
+
+__all__ = [
+    "ImageError",
+    "Prediction",
+    "Recognizer",
+    "load_image",
+    "normalize_digit",
+    "segment_digits",
+]
+
+# (N, 1, 28, 28) float32 in [0, 1] -> (N, 10) scores (logits, or any monotone scores).
+Scorer = Callable[[np.ndarray], np.ndarray]
+
+DEFAULT_MODEL_DIR = ("_data", "default_model")
+NO_PROBABILITIES = (0.0,) * 10
+# Multi mode: the geometric reading of a wide group wins unless another reading is more
+# confident by more than this (in mean log probability).
+PREFERRED_BONUS = 0.05
+
+
+@dataclass
+class Prediction:
+    """What the model read in one image.
+
+    digit: 0-9, or None when no digit was found (blank image) or the confidence was
+        below ``min_confidence``. In multi mode, the digit when exactly one was read.
+    confidence: the probability of ``digit`` (before rejection); 0.0 when no digit was
+        found. In multi mode, the product of the digits' confidences (the chance that
+        the whole number is right, if errors are independent).
+    probabilities: 10 floats, softmax of the model's scores. All zeros when there is no
+        single digit to score (blank image; multi mode with other than one digit).
+    input_image: the (28, 28) uint8 the model saw (None if no digit; in multi mode
+        with several digits, see ``input_images``).
+    number: multi mode only: the digits left to right, "?" for one below
+        ``min_confidence``; None when no digit was found.
+    digits: multi mode only: per digit {"digit", "confidence", "bbox": [x, y, w, h],
+        "probabilities"}, left to right.
+    input_images: multi mode only: each digit's (28, 28) uint8 input, left to right.
+    """
+
+    digit: int | None
+    confidence: float
+    probabilities: list[float]
+    input_image: np.ndarray | None
+    number: str | None = None
+    digits: list[dict[str, Any]] | None = None
+    input_images: list[np.ndarray] | None = field(default=None, repr=False)
+
+    @property
+    def found(self) -> bool:
+        """Whether any digit was found (even one rejected for low confidence)."""
+        return self.input_image is not None or bool(self.input_images)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able: digit, confidence, probabilities; number and digits in multi mode."""
+        out: dict[str, Any] = {
+            "digit": self.digit,
+            "confidence": self.confidence,
+            "probabilities": list(self.probabilities),
+        }
+        if self.digits is not None:
+            out["number"] = self.number
+            out["digits"] = [dict(d) for d in self.digits]
+        return out
+
+
+def softmax(scores: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of (N, 10) scores, in float64 for stable sums."""
+    scores = np.asarray(scores, dtype=np.float64)
+    shifted = scores - scores.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+def _check_confidence(min_confidence: float | None) -> None:
+    if min_confidence is not None and not 0.0 <= min_confidence <= 1.0:
+        raise DigitrecError(f"min_confidence must be in [0, 1], got {min_confidence}")
+
+
+def default_model_dir() -> Path:
+    """Where the bundled default model lives (inside the installed package)."""
+    return Path(str(resources.files("digitrec").joinpath(*DEFAULT_MODEL_DIR)))
+
+
+def _torch_scorer(model: Any, device: Any) -> Scorer:
+    import torch
+
+    def score(batch: np.ndarray) -> np.ndarray:
+        # inference_mode: no autograd state; forward in eval mode mutates nothing, so
+        # concurrent calls from several threads are safe.
+        with torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(device)
+            return model(x).float().cpu().numpy()
+
+    return score
+
+
+class Recognizer:
+    """A model plus MNIST-style normalization: images in, :class:`Prediction` out.
+
+    Thread-safe: predictions share no mutable state.
+    """
+
+    def __init__(self, scorer: Scorer, info: dict[str, Any]) -> None:
+        self._scorer = scorer
+        self._info = dict(info)
+
+    # ----------------------------------------------------------------- construction
+
+    @classmethod
+    def from_scorer(cls, scorer: Scorer, info: dict[str, Any]) -> Recognizer:
+        """Any backend: ``scorer`` maps (N, 1, 28, 28) float32 in [0, 1] to (N, 10) scores."""
+        return cls(scorer, info)
+
+    @classmethod
+    def from_run(
+        cls, run_dir: str | os.PathLike[str], device: str = "cpu", *, source: str | None = None
+    ) -> Recognizer:
+        """The model of a run directory (config.json + model.safetensors), on ``device``."""
+        from .checkpoints import load_model, read_metrics
+        from .models import count_parameters
+        from .training import resolve_device
+
+        resolved = resolve_device(device)
+        model, config = load_model(run_dir, resolved)
+        metrics = read_metrics(run_dir)
+        info: dict[str, Any] = {
+            "name": config.model,
+            "parameters": count_parameters(model),
+            "source": source or str(run_dir),
+            "backend": "torch",
+            "device": str(resolved),
+            "recipe": config.recipe,
+            "dataset": config.dataset,
+            "model_args": dict(config.model_args),
+        }
+        if metrics and "val_accuracy" in metrics[-1]:
+            info["val_accuracy"] = metrics[-1]["val_accuracy"]
+        return cls(_torch_scorer(model, resolved), info)
+
+    @classmethod
+    def default(cls, device: str = "cpu") -> Recognizer:
+        """The model bundled with digitrec (``digitrec/_data/default_model``)."""
+        folder = default_model_dir()
+        if not (folder / "config.json").is_file() or not (folder / "model.safetensors").is_file():
+            raise DigitrecError(
+                f"the bundled default model is missing ({folder} has no config.json and "
+                "model.safetensors); reinstall digitrec, or pass a run directory (--run DIR)"
+            )
+        return cls.from_run(folder, device, source="bundled")
+
+    def info(self) -> dict[str, Any]:
+        """Model name, parameters, source (run dir or "bundled"), backend, ..."""
+        return dict(self._info)
+
+    # ----------------------------------------------------------------- scoring
+
+    def _probabilities(self, inputs: list[np.ndarray]) -> np.ndarray:
+        """(N, 10) probabilities for (28, 28) uint8 inputs, in one forward pass."""
+        if not inputs:
+            return np.zeros((0, 10))
+        batch = np.stack(inputs).astype(np.float32)[:, None] / 255.0  # (N, 1, 28, 28) in [0, 1]
+        scores = np.asarray(self._scorer(batch))
+        if scores.shape != (len(inputs), 10):
+            raise DigitrecError(
+                f"the model returned scores of shape {scores.shape}, expected ({len(inputs)}, 10)"
+            )
+        return softmax(scores)
+
+    @staticmethod
+    def _single(
+        pixels: np.ndarray | None, probs: np.ndarray | None, min_confidence: float | None
+    ) -> Prediction:
+        if pixels is None or probs is None:
+            return Prediction(None, 0.0, list(NO_PROBABILITIES), None)
+        best = int(probs.argmax())
+        confidence = float(probs[best])
+        rejected = min_confidence is not None and confidence < min_confidence
+        return Prediction(None if rejected else best, confidence, [float(p) for p in probs], pixels)
+
+    @staticmethod
+    def _multi(
+        segments: list[tuple[np.ndarray, tuple[int, int, int, int]]],
+        probs: np.ndarray,
+        min_confidence: float | None,
+    ) -> Prediction:
+        if not segments:
+            return Prediction(
+                None, 0.0, list(NO_PROBABILITIES), None, number=None, digits=[], input_images=[]
+            )
+        reads = [
+            Recognizer._single(pixels, row, min_confidence)
+            for (pixels, _), row in zip(segments, probs, strict=True)
+        ]
+        digits: list[dict[str, Any]] = [
+            {
+                "digit": read.digit,
+                "confidence": read.confidence,
+                "bbox": list(box),
+                "probabilities": read.probabilities,
+            }
+            for read, (_, box) in zip(reads, segments, strict=True)
+        ]
+        text = "".join("?" if read.digit is None else str(read.digit) for read in reads)
+        inputs = [pixels for pixels, _ in segments]
+        total = float(np.prod([read.confidence for read in reads]))
+        if len(reads) == 1:
+            return Prediction(reads[0].digit, total, reads[0].probabilities, inputs[0], text, digits, inputs)
+        return Prediction(None, total, list(NO_PROBABILITIES), None, text, digits, inputs)
+
+    # ----------------------------------------------------------------- public
+
+    def predict(self, image: Any, *, multi: bool = False, min_confidence: float | None = None) -> Prediction:
+        """Read one image (path, bytes, PIL image or array). Raises ImageError for a bad image."""
+        return self.predict_batch([image], multi=multi, min_confidence=min_confidence)[0]
+
+    def predict_batch(
+        self, images: Sequence[Any], *, multi: bool = False, min_confidence: float | None = None
+    ) -> list[Prediction]:
+        """Read several images with one forward pass; raises ImageError at the first bad image."""
+        _check_confidence(min_confidence)
+        if multi:
+            return self._predict_rows(images, min_confidence)
+        inputs = [normalize_digit(load_image(image)) for image in images]
+        found = [pixels for pixels in inputs if pixels is not None]
+        rows = iter(self._probabilities(found))
+        return [
+            self._single(pixels, next(rows) if pixels is not None else None, min_confidence)
+            for pixels in inputs
+        ]
+
+    def _predict_rows(self, images: Sequence[Any], min_confidence: float | None) -> list[Prediction]:
+        """Multi mode: every candidate reading of every group, scored in one forward pass.
+
+        A group of ink wider than a digit may be one wide digit or several touching ones;
+        the reading whose digits the model reads most confidently (highest mean log
+        probability) wins, ties going to the geometric guess.
+        """
+        rows = [segment_groups(load_image(image)) for image in images]
+        flat = [pixels for groups in rows for g in groups for option in g.options for pixels, _ in option]
+        confidence = iter(self._probabilities(flat))
+        results = []
+        for groups in rows:
+            segments: list[tuple[np.ndarray, tuple[int, int, int, int]]] = []
+            chosen_probs: list[np.ndarray] = []
+            for group in groups:
+                scored = []
+                for index, option in enumerate(group.options):
+                    option_probs = [next(confidence) for _ in option]
+                    score = float(np.mean([np.log(max(p.max(), 1e-12)) for p in option_probs]))
+                    scored.append(
+                        (score + (PREFERRED_BONUS if index == group.preferred else 0.0), index, option_probs)
+                    )
+                _, best, best_probs = max(scored, key=lambda item: item[0])
+                segments += group.options[best]
+                chosen_probs += best_probs
+            results.append(self._multi(segments, np.array(chosen_probs).reshape(-1, 10), min_confidence))
+        return results
+
+    def predict_pixels(self, pixels: Any, *, min_confidence: float | None = None) -> Prediction:
+        """Read a (28, 28) image already in MNIST's form (white ink on black, 0-255): no
+        normalization. An all-black image is "no digit found"."""
+        _check_confidence(min_confidence)
+        array = np.asarray(pixels)
+        if array.shape != (28, 28):
+            raise ImageError(f"pixels: expected a (28, 28) array, got shape {array.shape}")
+        if not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_):
+            raise ImageError(f"pixels: expected numbers, got {array.dtype}")
+        if not np.isfinite(array).all() or array.min() < 0 or array.max() > 255:
+            raise ImageError("pixels: values must be in 0..255")
+        grid = np.rint(array).astype(np.uint8)
+        if grid.max() == 0:
+            return self._single(None, None, min_confidence)
+        return self._single(grid, self._probabilities([grid])[0], min_confidence)

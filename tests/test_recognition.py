@@ -1,0 +1,429 @@
+"""The Recognizer and MNIST-style normalization, on real MNIST digits rendered as images."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from scipy import ndimage as ndi
+
+from digitrec.data import Dataset
+from digitrec.errors import DigitrecError
+from digitrec.images import normalize_digit, segment_digits
+from digitrec.recognition import Prediction, Recognizer, softmax
+
+from .recognition_support import encode, ink_on_paper, model_run
+
+N_DIGITS = 40
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return model_run(tmp_path_factory.mktemp("recognition-model"))
+
+
+@pytest.fixture(scope="module")
+def recognizer(run_dir: Path) -> Recognizer:
+    return Recognizer.from_run(run_dir)
+
+
+@pytest.fixture(scope="module")
+def digits(mnist: Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """MNIST test digits 0..N-1 (uint8 (N, 28, 28)) and labels."""
+    return mnist.test_images[:N_DIGITS].numpy(), mnist.test_labels[:N_DIGITS].numpy()
+
+
+def _ink_box(pixels: np.ndarray) -> tuple[int, int]:
+    rows = np.where(pixels.max(axis=1) > 0)[0]
+    cols = np.where(pixels.max(axis=0) > 0)[0]
+    return rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1
+
+
+def _similarity(a: np.ndarray, b: np.ndarray) -> float:
+    """Correlation of two (28, 28) images."""
+    return float(np.corrcoef(a.ravel().astype(float), b.ravel().astype(float))[0, 1])
+
+
+# --------------------------------------------------------------------------- normalization
+
+
+def test_normalized_digit_has_mnist_geometry(digits):
+    images, _ = digits
+    for digit in images[:10]:
+        page = ink_on_paper(digit, height=int(150 + digit.sum() % 200), canvas=600)
+        out = normalize_digit(page)
+        assert out.shape == (28, 28) and out.dtype == np.uint8
+        assert out.max() == 255
+        height, width = _ink_box(out)
+        assert max(height, width) in (19, 20, 21)  # fits the 20x20 box (+-1 for the anti-aliased edge)
+        cy, cx = ndi.center_of_mass(out.astype(float))
+        assert abs(cy - 14.0) <= 0.6 and abs(cx - 14.0) <= 0.6
+
+
+def test_an_mnist_digit_normalizes_to_itself(digits):
+    """MNIST was prepared the same way: normalizing an MNIST digit changes it little."""
+    images, _ = digits
+    scores = [_similarity(normalize_digit(d), d) for d in images]
+    assert np.median(scores) > 0.9
+
+
+def test_polarity_comes_from_the_background(digits):
+    """White on black and black on white, gray or coloured: the same input for the model."""
+    digit = digits[0][3]
+    page = ink_on_paper(digit)
+    reference = normalize_digit(page)
+    inverted = normalize_digit(255 - page)
+    assert _similarity(reference, inverted) > 0.97
+    # Dark gray paper (below mid-gray) with black ink is still dark-on-light.
+    dim = (page.astype(float) * 0.4).astype(np.uint8)
+    assert _similarity(reference, normalize_digit(dim)) > 0.95
+    # Yellow paper with blue ink: luminance alone would give little contrast in blue; the
+    # ink's own colour direction is used.
+    a = (255 - page)[:, :, None] / 255.0
+    rgb = np.array([240, 220, 60]) * (1 - a) + np.array([40, 60, 200]) * a
+    assert _similarity(reference, normalize_digit(rgb.astype(np.uint8))) > 0.95
+
+
+def test_uneven_lighting_is_evened_out(digits):
+    digit = digits[0][5]
+    page = ink_on_paper(digit).astype(float) / 255
+    reference = normalize_digit(page)
+    ramp = np.linspace(1.0, 0.35, page.shape[1])[None, :]  # light falls to 35% across the page
+    lit = page * ramp
+    assert _similarity(reference, normalize_digit(lit)) > 0.93
+    # The lighting alone, with no digit, is not ink.
+    assert normalize_digit(np.ones_like(page) * ramp) is None
+
+
+def test_specks_are_ignored(digits):
+    digit = digits[0][7]
+    page = ink_on_paper(digit)
+    reference = normalize_digit(page)
+    dirty = page.copy()
+    for y, x in [(10, 10), (300, 20), (15, 290), (290, 300)]:
+        dirty[y : y + 3, x : x + 3] = 0  # 3x3 dots in the corners, far from the digit
+    out = normalize_digit(dirty)
+    assert _similarity(reference, out) > 0.99
+
+
+def test_a_desk_around_the_sheet_is_not_ink(digits):
+    """A photo of a sheet with the (darker) desk showing along two sides, or a thin strip."""
+    digit = digits[0][3]
+    page = ink_on_paper(digit, height=150, canvas=300)
+    reference = normalize_digit(page)
+    for margin in (40, 15):
+        photo = np.full((300 + margin, 300 + margin), 70, np.uint8)
+        photo[margin:, margin:] = page
+        out = normalize_digit(photo)
+        assert out is not None and _similarity(reference, out) > 0.97, margin
+
+
+def test_thin_strokes_are_thickened(digits):
+    """A fine pen on a large canvas: strokes 1-2 px wide on a 500 px digit."""
+    digit = digits[0][0]
+    page = ink_on_paper(digit, height=500, canvas=700)
+    ink = 255 - page
+    skeleton = ndi.grey_erosion(ink, size=(13, 13))  # strokes of ~40 px become a few px
+    thin = normalize_digit(255 - skeleton)
+    assert thin is not None
+    # MNIST's strokes are about 2-3 px wide: count the pixels above half intensity.
+    assert (thin > 127).sum() >= 0.6 * (normalize_digit(page) > 127).sum()
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: np.full((100, 100), 255, np.uint8),  # white paper
+        lambda: np.zeros((100, 100), np.uint8),  # black
+        lambda: np.full((64, 200), 128, np.uint8),  # flat gray
+        lambda: np.clip(np.random.default_rng(0).normal(200, 12, (300, 300)), 0, 255).astype(np.uint8),
+        lambda: np.pad(np.zeros((3, 3), np.uint8), 300, constant_values=255),  # one speck
+    ],
+    ids=["white", "black", "gray", "paper-texture", "one-speck"],
+)
+def test_blank_and_near_blank_images_have_no_digit(make, recognizer):
+    image = make()
+    assert normalize_digit(image) is None
+    prediction = recognizer.predict(image)
+    assert prediction.digit is None and prediction.confidence == 0.0 and not prediction.found
+    assert prediction.input_image is None
+    assert segment_digits(image) == []
+
+
+@pytest.mark.parametrize(
+    ("mode", "fmt"),
+    [
+        ("L", "PNG"),
+        ("RGB", "JPEG"),
+        ("RGB", "BMP"),
+        ("P", "GIF"),
+        ("RGB", "WEBP"),
+        ("L", "TIFF"),
+        ("CMYK", "TIFF"),
+        ("1", "PNG"),
+        ("I;16", "PNG"),
+        ("LA", "PNG"),
+        ("RGBA", "WEBP"),
+        ("P-transparent", "PNG"),
+    ],
+)
+def test_every_format_and_mode_reads_the_same(mode, fmt, digits, recognizer):
+    digit = digits[0][1]
+    page = ink_on_paper(digit, height=120, canvas=160)
+    reference = normalize_digit(page)
+    base = Image.fromarray(page)
+    if mode == "I;16":
+        image = Image.fromarray(page.astype(np.uint16) * 257)
+    elif mode in ("LA", "RGBA"):
+        # Ink as opacity on a transparent canvas (what a drawing app exports).
+        image = Image.new("RGBA", base.size, (20, 20, 20, 0))
+        image.putalpha(Image.fromarray(255 - page))
+        image = image.convert("LA") if mode == "LA" else image
+    elif mode == "P-transparent":
+        image = base.convert("P")  # a gray palette: index = gray level; white paper transparent
+        data = encode(image, fmt, transparency=255)
+        assert Image.open(io.BytesIO(data)).info.get("transparency") == 255
+        image = Image.open(io.BytesIO(data))
+    else:
+        image = base.convert(mode)
+    data = encode(image, fmt, **({"lossless": True} if fmt == "WEBP" else {}))
+    out = normalize_digit(data)
+    assert out is not None and _similarity(reference, out) > 0.9, (mode, fmt)
+    assert recognizer.predict(data).digit == recognizer.predict(page).digit
+
+
+def test_transparency_is_composited_on_the_right_background(digits):
+    """White strokes on a transparent canvas: a white background would hide them."""
+    digit = digits[0][2]
+    page = ink_on_paper(digit, height=120, canvas=160)
+    reference = normalize_digit(page)
+    rgba = np.zeros((*page.shape, 4), np.uint8)
+    rgba[:, :, :3] = 255  # white ink ...
+    rgba[:, :, 3] = 255 - page  # ... opaque only where the ink is
+    out = normalize_digit(Image.fromarray(rgba, "RGBA"))
+    assert out is not None and _similarity(reference, out) > 0.95
+
+
+def test_exif_orientation_is_applied(digits, recognizer):
+    digit = digits[0][0]  # a 7
+    page = Image.fromarray(ink_on_paper(digit, height=120, canvas=160))
+    # Stored rotated, with the EXIF tag saying how to turn it upright (as phones do).
+    stored = page.transpose(Image.Transpose.ROTATE_90)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+    data = encode(stored, "JPEG", exif=exif.tobytes(), quality=95)
+    assert _similarity(normalize_digit(data), normalize_digit(page)) > 0.95
+
+
+# --------------------------------------------------------------------------- the Recognizer
+
+
+def test_predict_reads_rendered_digits(digits, recognizer):
+    images, labels = digits
+    pages = [ink_on_paper(d, height=100 + 4 * k, canvas=300) for k, d in enumerate(images)]
+    predictions = recognizer.predict_batch(pages)
+    agree = np.mean([p.digit == label for p, label in zip(predictions, labels, strict=True)])
+    raw = np.mean(
+        [recognizer.predict_pixels(d).digit == label for d, label in zip(images, labels, strict=True)]
+    )
+    assert agree >= raw - 0.05  # normalization loses (almost) nothing against the model's own accuracy
+    for prediction in predictions:
+        assert len(prediction.probabilities) == 10
+        assert abs(sum(prediction.probabilities) - 1.0) < 1e-6
+        assert prediction.confidence == max(prediction.probabilities)
+        assert prediction.input_image.shape == (28, 28) and prediction.input_image.dtype == np.uint8
+
+
+def test_predict_batch_matches_predict_one_by_one(digits, recognizer, tmp_path):
+    images, _ = digits
+    page = ink_on_paper(images[4])
+    path = tmp_path / "digit.png"
+    Image.fromarray(page).save(path)
+    sources = [page, Image.fromarray(page), path, str(path), path.read_bytes(), images[9]]
+    batch = recognizer.predict_batch(sources)
+    for source, together in zip(sources, batch, strict=True):
+        alone = recognizer.predict(source)
+        assert alone.digit == together.digit
+        np.testing.assert_allclose(alone.probabilities, together.probabilities, atol=1e-5)
+    assert len({json.dumps(p.to_dict()["digit"]) for p in batch[:5]}) == 1
+
+
+def test_predict_pixels_skips_normalization(digits, recognizer, run_dir):
+    import torch
+
+    from digitrec.checkpoints import load_model
+
+    images, _ = digits
+    model, _ = load_model(run_dir)
+    with torch.no_grad():
+        scores = model(torch.from_numpy(images[:5]).float().unsqueeze(1) / 255).numpy()
+    for k in range(5):
+        prediction = recognizer.predict_pixels(images[k])
+        np.testing.assert_allclose(prediction.probabilities, softmax(scores[k : k + 1])[0], atol=1e-6)
+        np.testing.assert_array_equal(prediction.input_image, images[k])
+    assert recognizer.predict_pixels(np.zeros((28, 28))).digit is None
+    with pytest.raises(DigitrecError, match="28, 28"):
+        recognizer.predict_pixels(np.zeros((20, 20)))
+    with pytest.raises(DigitrecError, match=r"0\.\.255"):
+        recognizer.predict_pixels(np.full((28, 28), 300))
+
+
+def test_min_confidence_reports_unknown_but_keeps_probabilities(digits, recognizer):
+    page = ink_on_paper(digits[0][0])
+    plain = recognizer.predict(page)
+    strict = recognizer.predict(page, min_confidence=min(1.0, plain.confidence + 1e-9))
+    assert plain.digit is not None and strict.digit is None
+    assert strict.probabilities == plain.probabilities and strict.found
+    assert recognizer.predict(page, min_confidence=0.0).digit == plain.digit
+    with pytest.raises(DigitrecError, match="min_confidence"):
+        recognizer.predict(page, min_confidence=1.5)
+
+
+def test_prediction_to_dict_is_json(digits, recognizer):
+    out = recognizer.predict(ink_on_paper(digits[0][0])).to_dict()
+    assert set(out) == {"digit", "confidence", "probabilities"}
+    assert json.loads(json.dumps(out)) == out
+    multi = recognizer.predict(ink_on_paper(digits[0][0]), multi=True).to_dict()
+    assert set(multi) == {"digit", "confidence", "probabilities", "number", "digits"}
+    assert json.loads(json.dumps(multi)) == multi
+    assert Prediction(None, 0.0, [0.0] * 10, None).to_dict()["digit"] is None
+
+
+def test_info_describes_the_model(recognizer, run_dir):
+    info = recognizer.info()
+    assert info["parameters"] > 1000 and isinstance(info["name"], str)
+    assert info["source"] == str(run_dir) and info["backend"] == "torch"
+    info["name"] = "changed"
+    assert recognizer.info()["name"] != "changed"  # a copy
+
+
+def test_concurrent_predictions_agree_with_sequential(digits, recognizer):
+    images, _ = digits
+    pages = [ink_on_paper(d, height=90, canvas=120) for d in images[:16]]
+    sequential = [recognizer.predict(p).probabilities for p in pages]
+    barrier = threading.Barrier(4)
+
+    def work(k: int) -> list[float]:
+        if k < 4:
+            barrier.wait()  # start the first four together
+        return recognizer.predict(pages[k]).probabilities
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        concurrent = list(pool.map(work, range(len(pages))))
+    np.testing.assert_allclose(np.array(concurrent), np.array(sequential), atol=1e-6)
+
+
+def test_default_model_missing_is_a_clear_error(tmp_path, monkeypatch):
+    import digitrec.recognition as recognition
+
+    monkeypatch.setattr(recognition, "default_model_dir", lambda: tmp_path / "nowhere")
+    with pytest.raises(DigitrecError, match="bundled default model is missing"):
+        Recognizer.default()
+
+
+def test_recognition_runs_without_torch(tmp_path, mnist):
+    """A non-torch backend plugs in through from_scorer; nothing imports torch."""
+    means = np.stack(
+        [mnist.train_images[mnist.train_labels == k][:500].float().mean(0).numpy() / 255 for k in range(10)]
+    )
+    np.save(tmp_path / "means.npy", means)
+    Image.fromarray(ink_on_paper(mnist.test_images[0].numpy())).save(tmp_path / "seven.png")
+    code = f"""
+import sys, numpy as np
+from digitrec.recognition import Recognizer
+means = np.load({str(tmp_path / "means.npy")!r})  # (10, 28, 28): a nearest-mean classifier
+def scorer(batch):
+    return -((batch[:, 0, None] - means[None]) ** 2).sum(axis=(2, 3))
+rec = Recognizer.from_scorer(scorer, {{"name": "nearest-mean", "source": "test"}})
+p = rec.predict({str(tmp_path / "seven.png")!r})
+assert "torch" not in sys.modules, "torch was imported"
+print(p.digit, rec.info()["name"])
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["7", "nearest-mean"]
+
+
+# --------------------------------------------------------------------------- several digits
+
+
+def _row(images: np.ndarray, gaps: list[int], height: int = 80) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """MNIST digits side by side as black ink on white, ``gaps`` px apart (negative: overlap).
+
+    Returns the page and each digit's (x, width)."""
+    inks = [255 - ink_on_paper(d, height=height, canvas=height + 4) for d in images]
+    inks = [
+        ink[:, np.where(ink.max(axis=0) > 0)[0][0] : np.where(ink.max(axis=0) > 0)[0][-1] + 1] for ink in inks
+    ]
+    width = sum(i.shape[1] for i in inks) + sum(gaps) + 80
+    row = np.zeros((height + 44, width), np.uint8)
+    x = 40
+    boxes = []
+    for ink, gap in zip(inks, [*gaps, 0], strict=True):
+        region = row[20 : 20 + ink.shape[0], x : x + ink.shape[1]]
+        np.maximum(region, ink, out=region)
+        boxes.append((x, ink.shape[1]))
+        x += ink.shape[1] + gap
+    return 255 - row, boxes
+
+
+def test_multi_reads_a_row_left_to_right(mnist, recognizer):
+    images, labels = mnist.test_images.numpy(), mnist.test_labels.numpy()
+    picks = [0, 1, 2, 3, 4]  # 7 2 1 0 4
+    page, drawn = _row(images[picks], [30, 20, 40, 25])
+    prediction = recognizer.predict(page, multi=True)
+    # What the model reads in each MNIST digit on its own (the true labels are 72104).
+    per_digit = "".join(str(recognizer.predict_pixels(images[k]).digit) for k in picks)
+    assert "".join(str(labels[k]) for k in picks) == "72104"
+    assert prediction.number == per_digit
+    assert len(prediction.digits) == 5 and prediction.digit is None
+    xs = [d["bbox"][0] for d in prediction.digits]
+    assert xs == sorted(xs)
+    for d, (left, width) in zip(prediction.digits, drawn, strict=True):
+        x, y, w, h = d["bbox"]
+        assert abs(x - left) <= 2 and abs(w - width) <= 3
+        assert 18 <= y <= 24 and 74 <= h <= 82  # the digits were drawn 80 px tall at y=20
+
+
+def test_multi_merges_broken_strokes(mnist):
+    """A 5 whose top bar is detached is still one digit."""
+    images, labels = mnist.test_images.numpy(), mnist.test_labels.numpy()
+    five = images[np.where(labels == 5)[0][0]]
+    page = ink_on_paper(five, height=160, canvas=220)
+    ink = page < 128
+    rows = np.where(ink.any(axis=1))[0]
+    cut = rows[0] + (rows[-1] - rows[0]) // 4
+    broken = page.copy()
+    broken[cut - 4 : cut + 4] = 255  # a white band through the upper quarter
+    _, count = ndi.label(broken < 128)
+    assert count >= 2  # really broken
+    assert len(segment_digits(broken)) == 1
+
+
+def test_multi_splits_touching_digits(mnist, recognizer):
+    images, labels = mnist.test_images.numpy(), mnist.test_labels.numpy()
+    zeros = np.where(labels == 0)[0][:2]
+    page, _ = _row(images[zeros], [-4])
+    _, count = ndi.label(page < 128)
+    assert count == 1  # really touching
+    prediction = recognizer.predict(page, multi=True)
+    assert prediction.number == "00"
+
+
+def test_multi_on_one_digit_and_on_blank(digits, recognizer):
+    one = recognizer.predict(ink_on_paper(digits[0][0]), multi=True)
+    assert one.number == str(one.digit) and len(one.digits) == 1
+    blank = recognizer.predict(np.full((50, 200), 255, np.uint8), multi=True)
+    assert blank.number is None and blank.digits == [] and blank.digit is None
+
+
+def test_recognition_module_does_not_import_torch():
+    code = "import sys, digitrec.recognition, digitrec.images; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
