@@ -17,7 +17,7 @@ def test_bundled_model_is_small_and_documents_how_it_was_made():
 
 
 def test_bundled_model_accuracy_on_mnist_test(mnist):
-    model, config = load_model(default_model_dir())
+    model, _ = load_model(default_model_dir())
     report = evaluate(model, mnist.test_images, mnist.test_labels)
     assert report.accuracy >= 0.993
     assert report.accuracy == read_metrics(default_model_dir())[-1]["val_accuracy"]

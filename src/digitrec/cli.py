@@ -275,6 +275,78 @@ def build_parser() -> argparse.ArgumentParser:
     )
     recipes.add_argument("--json", action="store_true", help="print JSON instead of a table (default: off)")
     recipes.set_defaults(handler=cmd_recipes)
+
+    serve = commands.add_parser(
+        "serve",
+        help="serve the drawing page and the HTTP API",
+        description="Serve the drawing page at / and the HTTP API (POST /v1/predict, /v1/models, "
+        "/healthz, /readyz, /metrics, /openapi.json) with FastAPI on uvicorn. "
+        "SIGTERM or Ctrl-C finishes the requests in flight, then exits.",
+    )
+    serve.add_argument(
+        "--run", metavar="DIR", help="run directory to serve (default: the bundled default model)"
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    serve.add_argument(
+        "--port", type=_bounded(int, 0), default=8000, help="TCP port, 0 for any free one (default: 8000)"
+    )
+    serve.add_argument(
+        "--workers",
+        type=_bounded(int, 1),
+        default=1,
+        metavar="N",
+        help="server processes, each with the model (default: 1)",
+    )
+    limits = serve.add_argument_group("limits")
+    limits.add_argument(
+        "--max-body",
+        type=_bounded(int, 1),
+        default=2 * 1024 * 1024,
+        metavar="BYTES",
+        help="largest request body; more is answered 413 before decoding (default: 2097152, 2 MiB)",
+    )
+    limits.add_argument(
+        "--max-inflight",
+        type=_bounded(int, 1),
+        default=32,
+        metavar="N",
+        help="prediction requests admitted at once per process; one more is answered 503 (default: 32)",
+    )
+    limits.add_argument(
+        "--threads",
+        type=_bounded(int, 1),
+        default=2,
+        metavar="N",
+        help="inference threads per process, off the event loop (default: 2)",
+    )
+    limits.add_argument(
+        "--queue-timeout",
+        type=_bounded(float, 0, inclusive=False),
+        default=5.0,
+        metavar="SECONDS",
+        help="longest wait of an admitted request for an inference thread before 503 (default: 5)",
+    )
+    limits.add_argument(
+        "--body-timeout",
+        type=_bounded(float, 0, inclusive=False),
+        default=10.0,
+        metavar="SECONDS",
+        help="longest time to receive a request body before 408 (default: 10)",
+    )
+    limits.add_argument(
+        "--graceful-timeout",
+        type=_bounded(float, 0, inclusive=False),
+        default=30.0,
+        metavar="SECONDS",
+        help="on SIGTERM, longest wait for requests in flight (default: 30)",
+    )
+    serve.add_argument(
+        "--access-log",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="log one line per request (default: on)",
+    )
+    serve.set_defaults(handler=cmd_serve)
     return parser
 
 
@@ -584,6 +656,30 @@ def cmd_predict(args: argparse.Namespace) -> int:
             else:
                 print(_predict_line(name, prediction, args.top_k, args.multi), flush=True)
     return EXIT_SOME_FAILED if failed else 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .serving import ServeConfig, serve
+
+    if args.port > 65535:
+        raise DigitrecError(f"--port must be <= 65535, got {args.port}")
+    config = ServeConfig(
+        run=args.run,
+        max_body_bytes=args.max_body,
+        max_inflight=args.max_inflight,
+        threads=args.threads,
+        queue_timeout=args.queue_timeout,
+        body_timeout=args.body_timeout,
+    )
+    serve(
+        config,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        graceful_timeout=args.graceful_timeout,
+        access_log=args.access_log,
+    )
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,751 @@
+"""``digitrec serve``: the drawing page and the HTTP API, FastAPI on uvicorn.
+
+Routes::
+
+    GET  /               the drawing page (package data under digitrec/web, served offline)
+    POST /v1/predict     raw image body, multipart upload, or JSON {"pixels": 28x28}
+    GET  /v1/models      the loaded model
+    GET  /healthz        alive (the event loop answers)
+    GET  /readyz         the model is loaded
+    GET  /metrics        Prometheus text format
+    GET  /openapi.json   the API description
+
+How a prediction request goes, and why:
+
+1. An ASGI middleware rejects a declared ``Content-Length`` above the body cap
+   with 413 before a byte of the body is read, and counts the bytes of every
+   body as they stream in (chunked uploads included), so no request can make
+   the server hold more than the cap.
+2. At most ``max_inflight`` prediction requests are admitted at once (bounded
+   memory: inflight x body cap); one more is answered 503 at once, not queued.
+3. The body is read under ``body_timeout`` (a client that stalls gets 408).
+4. An admitted request waits at most ``queue_timeout`` for one of ``threads``
+   inference slots (503 after that), then decoding, normalization, inference
+   and the JSON/PNG encoding run in a worker thread: the event loop never runs
+   model code, so ``/healthz`` stays fast under load.
+
+Every error is ``{"error": "..."}``. Bad input is a 4xx; a 500 means a bug.
+SIGTERM: uvicorn stops accepting connections and finishes the requests in
+flight (up to ``graceful_timeout`` seconds); then :func:`serve` returns (exit 0).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import dataclasses
+import io
+import json
+import logging
+import math
+import os
+import signal
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import anyio.to_thread
+import numpy as np
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from . import __version__
+from .errors import DigitrecError
+
+log = logging.getLogger("digitrec.serve")
+
+CONFIG_ENV = "DIGITREC_SERVE_CONFIG"  # JSON ServeConfig handed to each worker process (--workers > 1)
+
+# Media types a raw body may have; the decoder sniffs the real format, these only say "an image".
+IMAGE_MEDIA_TYPES = ("image/png", "image/jpeg", "image/webp", "image/gif", "image/bmp", "image/tiff")
+SUPPORTED_MEDIA_TYPES = (*IMAGE_MEDIA_TYPES, "multipart/form-data", "application/json")
+
+# Latency histogram bucket upper bounds, seconds.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+# Security headers on every response. The CSP also proves the page is offline: the browser
+# would refuse any script, style, font or image from another origin.
+SECURITY_HEADERS = [
+    (
+        b"content-security-policy",
+        b"default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
+        b"connect-src 'self'; font-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    ),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+]
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """What one server process needs; plain values so it travels to workers as JSON."""
+
+    run: str | None = None  # run directory; None: the bundled default model
+    max_body_bytes: int = 2 * 1024 * 1024
+    max_inflight: int = 32  # prediction requests admitted at once; one more gets 503
+    threads: int = 2  # inference worker threads (torch uses 1 intra-op thread each)
+    queue_timeout: float = 5.0  # seconds an admitted request may wait for a thread before 503
+    body_timeout: float = 10.0  # seconds to receive a request body before 408
+
+    def __post_init__(self) -> None:
+        for name in ("max_body_bytes", "max_inflight", "threads"):
+            if getattr(self, name) < 1:
+                raise DigitrecError(
+                    f"serve: {name.replace('_', '-')} must be >= 1, got {getattr(self, name)}"
+                )
+        for name in ("queue_timeout", "body_timeout"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise DigitrecError(f"serve: {name.replace('_', '-')} must be > 0, got {value}")
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> ServeConfig:
+        return cls(**json.loads(text))
+
+
+class ApiError(Exception):
+    """An HTTP error answered as ``{"error": message}``; ``kind`` labels it in /metrics."""
+
+    def __init__(self, status: int, message: str, kind: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.kind = kind
+        self.headers = headers
+
+
+# --------------------------------------------------------------------------------------------
+# The model: the one place the server touches the Recognizer.
+
+
+def load_recognizer(run: str | None) -> Any:
+    """The Recognizer the CLI uses: ``run``'s model, or the bundled default model."""
+    from .recognition import Recognizer
+
+    return Recognizer.from_run(run) if run else Recognizer.default()
+
+
+def recognize(
+    recognizer: Any, payload: bytes | np.ndarray, *, multi: bool, min_confidence: float | None
+) -> Any:
+    """One Prediction for an encoded image (bytes) or (28, 28) uint8 MNIST-style pixels."""
+    if isinstance(payload, np.ndarray) and not multi:
+        return recognizer.predict_pixels(payload, min_confidence=min_confidence)
+    # Pixels with multi=true go through segmentation like any image (a 28x28 row of digits).
+    return recognizer.predict(payload, multi=multi, min_confidence=min_confidence)
+
+
+# --------------------------------------------------------------------------------------------
+# Metrics, in the Prometheus text exposition format (version 0.0.4).
+
+
+class Metrics:
+    """Request counters and a latency histogram per route; updated on the event loop."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._requests: dict[tuple[str, str, int], int] = {}  # (route, method, status) -> count
+        self._errors: dict[tuple[str, str], int] = {}  # (route, kind) -> count
+        # route -> ([count per bucket, +Inf last], sum of seconds)
+        self._latency: dict[str, tuple[list[int], list[float]]] = {}
+
+    def observe(self, route: str, method: str, status: int, seconds: float) -> None:
+        with self._lock:
+            key = (route, method, status)
+            self._requests[key] = self._requests.get(key, 0) + 1
+            counts, total = self._latency.setdefault(route, ([0] * (len(LATENCY_BUCKETS) + 1), [0.0]))
+            index = next((i for i, bound in enumerate(LATENCY_BUCKETS) if seconds <= bound), -1)
+            counts[index] += 1
+            total[0] += seconds
+
+    def error(self, route: str, kind: str) -> None:
+        with self._lock:
+            self._errors[(route, kind)] = self._errors.get((route, kind), 0) + 1
+
+    def render(self, gauges: dict[str, tuple[str, float]]) -> str:
+        lines = [
+            "# HELP digitrec_http_requests_total HTTP requests answered, by route, method and status.",
+            "# TYPE digitrec_http_requests_total counter",
+        ]
+        with self._lock:
+            for (route, method, status), n in sorted(self._requests.items()):
+                lines.append(
+                    f'digitrec_http_requests_total{{route="{route}",method="{method}",status="{status}"}} {n}'
+                )
+            lines += [
+                "# HELP digitrec_http_errors_total Requests answered with an error, by route and kind.",
+                "# TYPE digitrec_http_errors_total counter",
+            ]
+            for (route, kind), n in sorted(self._errors.items()):
+                lines.append(f'digitrec_http_errors_total{{route="{route}",kind="{kind}"}} {n}')
+            lines += [
+                "# HELP digitrec_http_request_duration_seconds Time from request to last response byte.",
+                "# TYPE digitrec_http_request_duration_seconds histogram",
+            ]
+            histogram = "digitrec_http_request_duration_seconds"
+            for route, (counts, total) in sorted(self._latency.items()):
+                cumulative = 0
+                for bound, n in zip((*LATENCY_BUCKETS, math.inf), counts, strict=True):
+                    cumulative += n
+                    le = "+Inf" if bound == math.inf else repr(bound)
+                    lines.append(f'{histogram}_bucket{{route="{route}",le="{le}"}} {cumulative}')
+                lines.append(f'{histogram}_sum{{route="{route}"}} {total[0]:.6f}')
+                lines.append(f'{histogram}_count{{route="{route}"}} {cumulative}')
+        for name, (help_text, value) in gauges.items():
+            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge", f"{name} {value:g}"]
+        return "\n".join(lines) + "\n"
+
+
+def route_label(scope: Scope) -> str:
+    """A bounded label: the route's template, never the raw path (a 404 flood adds no series)."""
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    if isinstance(path, str):
+        return path or "/"
+    return "other"
+
+
+# --------------------------------------------------------------------------------------------
+# Server state and the ASGI middleware (body cap, metrics, security headers).
+
+
+@dataclass
+class ServerState:
+    config: ServeConfig
+    metrics: Metrics
+    recognizer: Any = None  # set once the model is loaded (readyz turns 200)
+    inflight: int = 0  # admitted prediction requests; touched only on the event loop
+    slots: Any = None  # anyio.Semaphore(threads), made in the lifespan (needs the running loop)
+    limiter: Any = None  # anyio.CapacityLimiter(threads) for to_thread
+
+
+class PayloadTooLarge(Exception):
+    """Raised from ``receive`` when a streamed body passes the cap."""
+
+
+def _error_body(message: str) -> bytes:
+    return json.dumps({"error": message}).encode()
+
+
+class LimitsMiddleware:
+    """Pure ASGI (not BaseHTTPMiddleware): sees the body stream, so it can cap it."""
+
+    def __init__(self, app: ASGIApp, state: ServerState) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500  # if the app raises before answering, ServerErrorMiddleware sends a 500
+        limit = self.state.config.max_body_bytes
+
+        async def send_with_headers(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), *SECURITY_HEADERS]
+            await send(message)
+
+        received = 0
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise PayloadTooLarge
+            return message
+
+        try:
+            declared = _content_length(scope)
+            if declared is None or declared <= limit:
+                await self.app(scope, counting_receive, send_with_headers)
+            else:
+                # Answer before reading any of the body; uvicorn then closes the connection.
+                self.state.metrics.error(_early_label(scope), "payload_too_large")
+                message = f"request body too large: {declared} bytes > {limit}"
+                await _send_json(send_with_headers, 413, message)
+        finally:
+            label = route_label(scope) if "route" in scope else _early_label(scope)
+            self.state.metrics.observe(label, scope.get("method", "?"), status, time.perf_counter() - start)
+
+
+API_PATHS = ("/v1/predict", "/v1/models", "/healthz", "/readyz", "/metrics", "/openapi.json")
+
+
+def _early_label(scope: Scope) -> str:
+    """Route label for a request answered before routing (a 413 on the declared length)."""
+    path = scope.get("path", "")
+    return path if path in API_PATHS else "other"
+
+
+def _content_length(scope: Scope) -> int | None:
+    """The declared body size; the server (h11, httptools) has already rejected a malformed one."""
+    for name, value in scope.get("headers", []):
+        if name == b"content-length":
+            with contextlib.suppress(ValueError):
+                return int(value)
+    return None
+
+
+async def _send_json(send: Callable[[Message], Awaitable[None]], status: int, message: str) -> None:
+    body = _error_body(message)
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+# --------------------------------------------------------------------------------------------
+# Request parsing and the work done in a worker thread.
+
+
+def parse_pixels(body: bytes) -> np.ndarray:
+    """JSON ``{"pixels": 28 rows of 28 numbers in 0-255}`` -> (28, 28) uint8 (rounded)."""
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError) as exc:  # RecursionError: "[[[[..." nested too deep
+        raise ApiError(400, f"malformed JSON: {str(exc)[:200]}", "bad_json") from None
+    if not isinstance(data, dict) or "pixels" not in data:
+        raise ApiError(422, 'JSON body: expected an object {"pixels": [28 rows of 28 numbers]}', "bad_pixels")
+    rows = data["pixels"]
+    if not isinstance(rows, list) or len(rows) != 28:
+        got = f"{len(rows)} rows" if isinstance(rows, list) else type(rows).__name__
+        raise ApiError(422, f"pixels: expected 28 rows, got {got}", "bad_pixels")
+    for i, row in enumerate(rows):
+        if not isinstance(row, list) or len(row) != 28:
+            got = f"{len(row)} numbers" if isinstance(row, list) else type(row).__name__
+            raise ApiError(422, f"pixels: row {i}: expected 28 numbers, got {got}", "bad_pixels")
+        for value in row:
+            # bool is an int in Python, but true/false are not pixel values.
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ApiError(422, f"pixels: row {i}: {value!r} is not a number", "bad_pixels")
+            if not (0 <= value <= 255):  # also rejects NaN
+                raise ApiError(422, f"pixels: row {i}: {value!r} is outside 0-255", "bad_pixels")
+    return np.rint(np.asarray(rows, dtype=np.float64)).astype(np.uint8)  # (28, 28)
+
+
+def png_data_url(pixels: np.ndarray) -> str:
+    """A (28, 28) uint8 array as a ``data:image/png;base64,...`` URL (white ink on black, as MNIST)."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(pixels, dtype=np.uint8), mode="L").save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _jsonable(value: Any) -> Any:
+    """NumPy scalars/arrays and tuples inside Recognizer results -> plain JSON values."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items() if not isinstance(v, np.ndarray) or v.ndim < 2}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def prediction_json(prediction: Any, *, multi: bool, include_input: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "digit": None if prediction.digit is None else int(prediction.digit),
+        "confidence": float(prediction.confidence),
+        "probabilities": [float(p) for p in prediction.probabilities],
+    }
+    if multi:
+        out["number"] = prediction.number
+        out["digits"] = _jsonable(prediction.digits or [])
+    if include_input:
+        image = prediction.input_image
+        out["input_image"] = None if image is None else png_data_url(image)
+        if multi:
+            out["input_images"] = [png_data_url(pixels) for pixels in prediction.input_images or []]
+    return out
+
+
+def predict_payload(
+    recognizer: Any, kind: str, data: bytes, *, multi: bool, min_confidence: float | None, include_input: bool
+) -> dict[str, Any]:
+    """Runs in a worker thread: parse, decode, normalize, infer, encode. Raises ApiError for bad input."""
+    from .recognition import ImageError
+
+    payload: bytes | np.ndarray = parse_pixels(data) if kind == "json" else data
+    try:
+        prediction = recognize(recognizer, payload, multi=multi, min_confidence=min_confidence)
+    except ImageError as exc:
+        # The decoder names its source "<bytes>"; here the source is the request body.
+        raise ApiError(400, f"image: {str(exc).removeprefix('<bytes>: ')}", "bad_image") from None
+    except DigitrecError as exc:
+        raise ApiError(422, str(exc), "bad_input") from None
+    return prediction_json(prediction, multi=multi, include_input=include_input)
+
+
+async def read_request(request: Request, config: ServeConfig) -> tuple[str, bytes]:
+    """("image" | "json", body bytes) from a raw image, JSON or multipart request."""
+    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media not in SUPPORTED_MEDIA_TYPES:
+        shown = media or "none"
+        raise ApiError(
+            415,
+            f"unsupported content type {shown!r}; send {', '.join(IMAGE_MEDIA_TYPES[:3])}, "
+            "multipart/form-data (field 'file') or application/json ({\"pixels\": ...})",
+            "unsupported_media_type",
+        )
+    with anyio.move_on_after(config.body_timeout) as timer:
+        if media == "multipart/form-data":
+            data = await _read_upload(request, config)
+        else:
+            data = await request.body()
+    if timer.cancelled_caught:
+        raise ApiError(408, f"request body not received within {config.body_timeout:g} s", "timeout")
+    return ("json" if media == "application/json" else "image"), data
+
+
+async def _read_upload(request: Request, config: ServeConfig) -> bytes:
+    async with request.form(max_files=1, max_fields=8, max_part_size=config.max_body_bytes) as form:
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            raise ApiError(422, "multipart: expected a file field named 'file'", "bad_upload")
+        return await upload.read()
+
+
+# --------------------------------------------------------------------------------------------
+# The application.
+
+
+class ErrorResponse(BaseModel):
+    error: str = Field(description="what went wrong, in one line")
+
+
+class PredictResponse(BaseModel):
+    digit: int | None = Field(
+        description="the digit read; null when none is found, when it is below min_confidence, "
+        "or (multi=true) when the number has other than one digit"
+    )
+    confidence: float = Field(
+        description="probability of the most likely digit, 0-1 (multi=true: the product over the digits)"
+    )
+    probabilities: list[float] = Field(
+        description="10 probabilities for the digits 0-9; all 0 when there is no single digit to score"
+    )
+    number: str | None = Field(
+        None,
+        description="with multi=true: the digits read left to right, '?' for one below min_confidence; "
+        "null when none is found",
+    )
+    digits: list[dict[str, Any]] | None = Field(
+        None,
+        description="with multi=true: per digit, left to right: digit, confidence, "
+        "bbox [x, y, width, height] in the image, probabilities",
+    )
+    input_image: str | None = Field(
+        None, description="with include_input=true: the 28x28 image the model saw, a PNG data URL"
+    )
+    input_images: list[str] | None = Field(
+        None, description="with include_input=true and multi=true: each digit's 28x28 input, left to right"
+    )
+
+
+_PIXELS_SCHEMA = {
+    "type": "object",
+    "required": ["pixels"],
+    "properties": {
+        "pixels": {
+            "description": "28 rows of 28 gray values, 0 = background, 255 = ink (MNIST style)",
+            "type": "array",
+            "minItems": 28,
+            "maxItems": 28,
+            "items": {
+                "type": "array",
+                "minItems": 28,
+                "maxItems": 28,
+                "items": {"type": "number", "minimum": 0, "maximum": 255},
+            },
+        }
+    },
+}
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+PREDICT_OPENAPI = {
+    "requestBody": {
+        "required": True,
+        "description": "An image (any size; PNG, JPEG, WebP, also GIF, BMP, TIFF), "
+        "a multipart upload with a 'file' field, or MNIST-style pixels as JSON.",
+        "content": {
+            **{media: _BINARY for media in IMAGE_MEDIA_TYPES[:3]},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {"file": {"type": "string", "format": "binary"}},
+                }
+            },
+            "application/json": {"schema": _PIXELS_SCHEMA},
+        },
+    }
+}
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    meaning = {
+        400: "undecodable image, decompression bomb or malformed JSON",
+        408: "the request body did not arrive in time",
+        413: "request body larger than the cap",
+        415: "unsupported content type",
+        422: "invalid parameters or pixels",
+        503: "model not loaded yet, or the server is at its concurrency cap (retry)",
+    }
+    return {code: {"model": ErrorResponse, "description": meaning[code]} for code in codes}
+
+
+def create_app(config: ServeConfig | None = None, recognizer: Any = None) -> FastAPI:
+    """The ASGI app. Without ``recognizer``, the lifespan startup loads ``config.run`` (or the default)."""
+    config = config or ServeConfig()
+    state = ServerState(config=config, metrics=Metrics(), recognizer=recognizer)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> Any:
+        state.slots = anyio.Semaphore(config.threads)
+        state.limiter = anyio.CapacityLimiter(config.threads)
+        if state.recognizer is None:
+            # Load before accepting connections: with --workers N, no worker answers 503
+            # "loading" while its siblings are ready. A failed load fails the startup.
+            state.recognizer = await anyio.to_thread.run_sync(_load, config.run)
+        yield
+
+    app = FastAPI(
+        title="digitrec",
+        version=__version__,
+        description="Handwritten digit recognition: send an image, get the digit.",
+        lifespan=lifespan,
+        # Swagger UI and ReDoc load their JavaScript from a CDN; the server stays offline.
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.serve = state
+    app.add_middleware(LimitsMiddleware, state=state)
+    app.mount("/static", StaticFiles(packages=[("digitrec", "web")]), name="static")
+    _add_error_handlers(app, state)
+    _add_routes(app, state)
+    return app
+
+
+def _load(run: str | None) -> Any:
+    import torch
+
+    torch.set_num_threads(1)  # parallelism comes from the inference threads, not from inside one
+    recognizer = load_recognizer(run)
+    log.info("model loaded: %s", recognizer.info())
+    return recognizer
+
+
+def _add_error_handlers(app: FastAPI, state: ServerState) -> None:
+    def answer(request: Request, status: int, message: str, kind: str, headers: Any = None) -> JSONResponse:
+        state.metrics.error(route_label(request.scope), kind)
+        return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+    async def api_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ApiError)
+        return answer(request, exc.status, exc.message, exc.kind, exc.headers)
+
+    async def too_large(request: Request, exc: Exception) -> Response:
+        limit = state.config.max_body_bytes
+        return answer(request, 413, f"request body too large: more than {limit} bytes", "payload_too_large")
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        return answer(request, exc.status_code, str(exc.detail), f"http_{exc.status_code}", exc.headers)
+
+    async def invalid(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        problems = []
+        for error in exc.errors()[:5]:
+            where = " ".join(str(part) for part in error.get("loc", ()))
+            problems.append(f"{where}: {error.get('msg', 'invalid')}")
+        return answer(request, 422, "; ".join(problems) or "invalid request", "validation")
+
+    async def crashed(request: Request, exc: Exception) -> Response:
+        log.exception("internal error on %s", request.url.path, exc_info=exc)
+        return answer(request, 500, "internal server error", "internal")
+
+    app.add_exception_handler(ApiError, api_error)
+    app.add_exception_handler(PayloadTooLarge, too_large)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(RequestValidationError, invalid)
+    app.add_exception_handler(Exception, crashed)
+
+
+def _add_routes(app: FastAPI, state: ServerState) -> None:
+    config = state.config
+
+    def ready_recognizer() -> Any:
+        if state.recognizer is None:
+            raise ApiError(503, "model is not loaded yet", "not_ready", {"Retry-After": "1"})
+        return state.recognizer
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page() -> Response:
+        from importlib import resources
+
+        html = resources.files("digitrec").joinpath("web/index.html").read_text("utf-8")
+        return HTMLResponse(html, headers={"cache-control": "no-cache"})
+
+    @app.post(
+        "/v1/predict",
+        response_model=PredictResponse,
+        summary="Read the digit (or the number) in an image",
+        responses=_errors(400, 408, 413, 415, 422, 503),
+        openapi_extra=PREDICT_OPENAPI,
+    )
+    async def predict(
+        request: Request,
+        multi: bool = Query(False, description="read a whole number: adds 'number' and 'digits'"),
+        min_confidence: float | None = Query(
+            None, ge=0.0, le=1.0, allow_inf_nan=False, description="below this confidence, digit is null"
+        ),
+        include_input: bool = Query(False, description="add the 28x28 image the model saw (PNG data URL)"),
+    ) -> Response:
+        recognizer = ready_recognizer()
+        if state.inflight >= config.max_inflight:
+            raise ApiError(
+                503,
+                f"server busy: {state.inflight} requests in flight; retry",
+                "overloaded",
+                {"Retry-After": "1"},
+            )
+        state.inflight += 1
+        try:
+            kind, data = await read_request(request, config)
+            with anyio.move_on_after(config.queue_timeout) as timer:
+                await state.slots.acquire()
+            if timer.cancelled_caught:
+                raise ApiError(
+                    503,
+                    f"server busy: no inference slot within {config.queue_timeout:g} s; retry",
+                    "overloaded",
+                    {"Retry-After": "1"},
+                )
+            try:
+                result = await anyio.to_thread.run_sync(
+                    lambda: predict_payload(
+                        recognizer,
+                        kind,
+                        data,
+                        multi=multi,
+                        min_confidence=min_confidence,
+                        include_input=include_input,
+                    ),
+                    limiter=state.limiter,
+                )
+            finally:
+                state.slots.release()
+        finally:
+            state.inflight -= 1
+        return JSONResponse(result)
+
+    @app.get("/v1/models", summary="The loaded model", responses=_errors(503))
+    async def models() -> dict[str, Any]:
+        return {"models": [_jsonable(dict(ready_recognizer().info()))]}
+
+    @app.get("/healthz", summary="Alive: the server answers")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", summary="Ready: the model is loaded", responses=_errors(503))
+    async def readyz() -> dict[str, str]:
+        ready_recognizer()
+        return {"status": "ready"}
+
+    @app.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")
+    async def metrics() -> Response:
+        gauges = {
+            "digitrec_model_ready": ("1 when the model is loaded.", float(state.recognizer is not None)),
+            "digitrec_predict_inflight": ("Prediction requests admitted now.", float(state.inflight)),
+            "digitrec_predict_inflight_limit": (
+                "Admission cap (--max-inflight).",
+                float(config.max_inflight),
+            ),
+        }
+        return PlainTextResponse(
+            state.metrics.render(gauges), media_type="text/plain; version=0.0.4; charset=utf-8"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Entry points.
+
+
+def app_from_env() -> FastAPI:
+    """uvicorn factory for ``--workers N``: each worker process builds its app from $DIGITREC_SERVE_CONFIG."""
+    return create_app(ServeConfig.from_json(os.environ.get(CONFIG_ENV, "{}")))
+
+
+def serve(
+    config: ServeConfig,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    workers: int = 1,
+    graceful_timeout: float = 30.0,
+    access_log: bool = True,
+    log_level: str = "info",
+) -> None:
+    """Load the model (a bad --run fails here, before binding), then run uvicorn until SIGINT/SIGTERM."""
+    import uvicorn
+
+    recognizer = load_recognizer(config.run)  # fail fast with a one-line DigitrecError
+    shown = "localhost" if host in ("127.0.0.1", "0.0.0.0", "::") else host
+    print(
+        f"digitrec serve: model {recognizer.info().get('name', '?')} "
+        f"({config.run or 'bundled default'}); open http://{shown}:{port}/",
+        flush=True,
+    )
+    options: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "timeout_graceful_shutdown": graceful_timeout,
+        "access_log": access_log,
+        "log_level": log_level,
+        "server_header": False,
+    }
+    # uvicorn traps SIGTERM, finishes the requests in flight, restores the handler it found and
+    # raises SIGTERM again. This handler turns that last signal into a normal return (exit 0).
+    previous = signal.signal(signal.SIGTERM, _stop)
+    try:
+        if workers == 1:
+            import torch
+
+            torch.set_num_threads(1)
+            uvicorn.run(create_app(config, recognizer=recognizer), **options)
+        else:
+            os.environ[CONFIG_ENV] = config.to_json()
+            uvicorn.run("digitrec.serving:app_from_env", factory=True, workers=workers, **options)
+    except _Stopped:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    print("digitrec serve: stopped", flush=True)
+
+
+class _Stopped(Exception):
+    """SIGTERM after uvicorn's graceful shutdown (or before it started): stop normally."""
+
+
+def _stop(signum: int, frame: Any) -> None:
+    raise _Stopped
