@@ -121,3 +121,33 @@ def test_bad_export_input_is_one_line_exit_2(exported, tmp_path, capsys, args, m
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
     assert list(tmp_path.iterdir()) == []
+
+
+def test_predict_with_onnx_runs_without_torch(tmp_path, small_mnist, capsys):
+    """digitrec predict --onnx: the same answers as the torch model, and torch is never imported."""
+    import json
+
+    from PIL import Image
+
+    run = tmp_path / "run"
+    train(recipe_config("tutorial-mlp", epochs=1), dataset=small_mnist, out_dir=run, log=None)
+    onnx_path = tmp_path / "mlp.onnx"
+    assert main(["export", str(run), "--format", "onnx", "--out", str(onnx_path)]) == 0
+    image = tmp_path / "digit.png"
+    Image.fromarray(255 - small_mnist.test_images[0].numpy()).resize((200, 200)).save(image)
+    code = (
+        "import sys\n"
+        "from digitrec.cli import main\n"
+        f"rc = main(['predict', '--json', '--onnx', {str(onnx_path)!r}, {str(image)!r}])\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+        "sys.exit(rc)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    via_onnx = json.loads(proc.stdout.strip().splitlines()[-1])
+    capsys.readouterr()
+    assert main(["predict", "--json", "--run", str(run), str(image)]) == 0
+    via_torch = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert via_onnx["digit"] == via_torch["digit"]
+    assert np.allclose(via_onnx["probabilities"], via_torch["probabilities"], atol=1e-4)
+    assert main(["predict", "--onnx", str(onnx_path), "--run", str(run), str(image)]) == 2

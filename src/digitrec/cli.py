@@ -236,6 +236,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--run", metavar="DIR", help="run directory of the model to use (default: the bundled model)"
     )
     predict.add_argument(
+        "--onnx",
+        metavar="MODEL.onnx",
+        help="score with an exported ONNX model on onnxruntime, without importing torch "
+        "(digitrec export; needs the onnx extra) (default: off)",
+    )
+    predict.add_argument(
         "--json",
         action="store_true",
         help="print JSON Lines, one object per file: file, digit, confidence, probabilities "
@@ -613,7 +619,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.files.count("-") > 1:
         raise DigitrecError("- (stdin) can be given only once")
     show_paths = _show_input_paths(args.show_input, len(args.files)) if args.show_input else None
-    recognizer = Recognizer.from_run(args.run, args.device) if args.run else Recognizer.default(args.device)
+    if args.onnx and args.run:
+        raise DigitrecError("--onnx and --run each choose the model; pass one of them")
+    if args.onnx:
+        from .onnx_runtime import OnnxScorer
+
+        scorer = OnnxScorer(args.onnx)
+        recognizer = Recognizer.from_scorer(scorer, scorer.info)
+    elif args.run:
+        recognizer = Recognizer.from_run(args.run, args.device)
+    else:
+        recognizer = Recognizer.default(args.device)
 
     failed = 0
     for start in range(0, len(args.files), PREDICT_CHUNK):
