@@ -26,7 +26,7 @@ from torch import nn
 from .config import TrainConfig
 from .errors import DigitrecError
 from .fileio import write_bytes_atomic, write_json_atomic
-from .models import create_model
+from .models import create_model, prefer_channels_last
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
@@ -97,7 +97,7 @@ def load_model(
     config = read_config(run_dir)
     model = create_model(config.model, **config.model_args)
     load_weights(model, run_dir / MODEL_FILE)
-    return model.to(device).eval(), config
+    return prefer_channels_last(model.to(device)).eval(), config
 
 
 def save_checkpoint(

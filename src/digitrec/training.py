@@ -52,7 +52,7 @@ from .config import TrainConfig
 from .data import BatchIterator, Dataset, load_dataset
 from .errors import DigitrecError
 from .evaluation import predict
-from .models import create_model
+from .models import create_model, prefer_channels_last
 
 
 def resolve_device(name: str) -> torch.device:
@@ -220,9 +220,7 @@ def train(
     # --- model and optimizer; the same seed gives the same initial weights on every rank ---
     torch.manual_seed(config.seed)
     model = create_model(config.model, **config.model_args).to(device)
-    if any(isinstance(layer, nn.Conv2d) for layer in model.modules()):
-        # oneDNN (CPU) and cuDNN run convolutions fastest on NHWC; the numbers are the same up to rounding.
-        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    model = prefer_channels_last(model)
     optimizer = make_optimizer(config, model)
     # The weight average (EMA) is what gets evaluated and saved; the raw weights are what trains.
     ema_model = copy.deepcopy(model) if config.ema > 0 else None
