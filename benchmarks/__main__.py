@@ -122,7 +122,7 @@ def bench_inference(ds: Dataset, repeats: int, single_calls: int) -> dict[str, A
         "images_per_second": statistics.median(throughput),
         "single_image_ms_p50": latencies[len(latencies) // 2],
         "single_image_ms_p99": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
-        "single_image_model": recognizer.info().get("model"),
+        "single_image_model": recognizer.info().get("name"),
     }
 
 
