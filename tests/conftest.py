@@ -17,6 +17,17 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
     monkeypatch.delenv("DIGITREC_DATA_DIR", raising=False)
 
 
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    # Some tests pin torch to one thread to match torchrun workers; later tests must not inherit that
+    # (bit-identity checks compare against subprocesses that use the default thread count).
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def mnist() -> Dataset:
     return load_dataset("mnist", cache_dir=None)

@@ -126,13 +126,15 @@ def test_kill_at_any_moment_leaves_a_loadable_checkpoint(tmp_path, small_mnist_d
         str(run),
         "--no-progress",
     ]
+    # The same thread count as the uninterrupted run below: bit-identity depends on it.
+    same_threads = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
     for attempt, delay in enumerate((0.05, 0.17, 0.31)):
         args = (
             command
             if attempt == 0
             else [*command[:4], "--resume", str(run), "--epochs", str(epochs), "--no-progress"]
         )
-        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=same_threads)
         deadline = time.monotonic() + 60
         while (
             not (run / "checkpoint.safetensors").exists()
@@ -149,7 +151,10 @@ def test_kill_at_any_moment_leaves_a_loadable_checkpoint(tmp_path, small_mnist_d
         assert 1 <= done <= epochs
         load_model(run)
     finished = subprocess.run(
-        [*command[:4], "--resume", str(run), "--no-progress"], capture_output=True, text=True
+        [*command[:4], "--resume", str(run), "--no-progress"],
+        capture_output=True,
+        text=True,
+        env=same_threads,
     )
     assert finished.returncode == 0, finished.stderr
     uninterrupted = train(

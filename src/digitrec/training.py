@@ -27,7 +27,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -173,7 +173,11 @@ def train(
             device = torch.device("cuda", local_rank)
             torch.cuda.set_device(device)
         if not dist.is_initialized():
-            dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+            # A bounded wait: if a peer never shows up (a restarted group whose gloo mesh fails to form,
+            # a dead machine), fail within minutes so torchrun can restart, instead of hanging for 30.
+            dist.init_process_group(
+                backend="nccl" if device.type == "cuda" else "gloo", timeout=timedelta(minutes=2)
+            )
     else:
         rank, world_size, device = 0, 1, resolve_device(config.device)
     master_process = rank == 0
