@@ -10,6 +10,16 @@ from digitrec.data import SPLIT_FILES, Dataset, load_dataset
 from digitrec.idx import write_idx
 
 
+def cli_exit_code(args: list[str]) -> int:
+    """digitrec's exit code for ``args``, whether main() returns it or argparse raises SystemExit."""
+    from digitrec.cli import main
+
+    try:
+        return main(args)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     # Tests never touch the user's cache or pick up a DIGITREC_DATA_DIR from the environment.

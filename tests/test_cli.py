@@ -7,6 +7,8 @@ import pytest
 from digitrec.checkpoints import read_metrics
 from digitrec.cli import build_parser, main
 
+from .conftest import cli_exit_code
+
 
 def test_help_is_fast_and_does_not_import_torch():
     code = (
@@ -109,7 +111,7 @@ def test_bad_input_is_one_line_exit_2_nothing_written(
     args = [a.format(tmp=tmp_path, bad=bad) for a in args]
     if args[0] == "train" and "--resume" not in args:
         args += ["--out", str(tmp_path / "out")]
-    assert _exit_code(args) == 2
+    assert cli_exit_code(args) == 2
     err = capsys.readouterr().err
     assert message in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
@@ -121,11 +123,3 @@ def test_usage_errors_exit_2_via_the_console_script():
         [sys.executable, "-m", "digitrec", "train", "--epochs", "0"], capture_output=True, text=True
     )
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
-
-
-def _exit_code(args):
-    """main()'s exit code, whether it returns it or argparse raises SystemExit."""
-    try:
-        return main(args)
-    except SystemExit as exc:
-        return exc.code

@@ -13,6 +13,8 @@ from digitrec.errors import DigitrecError
 from digitrec.evaluation import predict
 from digitrec.training import train
 
+from .conftest import cli_exit_code
+
 onnx = pytest.importorskip("onnx")  # the optional extra; dev installs it, so CI runs these
 pytest.importorskip("onnxruntime")
 from digitrec.onnx_runtime import OnnxScorer  # noqa: E402
@@ -113,11 +115,7 @@ def test_scorer_runs_without_importing_torch(exported):
 def test_bad_export_input_is_one_line_exit_2(exported, tmp_path, capsys, args, message):
     run, _ = exported
     args = [a.format(tmp=tmp_path, run=run) for a in args]
-    try:
-        code = main(args)
-    except SystemExit as exc:
-        code = exc.code
-    assert code == 2
+    assert cli_exit_code(args) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
     assert list(tmp_path.iterdir()) == []

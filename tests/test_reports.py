@@ -16,6 +16,8 @@ from digitrec.data import bundled_mnist_dir
 from digitrec.evaluation import evaluate
 from digitrec.training import train
 
+from .conftest import cli_exit_code
+
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -192,11 +194,7 @@ def test_report_into_another_folder_with_fewer_mistakes(run_dir, tmp_path, capsy
 def test_bad_input_is_one_line_exit_2(run_dir, tmp_path, capsys, args, message):
     (tmp_path / "a-file").write_text("x")
     args = [a.format(tmp=tmp_path, run=run_dir, file=tmp_path / "a-file") for a in args]
-    try:
-        code = main(args)
-    except SystemExit as exc:
-        code = exc.code
-    assert code == 2
+    assert cli_exit_code(args) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
     assert (tmp_path / "a-file").read_text() == "x"
