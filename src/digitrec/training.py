@@ -132,6 +132,51 @@ class TrainResult:
     run_dir: Path | None
 
 
+def _init_process_group(backend: str, rank: int, world_size: int) -> None:
+    """Join the process group that torchrun set up in the environment.
+
+    torchrun's agent hosts one TCPStore for the whole job and hands it to every restart of the worker
+    group, but the workers' side of ``env://`` does not prefix keys per attempt
+    (``torch.distributed.rendezvous._create_c10d_store``). A restarted group then reads addresses its
+    dead predecessors published, and gloo fails to connect ("connectFullMesh ... Connection refused")
+    or waits on stale barrier counts. On one node every worker sees the same restart count, so a
+    per-attempt key prefix gives each restart a clean store. Across nodes restart counts can differ
+    (a node restarts without counting when another node failed), so there the README asks for
+    ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1``, which makes torchrun start a fresh store every round.
+    """
+    import torch.distributed as dist
+
+    # A bounded wait: if a peer never shows up (a dead machine), fail within minutes so that torchrun
+    # can restart the group, instead of hanging for torch's default 30.
+    timeout = timedelta(minutes=2)
+    one_node = os.environ.get("LOCAL_WORLD_SIZE") == str(world_size)
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True" and one_node:
+        attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0))
+        agent_store = dist.TCPStore(
+            os.environ["MASTER_ADDR"],
+            int(os.environ["MASTER_PORT"]),
+            world_size,
+            is_master=False,
+            timeout=timeout,
+        )
+        store = dist.PrefixStore(f"digitrec/attempt_{attempt}", agent_store)
+        dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=timeout)
+    else:
+        dist.init_process_group(backend, timeout=timeout)
+    shared_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    if (
+        shared_store
+        and not one_node
+        and int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", 0)) > 0
+        and rank == 0
+    ):
+        print(
+            "warning: restarts across machines need TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 set for torchrun "
+            "on every machine, or the restarted group may fail to connect (see the README)",
+            file=sys.stderr,
+        )
+
+
 def train(
     config: TrainConfig,
     out_dir: str | os.PathLike[str] | None = None,
@@ -173,11 +218,7 @@ def train(
             device = torch.device("cuda", local_rank)
             torch.cuda.set_device(device)
         if not dist.is_initialized():
-            # A bounded wait: if a peer never shows up (a restarted group whose gloo mesh fails to form,
-            # a dead machine), fail within minutes so torchrun can restart, instead of hanging for 30.
-            dist.init_process_group(
-                backend="nccl" if device.type == "cuda" else "gloo", timeout=timedelta(minutes=2)
-            )
+            _init_process_group("nccl" if device.type == "cuda" else "gloo", rank, world_size)
     else:
         rank, world_size, device = 0, 1, resolve_device(config.device)
     master_process = rank == 0
