@@ -1,11 +1,14 @@
 """Generate the README's results table from real run directories (never typed by hand).
 
-    python scripts/results_table.py RUN_DIR [RUN_DIR ...] [--readme README.md]
+    python scripts/results_table.py RUN [RUN ...] [--tta] [--ensemble RUN,RUN,...] [--readme README.md]
 
 Runs of the same recipe (different seeds) are grouped: accuracy is shown as the mean and, with
 several seeds, the spread (min-max). Training time is the sum of the logged ``epoch_seconds``
-(training passes only) on the machine that trained the run. With ``--readme`` the table replaces
-the text between ``<!-- results-table:start -->`` and ``<!-- results-table:end -->``.
+(training passes only) on the machine that trained the run. ``--tta`` adds a column with the
+accuracy under test-time augmentation (``digitrec evaluate --tta``), evaluated now. Each
+``--ensemble`` adds a row for those runs' averaged probabilities, evaluated now, as
+``digitrec evaluate RUN RUN ...`` does. With ``--readme`` the table replaces the text between
+``<!-- results-table:start -->`` and ``<!-- results-table:end -->``.
 """
 
 from __future__ import annotations
@@ -17,13 +20,30 @@ from collections import defaultdict
 from pathlib import Path
 
 from digitrec.checkpoints import load_model, read_metrics
+from digitrec.data import load_dataset
+from digitrec.evaluation import evaluate
 from digitrec.fileio import write_bytes_atomic
 from digitrec.models import count_macs, count_parameters
 
 START, END = "<!-- results-table:start -->", "<!-- results-table:end -->"
 
 
-def build_table(run_dirs: list[str]) -> str:
+def _test_accuracy(run_dirs: list[str], tta: bool) -> float:
+    """Accuracy of one run, or of several averaged, on the test set their configs name."""
+    loaded = [load_model(run) for run in run_dirs]
+    config = loaded[0][1]
+    dataset = load_dataset(config.dataset, data_dir=config.data_dir)
+    return evaluate([m for m, _ in loaded], dataset.test_images, dataset.test_labels, tta=tta).accuracy
+
+
+def _percent(values: list[float]) -> str:
+    text = f"{100 * statistics.mean(values):.2f}%"
+    if len(values) > 1:
+        text += f" ({100 * min(values):.2f}-{100 * max(values):.2f})"
+    return text
+
+
+def build_table(run_dirs: list[str], tta: bool = False, ensembles: list[list[str]] | None = None) -> str:
     groups: dict[str, list[dict]] = defaultdict(list)
     for run in run_dirs:
         model, config = load_model(run)
@@ -36,28 +56,38 @@ def build_table(run_dirs: list[str]) -> str:
                 "params": count_parameters(model),
                 "macs": count_macs(model),
                 "accuracy": rows[-1]["val_accuracy"],
+                "tta": _test_accuracy([run], tta=True) if tta else None,
                 "epochs": len(rows),
                 "seconds": sum(r["epoch_seconds"] for r in rows),
                 "seed": config.seed,
             }
         )
+    tta_head, tta_rule = (" with TTA |", "---|") if tta else ("", "")
     lines = [
-        "| recipe | model | parameters | multiply-adds / image | epochs | test accuracy | seeds "
-        "| training time |",
-        "|---|---|---|---|---|---|---|---|",
+        "| recipe | model | parameters | multiply-adds / image | epochs | test accuracy |"
+        f"{tta_head} seeds | training time |",
+        f"|---|---|---|---|---|---|{tta_rule}---|---|",
     ]
     for recipe, runs in sorted(
         groups.items(), key=lambda item: statistics.mean(r["accuracy"] for r in item[1])
     ):
-        accs = [r["accuracy"] for r in runs]
-        accuracy = f"{100 * statistics.mean(accs):.2f}%"
-        if len(accs) > 1:
-            accuracy += f" ({100 * min(accs):.2f}-{100 * max(accs):.2f})"
         first = runs[0]
         minutes = statistics.median(r["seconds"] for r in runs) / 60
+        tta_cell = f" {_percent([r['tta'] for r in runs])} |" if tta else ""
         lines.append(
             f"| {recipe} | {first['model']} | {first['params']:,} | {first['macs'] / 1e6:.2f} M "
-            f"| {first['epochs']} | {accuracy} | {len(runs)} | {minutes:.1f} min |"
+            f"| {first['epochs']} | {_percent([r['accuracy'] for r in runs])} |{tta_cell} {len(runs)} "
+            f"| {minutes:.1f} min |"
+        )
+    for members in ensembles or []:
+        configs = [load_model(run)[1] for run in members]
+        recipes = sorted({c.recipe for c in configs})
+        models = sorted({c.model for c in configs})
+        seeds = ", ".join(str(c.seed) for c in configs)
+        tta_cell = f" {_percent([_test_accuracy(members, tta=True)])} |" if tta else ""
+        lines.append(
+            f"| ensemble of {len(members)} {' + '.join(recipes)} | {' + '.join(models)} | | | "
+            f"| {_percent([_test_accuracy(members, tta=False)])} |{tta_cell} {seeds} | |"
         )
     return "\n".join(lines)
 
@@ -65,11 +95,19 @@ def build_table(run_dirs: list[str]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", help="run directories")
+    parser.add_argument("--tta", action="store_true", help="add accuracy with test-time augmentation")
+    parser.add_argument(
+        "--ensemble",
+        action="append",
+        default=[],
+        metavar="RUN,RUN,...",
+        help="add a row for these runs averaged (repeatable; default: none)",
+    )
     parser.add_argument(
         "--readme", help="README to update between the results-table markers (default: print)"
     )
     args = parser.parse_args(argv)
-    table = build_table(args.runs)
+    table = build_table(args.runs, args.tta, [e.split(",") for e in args.ensemble])
     if args.readme:
         path = Path(args.readme)
         text = path.read_text("utf-8")

@@ -122,7 +122,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     "best": {
         "model": "resnet",
         "model_args": {"width": 32},
-        "epochs": 15,
+        "epochs": 12,
         "batch_size": 128,
         "optimizer": "adamw",
         "lr": 3e-3,
