@@ -112,7 +112,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         "epochs": 1,
         "batch_size": 128,
         "optimizer": "adamw",
-        "lr": 1e-2,
+        "lr": 1.5e-2,
         "weight_decay": 1e-4,
         "schedule": "onecycle",
         "warmup": 0.25,

