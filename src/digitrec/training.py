@@ -52,6 +52,7 @@ from .config import TrainConfig
 from .data import BatchIterator, Dataset, load_dataset
 from .errors import DigitrecError
 from .evaluation import predict
+from .fused import FusedMLPStep
 from .models import create_model, prefer_channels_last
 
 
@@ -294,6 +295,11 @@ def train(
     )
     augment = AugmentConfig(**config.augment)
     eval_model = ema_model if ema_model is not None else raw_model
+    # Plain SGD on a ReLU MLP in one process: the same math as autograd in fewer operations (fused.py).
+    plain_sgd = config.optimizer == "sgd" and config.momentum == 0 and config.weight_decay == 0
+    fused_step = (
+        FusedMLPStep.for_model(raw_model) if plain_sgd and config.label_smoothing == 0 and not ddp else None
+    )
     steps_per_epoch = len(train_batches)
     total_steps = steps_per_epoch * config.epochs
     for epoch in range(start_epoch, config.epochs):
@@ -326,19 +332,25 @@ def train(
             if config.schedule != "constant":
                 for group in optimizer.param_groups:
                     group["lr"] = learning_rate(config, step, total_steps)
-            scores = model(x)
-            batch_loss = F.cross_entropy(scores, y, reduction="sum", label_smoothing=config.label_smoothing)
-            # Mean over the global batch after DDP averages over world_size ranks.
-            loss = batch_loss * (world_size / global_size)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            if fused_step is not None:
+                batch_loss, batch_correct = fused_step(x, y, optimizer.param_groups[0]["lr"], global_size)
+            else:
+                scores = model(x)
+                batch_loss = F.cross_entropy(
+                    scores, y, reduction="sum", label_smoothing=config.label_smoothing
+                )
+                # Mean over the global batch after DDP averages over world_size ranks.
+                loss = batch_loss * (world_size / global_size)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                batch_correct = (scores.argmax(1) == y).sum()
             step += 1
             if ema_model is not None:
                 # Short warm-up of the decay so early averages are not dominated by the random init.
                 update_ema(ema_model, raw_model, min(config.ema, (1 + step) / (10 + step)))
             loss_sum += batch_loss.detach()
-            correct += (scores.argmax(1) == y).sum()
+            correct += batch_correct
             seen += len(y)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
