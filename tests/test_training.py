@@ -163,3 +163,26 @@ def test_kill_at_any_moment_leaves_a_loadable_checkpoint(tmp_path, small_mnist_d
     assert _weights_equal(load_model(run)[0], uninterrupted.model)
     assert [r["epoch"] for r in read_metrics(run)] == list(range(1, epochs + 1))
     assert not list(run.glob(".*.tmp"))  # temp files of killed writes are swept on resume
+
+
+def test_bf16_autocast_trains_and_is_recorded(tmp_path, small_mnist_dir):
+    run = tmp_path / "bf16"
+    args = ["train", "--recipe", "fast", "--data-dir", str(small_mnist_dir), "--epochs", "2",
+            "--precision", "bf16", "--out", str(run), "--no-progress"]  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "digitrec", *args], capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "bf16 autocast" in proc.stdout
+    model, config = load_model(run)
+    assert config.precision == "bf16"
+    assert read_metrics(run)[-1]["val_accuracy"] > 0.8  # learns (chance is 0.1)
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # weights stay float32
+    fp32 = train(recipe_config("fast", epochs=2, data_dir=str(small_mnist_dir)), save=False, log=None)
+    assert fp32.config.precision == "fp32"
+    assert not torch.equal(fp32.model[0].weight, model[0].weight)  # autocast really changed the arithmetic
+
+
+def test_unknown_precision_is_refused():
+    with pytest.raises(DigitrecError, match="unknown precision 'fp8'"):
+        recipe_config("fast", precision="fp8")

@@ -119,6 +119,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--device", help="auto, cpu, cuda, cuda:N or mps; auto picks CUDA, then MPS, then CPU (default: auto)"
     )
+    run.add_argument(
+        "--precision",
+        choices=["fp32", "bf16"],
+        help="bf16 runs the forward pass under torch.autocast (weights stay float32); "
+        "for GPUs with bf16 support (default: fp32)",
+    )
     run.add_argument("--out", help="run directory to create (default: runs/<recipe>-<timestamp>)")
     run.add_argument(
         "--resume",
@@ -413,6 +419,7 @@ def cmd_train(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
                 "weight_decay",
                 "seed",
                 "device",
+                "precision",
             )
             if getattr(args, k) is not None
         ]
@@ -441,6 +448,7 @@ def cmd_train(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
         weight_decay=args.weight_decay,
         seed=args.seed,
         device=args.device,
+        precision=args.precision,
     )
     train(config, out_dir=args.out, progress=args.progress, tensorboard=args.tensorboard)
     return 0

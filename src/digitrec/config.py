@@ -35,6 +35,9 @@ class TrainConfig:
     augment: dict[str, float] = field(default_factory=dict)  # AugmentConfig fields; empty = off
     seed: int = 42
     device: str = "auto"
+    # fp32, or bf16: the forward pass and loss under torch.autocast (weights, gradients and optimizer
+    # stay float32). For GPUs with bf16 tensor cores; off in every recipe, the tutorial's included.
+    precision: str = "fp32"
 
     def validate(self) -> TrainConfig:
         if self.epochs < 1:
@@ -61,6 +64,8 @@ class TrainConfig:
             AugmentConfig(**self.augment)
         except TypeError as exc:
             raise DigitrecError(f"bad augmentation settings: {exc}") from None
+        if self.precision not in PRECISIONS:
+            raise DigitrecError(f"unknown precision {self.precision!r} (known: {', '.join(PRECISIONS)})")
         if self.optimizer not in OPTIMIZERS:
             raise DigitrecError(f"unknown optimizer {self.optimizer!r} (known: {', '.join(OPTIMIZERS)})")
         return self
@@ -78,6 +83,7 @@ class TrainConfig:
 
 
 OPTIMIZERS = ("sgd", "adamw")
+PRECISIONS = ("fp32", "bf16")
 SCHEDULES = ("constant", "onecycle", "cosine")
 
 # The tutorial's two recipes (SGD, batch 100, 10 epochs, seed 42, lr 0.02 / 0.03), then digitrec's own.

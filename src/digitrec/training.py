@@ -292,14 +292,16 @@ def train(
         f"training {config.model} ({config.recipe}) on {dataset.name}: {len(dataset.train_images)} train / "
         f"{len(dataset.test_images)} test images, device {device}, {world_size} process(es), "
         f"batch {config.batch_size}, lr {config.lr}, {config.epochs} epochs, seed {config.seed}"
+        + (", bf16 autocast" if config.precision == "bf16" else "")
     )
     augment = AugmentConfig(**config.augment)
     eval_model = ema_model if ema_model is not None else raw_model
     # Plain SGD on a ReLU MLP in one process: the same math as autograd in fewer operations (fused.py).
     plain_sgd = config.optimizer == "sgd" and config.momentum == 0 and config.weight_decay == 0
-    fused_step = (
-        FusedMLPStep.for_model(raw_model) if plain_sgd and config.label_smoothing == 0 and not ddp else None
-    )
+    exact_fp32 = config.label_smoothing == 0 and config.precision == "fp32"
+    fused_step = FusedMLPStep.for_model(raw_model) if plain_sgd and exact_fp32 and not ddp else None
+    # Optional bf16 autocast of the forward pass and loss; the backward pass follows autocast's choices.
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
     steps_per_epoch = len(train_batches)
     total_steps = steps_per_epoch * config.epochs
     for epoch in range(start_epoch, config.epochs):
@@ -335,10 +337,11 @@ def train(
             if fused_step is not None:
                 batch_loss, batch_correct = fused_step(x, y, optimizer.param_groups[0]["lr"], global_size)
             else:
-                scores = model(x)
-                batch_loss = F.cross_entropy(
-                    scores, y, reduction="sum", label_smoothing=config.label_smoothing
-                )
+                with autocast:
+                    scores = model(x)
+                    batch_loss = F.cross_entropy(
+                        scores, y, reduction="sum", label_smoothing=config.label_smoothing
+                    )
                 # Mean over the global batch after DDP averages over world_size ranks.
                 loss = batch_loss * (world_size / global_size)
                 optimizer.zero_grad(set_to_none=True)
