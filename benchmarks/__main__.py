@@ -1,6 +1,6 @@
 """digitrec's benchmark: training and inference speed against references, side by side.
 
-    python -m benchmarks                 # full run (about 15-25 minutes on 2 cores)
+    python -m benchmarks                 # full run (about 3 minutes on 2 idle cores)
     python -m benchmarks --quick         # tiny sizes: a smoke run that keeps the code from rotting
 
 Everything runs in this one process, interleaved (A B C, A B C, ...) with at least 3 repetitions,
