@@ -120,18 +120,17 @@ def bench_inference(ds: Dataset, repeats: int, single_calls: int) -> dict[str, A
         "single_image_model": recognizer.info().get("name"),
         "single_image": {"torch": _latency_ms(recognizer, pixels, single_calls)},
     }
-    try:
-        from digitrec.checkpoints import default_model_dir
-        from digitrec.export import export_onnx
-        from digitrec.onnx_runtime import OnnxScorer
-    except ImportError:
-        return result
+    from digitrec.checkpoints import default_model_dir
+    from digitrec.export import export_onnx
+    from digitrec.onnx_runtime import OnnxScorer
+
     with tempfile.TemporaryDirectory() as tmp:
         try:
             path = export_onnx(default_model_dir(), Path(tmp) / "default.onnx")
-        except DigitrecError:  # onnx / onnxruntime not installed: torch figures only
+            scorer = OnnxScorer(path)
+        except DigitrecError:  # the onnx extra is not installed: torch figures only
             return result
-        onnx_recognizer = Recognizer.from_scorer(OnnxScorer(path), {"name": result["single_image_model"]})
+        onnx_recognizer = Recognizer.from_scorer(scorer, {"name": result["single_image_model"]})
         result["single_image"]["onnxruntime"] = _latency_ms(onnx_recognizer, pixels, single_calls)
     return result
 

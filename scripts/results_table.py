@@ -18,8 +18,10 @@ import statistics
 import sys
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 from digitrec.checkpoints import load_model, read_metrics
+from digitrec.config import TrainConfig
 from digitrec.data import load_dataset
 from digitrec.evaluation import evaluate
 from digitrec.fileio import write_bytes_atomic
@@ -28,9 +30,8 @@ from digitrec.models import count_macs, count_parameters
 START, END = "<!-- results-table:start -->", "<!-- results-table:end -->"
 
 
-def _test_accuracy(run_dirs: list[str], tta: bool) -> float:
-    """Accuracy of one run, or of several averaged, on the test set their configs name."""
-    loaded = [load_model(run) for run in run_dirs]
+def _test_accuracy(loaded: list[tuple[Any, TrainConfig]], tta: bool) -> float:
+    """Accuracy of one loaded run, or of several averaged, on the test set their configs name."""
     config = loaded[0][1]
     dataset = load_dataset(config.dataset, data_dir=config.data_dir)
     return evaluate([m for m, _ in loaded], dataset.test_images, dataset.test_labels, tta=tta).accuracy
@@ -46,7 +47,8 @@ def _percent(values: list[float]) -> str:
 def build_table(run_dirs: list[str], tta: bool = False, ensembles: list[list[str]] | None = None) -> str:
     groups: dict[str, list[dict]] = defaultdict(list)
     for run in run_dirs:
-        model, config = load_model(run)
+        loaded = load_model(run)
+        model, config = loaded
         rows = read_metrics(run)
         if not rows:
             raise SystemExit(f"{run}: no metrics.jsonl rows")
@@ -56,7 +58,7 @@ def build_table(run_dirs: list[str], tta: bool = False, ensembles: list[list[str
                 "params": count_parameters(model),
                 "macs": count_macs(model),
                 "accuracy": rows[-1]["val_accuracy"],
-                "tta": _test_accuracy([run], tta=True) if tta else None,
+                "tta": _test_accuracy([loaded], tta=True) if tta else None,
                 "epochs": len(rows),
                 "seconds": sum(r["epoch_seconds"] for r in rows),
                 "seed": config.seed,
@@ -80,14 +82,15 @@ def build_table(run_dirs: list[str], tta: bool = False, ensembles: list[list[str
             f"| {minutes:.1f} min |"
         )
     for members in ensembles or []:
-        configs = [load_model(run)[1] for run in members]
+        members_loaded = [load_model(run) for run in members]
+        configs = [config for _, config in members_loaded]
         recipes = sorted({c.recipe for c in configs})
         models = sorted({c.model for c in configs})
         seeds = ", ".join(str(c.seed) for c in configs)
-        tta_cell = f" {_percent([_test_accuracy(members, tta=True)])} |" if tta else ""
+        tta_cell = f" {_percent([_test_accuracy(members_loaded, tta=True)])} |" if tta else ""
         lines.append(
             f"| ensemble of {len(members)} {' + '.join(recipes)} | {' + '.join(models)} | | | "
-            f"| {_percent([_test_accuracy(members, tta=False)])} |{tta_cell} {seeds} | |"
+            f"| {_percent([_test_accuracy(members_loaded, tta=False)])} |{tta_cell} {seeds} | |"
         )
     return "\n".join(lines)
 

@@ -139,17 +139,7 @@ def test_two_nodes_restart_after_a_killed_worker(tmp_path, small_mnist_dir):
         subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         for _ in range(2)
     ]
-    deadline = time.monotonic() + 300
-    while not (out / "checkpoint.safetensors").exists():
-        assert all(node.poll() is None for node in nodes) and time.monotonic() < deadline
-        time.sleep(0.05)
-    time.sleep(0.05)
-    workers = []
-    while not workers:  # the worker of global rank 1, whichever node's agent started it
-        workers = [
-            c for node in nodes for c in _children(node.pid) if b"\x00RANK=1\x00" in b"\x00" + _environ(c)
-        ]
-    os.kill(workers[0], signal.SIGKILL)
+    _kill_a_worker_mid_run(nodes, out, b"RANK=1")  # global rank 1, whichever agent started it
     outputs = [node.communicate(timeout=600) for node in nodes]
     assert all(node.returncode == 0 for node in nodes), [err[-1500:] for _, err in outputs]
     stdout = "".join(o for o, _ in outputs)
@@ -170,18 +160,26 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-def _kill_a_worker_mid_run(proc: subprocess.Popen, run: Path) -> None:
+def _kill_a_worker_mid_run(
+    agents: list[subprocess.Popen], run: Path, variable: bytes = b"LOCAL_RANK=1"
+) -> None:
+    """SIGKILL the worker whose environment holds ``variable``, just after the run's first checkpoint."""
     deadline = time.monotonic() + 300
     while not (run / "checkpoint.safetensors").exists():
-        assert proc.poll() is None and time.monotonic() < deadline, (
+        assert all(a.poll() is None for a in agents) and time.monotonic() < deadline, (
             "training ended before its first checkpoint"
         )
         time.sleep(0.05)
     time.sleep(0.05)  # into the next epoch; the runs below last many epochs, so this is mid-run
     workers = []
-    while not workers:  # the agent's children that torchrun started as local rank 1
-        workers = [child for child in _children(proc.pid) if b"LOCAL_RANK=1\x00" in _environ(child)]
-        assert proc.poll() is None
+    while not workers:  # among the children that the torchrun agents started
+        workers = [
+            child
+            for agent in agents
+            for child in _children(agent.pid)
+            if b"\x00" + variable + b"\x00" in b"\x00" + _environ(child)
+        ]
+        assert all(a.poll() is None for a in agents)
     os.kill(workers[0], signal.SIGKILL)
 
 
@@ -199,7 +197,7 @@ def test_killed_worker_restarts_from_checkpoint(tmp_path, small_mnist_dir):
     # Exactly one restart allowed: the kill uses it, so the restarted group must form at the first try
     # (before digitrec prefixed the store per attempt, it often read its dead predecessors' addresses).
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
-    _kill_a_worker_mid_run(proc, run)
+    _kill_a_worker_mid_run([proc], run)
     stdout, stderr = proc.communicate(timeout=600)
     assert proc.returncode == 0, stderr[-2000:]
     assert "resuming" in stdout
@@ -224,7 +222,7 @@ def test_out_of_restarts_exits_nonzero_with_one_clear_line(tmp_path, small_mnist
     command = [sys.executable, "-m", "digitrec", *_train_args(small_mnist_dir, run, "lenet", EPOCHS),
                "--nproc", "2", "--max-restarts", "0"]  # fmt: skip
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
-    _kill_a_worker_mid_run(proc, run)
+    _kill_a_worker_mid_run([proc], run)
     _, stderr = proc.communicate(timeout=600)
     assert proc.returncode == 2
     last = stderr.strip().splitlines()[-1]

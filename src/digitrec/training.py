@@ -151,7 +151,8 @@ def _init_process_group(backend: str, rank: int, world_size: int) -> None:
     # can restart the group, instead of hanging for torch's default 30.
     timeout = timedelta(minutes=2)
     one_node = os.environ.get("LOCAL_WORLD_SIZE") == str(world_size)
-    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True" and one_node:
+    shared_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    if shared_store and one_node:
         attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0))
         agent_store = dist.TCPStore(
             os.environ["MASTER_ADDR"],
@@ -164,7 +165,6 @@ def _init_process_group(backend: str, rank: int, world_size: int) -> None:
         dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=timeout)
     else:
         dist.init_process_group(backend, timeout=timeout)
-    shared_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
     if (
         shared_store
         and not one_node
