@@ -2,6 +2,7 @@
 
     python -m benchmarks                 # full run (about 3 minutes on 2 idle cores)
     python -m benchmarks --quick         # tiny sizes: a smoke run that keeps the code from rotting
+    python -m benchmarks --device cuda   # the same on a GPU, plus bf16 and a count of host syncs
 
 Everything runs in this one process, interleaved (A B C, A B C, ...) with at least 3 repetitions,
 so that a noisy, shared machine affects every contender alike; the table quotes medians and the
@@ -11,6 +12,9 @@ Contenders for each tutorial recipe (one epoch each, same model, same batch of 1
   digitrec     ``digitrec.training.train`` (what ``digitrec train`` runs)
   bare loop    benchmarks/bare_loop.py: in-memory tensors, the plainest eager loop
   DataLoader   benchmarks/dataloader_loop.py: torchvision-style MNIST + ToTensor + DataLoader
+On CUDA, digitrec with ``--precision bf16`` joins them, and the JSON records how many times each
+digitrec run made the host wait for the GPU (``torch.cuda.set_sync_debug_mode``): a handful per
+epoch (the shuffle, the epoch's metrics), never one per step.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ import statistics
 import sys
 import tempfile
 import time
+import warnings
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -37,7 +43,7 @@ from digitrec.fileio import write_json_atomic
 from digitrec.training import train
 
 
-def machine() -> dict[str, Any]:
+def machine(device: str) -> dict[str, Any]:
     cpu = platform.processor() or "unknown"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -46,8 +52,11 @@ def machine() -> dict[str, Any]:
                 break
     except OSError:
         pass
+    gpu = torch.cuda.get_device_name(torch.device(device)) if torch.device(device).type == "cuda" else None
     return {
         "cpu": cpu,
+        "gpu": gpu,
+        "device": device,
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "python": platform.python_version(),
@@ -60,36 +69,65 @@ def _subset(ds: Dataset, n_train: int | None, n_test: int | None) -> Dataset:
                    ds.test_images[:n_test], ds.test_labels[:n_test], ds.source)  # fmt: skip
 
 
-def bench_training(ds: Dataset, model: str, repeats: int) -> dict[str, Any]:
+def count_host_syncs(fn: Callable[[], Any], device: str) -> tuple[Any, int | None]:
+    """Run ``fn``; on CUDA also count the times it made the host wait for the GPU."""
+    if torch.device(device).type != "cuda":
+        return fn(), None
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result = fn()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    return result, sum("synchroniz" in str(w.message) for w in caught)
+
+
+def bench_training(ds: Dataset, model: str, repeats: int, device: str) -> dict[str, Any]:
     """Seconds per epoch of each contender, interleaved."""
     recipe = f"tutorial-{model}"
+
+    def digitrec_epoch(precision: str) -> Callable[[], float]:
+        config = recipe_config(recipe, epochs=1, device=device, precision=precision)
+        return lambda: train(config, dataset=ds, save=False, log=None, progress=False).metrics[0][
+            "epoch_seconds"
+        ]
+
     contenders = {
-        "digitrec": lambda: train(recipe_config(recipe, epochs=1), dataset=ds, save=False, log=None,
-                                  progress=False).metrics[0]["epoch_seconds"],
-        "bare loop": lambda: bare_loop.run(ds.train_images, ds.train_labels, model, epochs=1)[0],
-        "DataLoader": lambda: dataloader_loop.run(ds.train_images, ds.train_labels, model, epochs=1)[0],
+        "digitrec": digitrec_epoch("fp32"),
+        "bare loop": lambda: bare_loop.run(ds.train_images, ds.train_labels, model, epochs=1,
+                                           device=device)[0],
+        "DataLoader": lambda: dataloader_loop.run(ds.train_images, ds.train_labels, model, epochs=1,
+                                                  device=device)[0],
     }  # fmt: skip
+    if torch.device(device).type == "cuda":
+        contenders["digitrec bf16"] = digitrec_epoch("bf16")
     times: dict[str, list[float]] = {name: [] for name in contenders}
     for _ in range(repeats):
         for name, fn in contenders.items():
             times[name].append(fn())
     medians = {name: statistics.median(values) for name, values in times.items()}
-    return {
+    result = {
         "recipe": recipe,
         "seconds_per_epoch": times,
         "median": medians,
         "speedup_vs_bare": medians["bare loop"] / medians["digitrec"],
         "speedup_vs_dataloader": medians["DataLoader"] / medians["digitrec"],
     }
+    _, syncs = count_host_syncs(contenders["digitrec"], device)
+    if syncs is not None:
+        result["host_syncs_per_epoch"] = syncs
+        result["steps_per_epoch"] = -(-len(ds.train_images) // 100)
+    return result
 
 
-def bench_fast(ds: Dataset, seeds: list[int], epochs: int | None) -> dict[str, Any]:
+def bench_fast(ds: Dataset, seeds: list[int], epochs: int | None, device: str) -> dict[str, Any]:
     """Wall time of the whole ``fast`` recipe (model build to final accuracy) per seed."""
     rows = []
     for seed in seeds:
+        config = recipe_config("fast", seed=seed, epochs=epochs, device=device)
         started = time.perf_counter()
-        result = train(recipe_config("fast", seed=seed, epochs=epochs), dataset=ds, save=False, log=None,
-                       progress=False)  # fmt: skip
+        result = train(config, dataset=ds, save=False, log=None, progress=False)
         rows.append({"seed": seed, "seconds": time.perf_counter() - started,
                      "accuracy": result.metrics[-1]["val_accuracy"]})  # fmt: skip
     return {
@@ -99,16 +137,27 @@ def bench_fast(ds: Dataset, seeds: list[int], epochs: int | None) -> dict[str, A
     }
 
 
-def bench_inference(ds: Dataset, repeats: int, single_calls: int) -> dict[str, Any]:
+def bench_augmented_syncs(ds: Dataset, device: str) -> dict[str, Any]:
+    """Host syncs of a short run of the ``best`` recipe (augmentation, EMA, AdamW, one-cycle) on CUDA."""
+    small = _subset(ds, 12_800, 1000)
+    config = recipe_config("best", epochs=1, device=device)
+    _, syncs = count_host_syncs(lambda: train(config, dataset=small, save=False, log=None, progress=False),
+                                device)  # fmt: skip
+    return {"recipe": "best", "steps": -(-len(small.train_images) // config.batch_size), "host_syncs": syncs}
+
+
+def bench_inference(ds: Dataset, repeats: int, single_calls: int, device: str) -> dict[str, Any]:
     """LeNet throughput over the test set, and the Recognizer's latency for one preprocessed image."""
     torch.manual_seed(0)
-    model = train(recipe_config("tutorial-lenet", epochs=1), dataset=_subset(ds, 2000, None), save=False,
-                  log=None, progress=False).model  # fmt: skip
+    model = train(recipe_config("tutorial-lenet", epochs=1, device=device), dataset=_subset(ds, 2000, None),
+                  save=False, log=None, progress=False).model  # fmt: skip
+    test_images = ds.test_images.to(device)
+    predict(model, test_images)  # warm-up: the first CUDA call loads kernels
     throughput = []
     for _ in range(repeats):
         started = time.perf_counter()
-        predict(model, ds.test_images)
-        throughput.append(len(ds.test_images) / (time.perf_counter() - started))
+        predict(model, test_images).sum().item()  # .item() waits for the GPU, if any
+        throughput.append(len(test_images) / (time.perf_counter() - started))
     # One preprocessed (28, 28) image through the Recognizer that predict and serve use, with each
     # scoring backend: torch (the default) and ONNX Runtime (``digitrec predict --onnx``, when installed).
     from digitrec.recognition import Recognizer
@@ -120,6 +169,9 @@ def bench_inference(ds: Dataset, repeats: int, single_calls: int) -> dict[str, A
         "single_image_model": recognizer.info().get("name"),
         "single_image": {"torch": _latency_ms(recognizer, pixels, single_calls)},
     }
+    if torch.device(device).type == "cuda":
+        cuda_recognizer = Recognizer.default(device)
+        result["single_image"][f"torch on {device}"] = _latency_ms(cuda_recognizer, pixels, single_calls)
     from digitrec.checkpoints import default_model_dir
     from digitrec.export import export_onnx
     from digitrec.onnx_runtime import OnnxScorer
@@ -156,21 +208,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test (default: off)")
     parser.add_argument("--repeats", type=int, default=3, help="repetitions of each contender (default: 3)")
     parser.add_argument("--seeds", type=int, default=5, help="seeds for the fast recipe (default: 5)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     parser.add_argument("--out", help="JSON file to write (default: benchmarks/results/bench-<time>.json)")
     args = parser.parse_args(argv)
+    if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: CUDA is not available")
 
     ds = load_dataset("mnist")
     if args.quick:
         ds = _subset(ds, 600, 500)
     started = datetime.now(timezone.utc)
-    results: dict[str, Any] = {"date": started.isoformat(timespec="seconds"), "machine": machine(),
+    results: dict[str, Any] = {"date": started.isoformat(timespec="seconds"), "machine": machine(args.device),
                                "quick": args.quick}  # fmt: skip
-    results["training"] = [bench_training(ds, model, args.repeats) for model in ("mlp", "lenet")]
-    results["fast"] = bench_fast(ds, list(range(args.seeds)), 1 if args.quick else None)
+    results["training"] = [bench_training(ds, model, args.repeats, args.device) for model in ("mlp", "lenet")]
+    results["fast"] = bench_fast(ds, list(range(args.seeds)), 1 if args.quick else None, args.device)
     # The issue's yardstick: the whole fast recipe against one epoch of the bare loop's tutorial LeNet.
     bare_lenet_epoch = results["training"][1]["median"]["bare loop"]
     results["fast"]["vs_bare_lenet_epoch"] = results["fast"]["median_seconds"] / bare_lenet_epoch
-    results["inference"] = bench_inference(ds, args.repeats, 50 if args.quick else 1000)
+    if torch.device(args.device).type == "cuda":
+        results["augmented_run"] = bench_augmented_syncs(ds, args.device)
+    results["inference"] = bench_inference(ds, args.repeats, 50 if args.quick else 1000, args.device)
     results["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     out = Path(args.out) if args.out else Path("benchmarks/results") / f"bench-{started:%Y%m%d-%H%M%S}.json"
@@ -182,18 +239,26 @@ def main(argv: list[str] | None = None) -> int:
 
 def format_table(results: dict[str, Any]) -> str:
     m = results["machine"]
+    where = f"{m['cpu']}, {m['torch_threads']} threads" + (f"; GPU {m['gpu']}" if m.get("gpu") else "")
+    contenders = list(results["training"][0]["median"])
+    extra = [name for name in contenders if name not in ("digitrec", "bare loop", "DataLoader")]
     lines = [
-        f"digitrec benchmark, {results['date']}: {m['cpu']}, {m['torch_threads']} threads, torch {m['torch']}"
+        f"digitrec benchmark, {results['date']}: {where}, torch {m['torch']}, device {m.get('device', 'cpu')}"
         + (" (QUICK smoke sizes: not representative)" if results["quick"] else ""),
         "",
-        "| recipe | digitrec s/epoch | bare loop s/epoch | DataLoader s/epoch | vs bare | vs DataLoader |",
-        "|---|---|---|---|---|---|",
+        "| recipe | "
+        + " | ".join(f"{name} s/epoch" for name in contenders)
+        + " | vs bare | vs DataLoader |"
+        + "".join(f" {name} vs bare |" for name in extra),
+        "|---|" + "---|" * (len(contenders) + 2 + len(extra)),
     ]
     for row in results["training"]:
         med = row["median"]
         lines.append(
-            f"| {row['recipe']} | {med['digitrec']:.2f} | {med['bare loop']:.2f} | {med['DataLoader']:.2f} "
-            f"| {row['speedup_vs_bare']:.2f}x | {row['speedup_vs_dataloader']:.2f}x |"
+            f"| {row['recipe']} | "
+            + " | ".join(f"{med[name]:.2f}" for name in contenders)
+            + f" | {row['speedup_vs_bare']:.2f}x | {row['speedup_vs_dataloader']:.2f}x |"
+            + "".join(f" {med['bare loop'] / med[name]:.2f}x |" for name in extra)
         )
     fast = results["fast"]
     per_seed = ", ".join(f"{r['accuracy']:.4f} in {r['seconds']:.1f} s" for r in fast["runs"])
@@ -209,8 +274,18 @@ def format_table(results: dict[str, Any]) -> str:
         f"inference: LeNet {inference['images_per_second']:,.0f} images/s over the test set; one "
         f"preprocessed image through Recognizer.predict_pixels (bundled {inference['single_image_model']}): "
         f"{single}",
-        f"peak resident memory: {results['peak_rss_mib']:.0f} MiB",
     ]
+    syncs = [
+        f"{row['recipe']} {row['host_syncs_per_epoch']} in {row['steps_per_epoch']} steps"
+        for row in results["training"]
+        if "host_syncs_per_epoch" in row
+    ]
+    if "augmented_run" in results:
+        run = results["augmented_run"]
+        syncs.append(f"{run['recipe']} (augmented) {run['host_syncs']} in {run['steps']} steps")
+    if syncs:
+        lines.append("host syncs per digitrec epoch: " + "; ".join(syncs))
+    lines.append(f"peak resident memory: {results['peak_rss_mib']:.0f} MiB")
     return "\n".join(lines)
 
 

@@ -50,18 +50,19 @@ def run(
     epochs: int,
     seed: int = 42,
     limit: int | None = None,
+    device: str = "cpu",
 ) -> list[float]:
     """Train; return the wall seconds of each epoch. images: (N, 28, 28) uint8."""
     torch.manual_seed(seed)
-    x_all = images[:limit].float().div(255).unsqueeze(1)  # (N, 1, 28, 28) float32 in [0, 1]
-    y_all = labels[:limit]
-    net = build(model)
+    x_all = images[:limit].to(device).float().div(255).unsqueeze(1)  # (N, 1, 28, 28) float32 in [0, 1]
+    y_all = labels[:limit].to(device)
+    net = build(model).to(device)
     optimizer = torch.optim.SGD(net.parameters(), lr=0.02 if model == "mlp" else 0.03)
     loss_fn = nn.CrossEntropyLoss()
     seconds = []
     for _ in range(epochs):
         started = time.perf_counter()
-        order = torch.randperm(len(x_all))
+        order = torch.randperm(len(x_all), device=device)
         for start in range(0, len(order), 100):
             index = order[start : start + 100]
             x, y = x_all[index], y_all[index]
@@ -69,6 +70,8 @@ def run(
             loss = loss_fn(net(x), y)
             loss.backward()
             optimizer.step()
+        if x_all.is_cuda:
+            torch.cuda.synchronize()
         seconds.append(time.perf_counter() - started)
     return seconds
 

@@ -55,22 +55,27 @@ def make_dataset(images: torch.Tensor, labels: torch.Tensor) -> tuple[Dataset, s
 
 
 def run(images: torch.Tensor, labels: torch.Tensor, model: str, epochs: int, seed: int = 42,
-        limit: int | None = None) -> list[float]:  # fmt: skip
+        limit: int | None = None, device: str = "cpu") -> list[float]:  # fmt: skip
     """Train; return the wall seconds of each epoch (data loading included, as users experience it)."""
     torch.manual_seed(seed)
     dataset, _ = make_dataset(images[:limit], labels[:limit])
-    loader = DataLoader(dataset, batch_size=100, shuffle=True)
-    net = build(model)
+    # On CUDA, pytorch/examples adds {'num_workers': 1, 'pin_memory': True} and moves each batch over.
+    cuda = torch.device(device).type == "cuda"
+    loader = DataLoader(dataset, batch_size=100, shuffle=True, num_workers=1 if cuda else 0, pin_memory=cuda)
+    net = build(model).to(device)
     optimizer = torch.optim.SGD(net.parameters(), lr=0.02 if model == "mlp" else 0.03)
     loss_fn = nn.CrossEntropyLoss()
     seconds = []
     for _ in range(epochs):
         started = time.perf_counter()
         for x, y in loader:
+            x, y = x.to(device), y.to(device)
             optimizer.zero_grad()
             loss = loss_fn(net(x), y)
             loss.backward()
             optimizer.step()
+        if cuda:
+            torch.cuda.synchronize()
         seconds.append(time.perf_counter() - started)
     return seconds
 

@@ -40,6 +40,27 @@ def test_each_distortion_moves_pixels_but_keeps_the_digit(digits, field):
     assert correlation.median() > 0.5
 
 
+def test_stroke_thickens_or_thins_each_chosen_image(digits):
+    out = augment_batch(digits, AugmentConfig(stroke=0.5), torch.Generator().manual_seed(5))
+    ink_ratio = out.sum(dim=(1, 2, 3)) / digits.sum(dim=(1, 2, 3))
+    # With probability 0.5 each way, every image is either thickened or thinned, never left alone.
+    thicker, thinner = ink_ratio > 1.1, ink_ratio < 0.9
+    assert (thicker | thinner).all()
+    assert 10 < int(thicker.sum()) < 54
+    # Thickening only adds ink: no pixel gets darker.
+    assert (out[thicker] >= digits[thicker] - 1e-6).all()
+    assert (out[thinner] <= digits[thinner] + 1e-6).all()
+
+
+@pytest.mark.parametrize("settings", [{"stroke": 0.6}, {"rotate": -5}, {"elastic_sigma": 0}, {"blur": 1}])
+def test_bad_settings_are_refused(settings):
+    from digitrec.config import TrainConfig
+    from digitrec.errors import DigitrecError
+
+    with pytest.raises(DigitrecError, match="bad augmentation settings"):
+        TrainConfig(augment=settings).validate()
+
+
 @pytest.mark.slow
 def test_a_trained_model_still_reads_augmented_digits(mnist):
     """Labels are preserved: a model trained on clean MNIST still reads mildly distorted test digits."""

@@ -62,7 +62,7 @@ class TrainConfig:
 
         try:
             AugmentConfig(**self.augment)
-        except TypeError as exc:
+        except (TypeError, ValueError) as exc:
             raise DigitrecError(f"bad augmentation settings: {exc}") from None
         if self.precision not in PRECISIONS:
             raise DigitrecError(f"unknown precision {self.precision!r} (known: {', '.join(PRECISIONS)})")
