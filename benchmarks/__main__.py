@@ -12,7 +12,8 @@ Contenders for each tutorial recipe (one epoch each, same model, same batch of 1
   digitrec     ``digitrec.training.train`` (what ``digitrec train`` runs)
   bare loop    benchmarks/bare_loop.py: in-memory tensors, the plainest eager loop
   DataLoader   benchmarks/dataloader_loop.py: torchvision-style MNIST + ToTensor + DataLoader
-On CUDA, digitrec with ``--precision bf16`` joins them, and the JSON records how many times each
+On CUDA, digitrec without CUDA graphs (``--no-cuda-graphs``) and with ``--precision bf16`` join
+them, and the JSON records how many times each
 digitrec run made the host wait for the GPU (``torch.cuda.set_sync_debug_mode``): a handful per
 epoch (the shuffle, the epoch's metrics), never one per step.
 """
@@ -87,8 +88,8 @@ def bench_training(ds: Dataset, model: str, repeats: int, device: str) -> dict[s
     """Seconds per epoch of each contender, interleaved."""
     recipe = f"tutorial-{model}"
 
-    def digitrec_epoch(precision: str) -> Callable[[], float]:
-        config = recipe_config(recipe, epochs=1, device=device, precision=precision)
+    def digitrec_epoch(precision: str, cuda_graphs: bool = True) -> Callable[[], float]:
+        config = recipe_config(recipe, epochs=1, device=device, precision=precision, cuda_graphs=cuda_graphs)
         return lambda: train(config, dataset=ds, save=False, log=None, progress=False).metrics[0][
             "epoch_seconds"
         ]
@@ -101,6 +102,7 @@ def bench_training(ds: Dataset, model: str, repeats: int, device: str) -> dict[s
                                                   device=device)[0],
     }  # fmt: skip
     if torch.device(device).type == "cuda":
+        contenders["digitrec eager"] = digitrec_epoch("fp32", cuda_graphs=False)  # without CUDA graphs
         contenders["digitrec bf16"] = digitrec_epoch("bf16")
     times: dict[str, list[float]] = {name: [] for name in contenders}
     for _ in range(repeats):

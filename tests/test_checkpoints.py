@@ -79,3 +79,31 @@ def test_atomic_write_keeps_the_old_file_on_failure(tmp_path):
         raise RuntimeError("killed mid-write")
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["file.bin"]
+
+
+def test_a_tensor_learning_rate_is_saved_as_a_number_and_restored_in_place(tmp_path):
+    """A CUDA-graphed AdamW keeps its learning rate in a tensor that the graph reads: a checkpoint
+    stores a number, and loading fills the running optimizer's tensor instead of replacing it."""
+    config = recipe_config("fast")
+    torch.manual_seed(0)
+    model = create_model("mlp")
+    # On the CPU a tensor learning rate needs the for-loop implementation (foreach=False).
+    optimizer = torch.optim.AdamW(model.parameters(), lr=torch.tensor(0.004), foreach=False)
+    model(torch.rand(4, 1, 28, 28)).sum().backward()
+    optimizer.step()
+    write_config(tmp_path, config, {})
+    save_checkpoint(tmp_path, model, optimizer, config, epoch=1)
+
+    plain = torch.optim.AdamW(create_model("mlp").parameters(), lr=0.5)
+    load_checkpoint(tmp_path, create_model("mlp"), plain)
+    assert plain.param_groups[0]["lr"] == pytest.approx(0.004) and isinstance(
+        plain.param_groups[0]["lr"], float
+    )
+
+    held = torch.tensor(0.5)
+    fresh = create_model("mlp")
+    graphed = torch.optim.AdamW(fresh.parameters(), lr=held, foreach=False)
+    load_checkpoint(tmp_path, fresh, graphed)
+    assert graphed.param_groups[0]["lr"] is held and held.item() == pytest.approx(0.004)
+    # how the optimizer executes stays this process's choice
+    assert graphed.param_groups[0]["foreach"] is False

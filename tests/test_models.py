@@ -90,3 +90,28 @@ def test_lenet_pooling_before_tanh_is_exactly_the_tutorials_order():
     (grad_model,) = torch.autograd.grad(model(x).sum(), x)
     (grad_reference,) = torch.autograd.grad(reference.sum(), x)
     assert torch.equal(grad_model, grad_reference)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_folding_batch_norms_keeps_the_scores_and_the_model(name):
+    from digitrec.models import fold_batch_norms, prefer_channels_last
+
+    torch.manual_seed(0)
+    model = prefer_channels_last(create_model(name))
+    # Train mode for a few batches, so that the running statistics are not the identity.
+    for _ in range(3):
+        model(torch.rand(16, 1, 28, 28))
+    model.eval()
+    x = torch.rand(8, 1, 28, 28)
+    with torch.no_grad():
+        expected = model(x)
+        folded = fold_batch_norms(model)
+        assert torch.allclose(folded(x), expected, atol=1e-5, rtol=1e-4)
+    # cnn and resnet put each batch norm right after a convolution: all fold. fastcnn pools in between,
+    # which a fold cannot cross (a negative scale does not commute with max), so its stay.
+    if name in ("cnn", "resnet"):
+        assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    # the model itself is left alone
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == (
+        name in ("cnn", "fastcnn", "resnet")
+    )

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from digitrec.checkpoints import load_checkpoint, load_model, read_metrics
+from digitrec.cli import main
 from digitrec.config import recipe_config
 from digitrec.errors import DigitrecError
 from digitrec.evaluation import evaluate
@@ -186,3 +187,39 @@ def test_bf16_autocast_trains_and_is_recorded(tmp_path, small_mnist_dir):
 def test_unknown_precision_is_refused():
     with pytest.raises(DigitrecError, match="unknown precision 'fp8'"):
         recipe_config("fast", precision="fp8")
+
+
+def test_ema_update_with_a_tensor_weight_equals_the_number():
+    """The CUDA-graphed step passes the EMA weight as a device tensor; the arithmetic is the same."""
+    from digitrec.training import update_ema
+
+    torch.manual_seed(0)
+    model, by_number, by_tensor = create_model("fastcnn"), create_model("fastcnn"), create_model("fastcnn")
+    by_tensor.load_state_dict(by_number.state_dict())
+    update_ema(by_number, model, 0.01)
+    update_ema(by_tensor, model, torch.tensor(0.01))
+    for a, b in zip(by_number.state_dict().values(), by_tensor.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    assert not torch.equal(by_number[0].weight, model[0].weight)  # it moved towards the model, not onto it
+
+
+def test_set_learning_rate_fills_a_tensor_in_place_and_replaces_a_number():
+    from digitrec.training import set_learning_rate
+
+    held = torch.tensor(1.0)
+    graphed = torch.optim.AdamW(create_model("mlp").parameters(), lr=held, foreach=False)
+    plain = torch.optim.SGD(create_model("mlp").parameters(), lr=1.0)
+    set_learning_rate(graphed, 0.25)
+    set_learning_rate(plain, 0.25)
+    assert graphed.param_groups[0]["lr"] is held and held.item() == 0.25
+    assert plain.param_groups[0]["lr"] == 0.25
+
+
+def test_cuda_graphs_option_is_recorded_and_harmless_on_the_cpu(tmp_path, small_mnist_dir):
+    run = tmp_path / "eager"
+    args = ["train", "--recipe", "tutorial-mlp", "--data-dir", str(small_mnist_dir), "--epochs", "1",
+            "--no-cuda-graphs", "--device", "cpu", "--out", str(run), "--no-progress"]  # fmt: skip
+    assert main(args) == 0
+    _, config = load_model(run)
+    assert config.cuda_graphs is False
+    assert recipe_config("tutorial-mlp").cuda_graphs is True  # on by default; only CUDA uses it

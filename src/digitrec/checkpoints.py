@@ -120,10 +120,16 @@ def save_checkpoint(
                 tensors[f"optim.{param_id}.{key}"] = value.detach().contiguous().cpu()
             else:
                 scalars.setdefault(str(param_id), {})[key] = value
+    # A learning rate held in a tensor (a CUDA-graphed optimizer reads it from device memory) is saved
+    # as a number: the checkpoint does not depend on how the run was executed.
+    param_groups = [
+        {key: float(value) if isinstance(value, torch.Tensor) else value for key, value in group.items()}
+        for group in optim_state["param_groups"]
+    ]
     metadata = {
         "epoch": str(epoch),
         "digitrec_config": json.dumps(config.to_dict()),
-        "param_groups": json.dumps(optim_state["param_groups"]),
+        "param_groups": json.dumps(param_groups),
         "optim_scalars": json.dumps(scalars),
     }
     write_bytes_atomic(run_dir / CHECKPOINT_FILE, save_safetensors(tensors, metadata=metadata))
@@ -156,8 +162,22 @@ def load_checkpoint(
             state.setdefault(int(param_id), {})[name] = value
     for param_id, values in scalars.items():
         state.setdefault(int(param_id), {}).update(values)
+    # How the optimizer executes (capturable for CUDA graphs, foreach, fused) belongs to this process,
+    # not to the checkpoint: a run saved on a GPU resumes on a CPU and the other way round.
+    for saved, current in zip(param_groups, optimizer.param_groups, strict=False):
+        saved.update({key: current[key] for key in EXECUTION_KEYS if key in current})
+    lr_tensors = [
+        group["lr"] if isinstance(group["lr"], torch.Tensor) else None for group in optimizer.param_groups
+    ]
     optimizer.load_state_dict({"state": state, "param_groups": param_groups})
+    for group, lr_tensor in zip(optimizer.param_groups, lr_tensors, strict=True):
+        if lr_tensor is not None:
+            lr_tensor.fill_(float(group["lr"]))
+            group["lr"] = lr_tensor
     return epoch
+
+
+EXECUTION_KEYS = ("capturable", "foreach", "fused", "differentiable")
 
 
 def write_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:

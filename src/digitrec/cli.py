@@ -125,6 +125,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="bf16 runs the forward pass under torch.autocast (weights stay float32); "
         "for GPUs with bf16 support (default: fp32)",
     )
+    run.add_argument(
+        "--cuda-graphs",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="on CUDA, replay each training step as one CUDA graph; one process, SGD with a constant "
+        "learning rate or AdamW (default: on)",
+    )
     run.add_argument("--out", help="run directory to create (default: runs/<recipe>-<timestamp>)")
     run.add_argument(
         "--resume",
@@ -420,6 +427,7 @@ def cmd_train(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
                 "seed",
                 "device",
                 "precision",
+                "cuda_graphs",
             )
             if getattr(args, k) is not None
         ]
@@ -449,6 +457,7 @@ def cmd_train(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
         seed=args.seed,
         device=args.device,
         precision=args.precision,
+        cuda_graphs=args.cuda_graphs,
     )
     train(config, out_dir=args.out, progress=args.progress, tensorboard=args.tensorboard)
     return 0

@@ -38,6 +38,9 @@ class TrainConfig:
     # fp32, or bf16: the forward pass and loss under torch.autocast (weights, gradients and optimizer
     # stay float32). For GPUs with bf16 tensor cores; off in every recipe, the tutorial's included.
     precision: str = "fp32"
+    # On CUDA, replay each full training step as one CUDA graph (one process; SGD with a constant
+    # learning rate, or AdamW). No effect on other devices.
+    cuda_graphs: bool = True
 
     def validate(self) -> TrainConfig:
         if self.epochs < 1:

@@ -148,11 +148,12 @@ class Recognizer:
     ) -> Recognizer:
         """The model of a run directory (config.json + model.safetensors), on ``device``."""
         from .checkpoints import load_model, read_metrics
-        from .models import count_parameters
+        from .models import count_parameters, fold_batch_norms
         from .training import resolve_device
 
         resolved = resolve_device(device)
         model, config = load_model(run_dir, resolved)
+        scoring_model = fold_batch_norms(model)  # the loaded model is private to this Recognizer
         metrics = read_metrics(run_dir)
         info: dict[str, Any] = {
             "name": config.model,
@@ -166,7 +167,7 @@ class Recognizer:
         }
         if metrics and "val_accuracy" in metrics[-1]:
             info["val_accuracy"] = metrics[-1]["val_accuracy"]
-        return cls(_torch_scorer(model, resolved), info)
+        return cls(_torch_scorer(scoring_model, resolved), info)
 
     @classmethod
     def default(cls, device: str = "cpu") -> Recognizer:
@@ -294,11 +295,14 @@ class Recognizer:
         array = np.asarray(pixels)
         if array.shape != (28, 28):
             raise ImageError(f"pixels: expected a (28, 28) array, got shape {array.shape}")
-        if not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_):
-            raise ImageError(f"pixels: expected numbers, got {array.dtype}")
-        if not np.isfinite(array).all() or array.min() < 0 or array.max() > 255:
-            raise ImageError("pixels: values must be in 0..255")
-        grid = np.rint(array).astype(np.uint8)
+        if array.dtype == np.uint8:  # already MNIST's type: nothing to check or round
+            grid = array.copy()
+        else:
+            if not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_):
+                raise ImageError(f"pixels: expected numbers, got {array.dtype}")
+            if not np.isfinite(array).all() or array.min() < 0 or array.max() > 255:
+                raise ImageError("pixels: values must be in 0..255")
+            grid = np.rint(array).astype(np.uint8)
         if grid.max() == 0:
             return self._single(None, None, min_confidence)
         return self._single(grid, self._probabilities([grid])[0], min_confidence)

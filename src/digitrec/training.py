@@ -49,6 +49,7 @@ from .checkpoints import (
     write_metrics,
 )
 from .config import TrainConfig
+from .cuda_graphs import GraphedStep
 from .data import BatchIterator, Dataset, load_dataset
 from .errors import DigitrecError
 from .evaluation import predict
@@ -75,7 +76,9 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+def make_optimizer(config: TrainConfig, model: nn.Module, capturable: bool = False) -> torch.optim.Optimizer:
+    """The run's optimizer. ``capturable``: AdamW keeps its step count and learning rate in device
+    tensors, so that a CUDA graph can replay its step (set the rate with ``set_learning_rate``)."""
     if config.optimizer == "sgd":
         return torch.optim.SGD(
             model.parameters(),
@@ -85,8 +88,22 @@ def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimiz
             weight_decay=config.weight_decay,
         )
     if config.optimizer == "adamw":
+        if capturable:
+            device = next(model.parameters()).device
+            lr = torch.tensor(config.lr, dtype=torch.float32, device=device)
+            return torch.optim.AdamW(
+                model.parameters(), lr=lr, weight_decay=config.weight_decay, capturable=True, foreach=True
+            )
         return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     raise DigitrecError(f"unknown optimizer {config.optimizer!r}")
+
+
+def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        if isinstance(group["lr"], torch.Tensor):
+            group["lr"].fill_(lr)  # in place: a captured CUDA graph reads this very tensor
+        else:
+            group["lr"] = lr
 
 
 def learning_rate(config: TrainConfig, step: int, total_steps: int) -> float:
@@ -106,11 +123,22 @@ def learning_rate(config: TrainConfig, step: int, total_steps: int) -> float:
     return floor + (config.lr - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+def ema_decay(config: TrainConfig, step: int) -> float:
+    """The EMA decay after ``step`` steps (1-based): a short warm-up so that early averages are not
+    dominated by the random initialization."""
+    return min(config.ema, (1 + step) / (10 + step))
+
+
 @torch.no_grad()
-def update_ema(ema_model: nn.Module, model: nn.Module, decay: float) -> None:
-    """ema <- decay * ema + (1 - decay) * model, for parameters; buffers (BN statistics) copied."""
+def update_ema(ema_model: nn.Module, model: nn.Module, weight: float | torch.Tensor) -> None:
+    """ema <- ema + weight * (model - ema), i.e. decay = 1 - weight, for parameters; buffers (BN
+    statistics) copied. ``weight`` may be a 0-dim device tensor, for a step replayed as a CUDA graph."""
     ema_params: list[torch.Tensor] = list(ema_model.parameters())
-    torch._foreach_lerp_(ema_params, [p.detach() for p in model.parameters()], 1.0 - decay)
+    params = [p.detach() for p in model.parameters()]
+    if isinstance(weight, torch.Tensor):
+        torch._foreach_lerp_(ema_params, params, [weight] * len(params))
+    else:
+        torch._foreach_lerp_(ema_params, params, weight)
     for ema_buffer, buffer in zip(ema_model.buffers(), model.buffers(), strict=True):
         ema_buffer.copy_(buffer)
 
@@ -267,7 +295,15 @@ def train(
     torch.manual_seed(config.seed)
     model = create_model(config.model, **config.model_args).to(device)
     model = prefer_channels_last(model)
-    optimizer = make_optimizer(config, model)
+    # On a GPU, replay each full training step as one CUDA graph (cuda_graphs.py): one process, and a
+    # learning rate the graph can read (constant, or AdamW's device tensor).
+    use_graphs = (
+        config.cuda_graphs
+        and device.type == "cuda"
+        and not ddp
+        and (config.optimizer == "adamw" or config.schedule == "constant")
+    )
+    optimizer = make_optimizer(config, model, capturable=use_graphs)
     # The weight average (EMA) is what gets evaluated and saved; the raw weights are what trains.
     ema_model = copy.deepcopy(model) if config.ema > 0 else None
     start_epoch, metrics = 0, []
@@ -301,7 +337,35 @@ def train(
     exact_fp32 = config.label_smoothing == 0 and config.precision == "fp32"
     fused_step = FusedMLPStep.for_model(raw_model) if plain_sgd and exact_fp32 and not ddp else None
     # Optional bf16 autocast of the forward pass and loss; the backward pass follows autocast's choices.
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
+    # (Its cache of cast weights must be off inside a CUDA graph.)
+    autocast = torch.autocast(
+        device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16", cache_enabled=not use_graphs
+    )
+    # The EMA weight of the coming step: a device tensor when a CUDA graph reads it, else a number.
+    ema_weight = torch.zeros((), device=device) if use_graphs else None
+
+    def autograd_step(
+        x: torch.Tensor, y: torch.Tensor, global_size: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One step: forward, loss, backward, update (and the weight average). Returns the loss summed
+        over this rank's samples and the number it got right, both as tensors (no host sync)."""
+        with autocast:
+            scores = model(x)
+            batch_loss = F.cross_entropy(scores, y, reduction="sum", label_smoothing=config.label_smoothing)
+        # Mean over the global batch after DDP averages over world_size ranks.
+        loss = batch_loss * (world_size / global_size)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if ema_model is not None and ema_weight is not None:
+            update_ema(ema_model, raw_model, ema_weight)
+        return batch_loss.detach(), (scores.argmax(1) == y).sum()
+
+    graphed_step = (
+        GraphedStep(lambda x, y: autograd_step(x, y, config.batch_size), config.batch_size)
+        if use_graphs
+        else None
+    )
     steps_per_epoch = len(train_batches)
     total_steps = steps_per_epoch * config.epochs
     for epoch in range(start_epoch, config.epochs):
@@ -332,27 +396,19 @@ def train(
             if augment.enabled:
                 x = augment_batch(x, augment, augment_generator)
             if config.schedule != "constant":
-                for group in optimizer.param_groups:
-                    group["lr"] = learning_rate(config, step, total_steps)
-            if fused_step is not None:
+                set_learning_rate(optimizer, learning_rate(config, step, total_steps))
+            step += 1
+            if ema_weight is not None:
+                ema_weight.fill_(1.0 - ema_decay(config, step))
+            if graphed_step is not None:
+                batch_loss, batch_correct = graphed_step(x, y)
+            elif fused_step is not None:
                 batch_loss, batch_correct = fused_step(x, y, optimizer.param_groups[0]["lr"], global_size)
             else:
-                with autocast:
-                    scores = model(x)
-                    batch_loss = F.cross_entropy(
-                        scores, y, reduction="sum", label_smoothing=config.label_smoothing
-                    )
-                # Mean over the global batch after DDP averages over world_size ranks.
-                loss = batch_loss * (world_size / global_size)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                batch_correct = (scores.argmax(1) == y).sum()
-            step += 1
-            if ema_model is not None:
-                # Short warm-up of the decay so early averages are not dominated by the random init.
-                update_ema(ema_model, raw_model, min(config.ema, (1 + step) / (10 + step)))
-            loss_sum += batch_loss.detach()
+                batch_loss, batch_correct = autograd_step(x, y, global_size)
+            if ema_model is not None and ema_weight is None:
+                update_ema(ema_model, raw_model, 1.0 - ema_decay(config, step))
+            loss_sum += batch_loss
             correct += batch_correct
             seen += len(y)
         if device.type == "cuda":
@@ -397,6 +453,9 @@ def train(
             tb_writer, eval_model, dataset.test_images, dataset.test_labels, config.epochs
         )
         tb_writer.close()
+    if graphed_step is not None:
+        steps_run = total_steps - start_epoch * steps_per_epoch
+        say(f"{graphed_step.replays} of {steps_run} steps ran as CUDA graph replays")
     if run_dir is not None:
         say(f"saved {run_dir}")
     if ddp:
