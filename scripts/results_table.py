@@ -37,6 +37,14 @@ def _test_accuracy(loaded: list[tuple[Any, TrainConfig]], tta: bool) -> float:
     return evaluate([m for m, _ in loaded], dataset.test_images, dataset.test_labels, tta=tta).accuracy
 
 
+def ensemble_label(recipes: list[str]) -> str:
+    """ "3 best + best-mlp" for the recipes of an ensemble's members, in order of first appearance."""
+    counts: dict[str, int] = {}
+    for recipe in recipes:
+        counts[recipe] = counts.get(recipe, 0) + 1
+    return " + ".join(f"{count} {recipe}" if count > 1 else recipe for recipe, count in counts.items())
+
+
 def _percent(values: list[float]) -> str:
     text = f"{100 * statistics.mean(values):.2f}%"
     if len(values) > 1:
@@ -84,12 +92,11 @@ def build_table(run_dirs: list[str], tta: bool = False, ensembles: list[list[str
     for members in ensembles or []:
         members_loaded = [load_model(run) for run in members]
         configs = [config for _, config in members_loaded]
-        recipes = sorted({c.recipe for c in configs})
         models = sorted({c.model for c in configs})
         seeds = ", ".join(str(c.seed) for c in configs)
         tta_cell = f" {_percent([_test_accuracy(members_loaded, tta=True)])} |" if tta else ""
         lines.append(
-            f"| ensemble of {len(members)} {' + '.join(recipes)} | {' + '.join(models)} | | | "
+            f"| ensemble of {ensemble_label([c.recipe for c in configs])} | {' + '.join(models)} | | | "
             f"| {_percent([_test_accuracy(members_loaded, tta=False)])} |{tta_cell} {seeds} | |"
         )
     return "\n".join(lines)

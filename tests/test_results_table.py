@@ -69,3 +69,10 @@ def test_readme_markers_replaced_in_place(two_runs, tmp_path):
     text = readme.read_text()
     assert text.startswith("intro\n<!-- results-table:start -->\n| recipe |")
     assert "old" not in text and text.endswith("<!-- results-table:end -->\noutro\n")
+
+
+def test_ensemble_label_counts_each_recipe():
+    from scripts.results_table import ensemble_label
+
+    assert ensemble_label(["best", "best", "best", "best-mlp"]) == "3 best + best-mlp"
+    assert ensemble_label(["fast", "best"]) == "fast + best"

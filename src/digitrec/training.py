@@ -342,7 +342,7 @@ def train(
         device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16", cache_enabled=not use_graphs
     )
     # The EMA weight of the coming step: a device tensor when a CUDA graph reads it, else a number.
-    ema_weight = torch.zeros((), device=device) if use_graphs else None
+    ema_weight = torch.zeros((), device=device) if use_graphs and ema_model is not None else None
 
     def autograd_step(
         x: torch.Tensor, y: torch.Tensor, global_size: int
@@ -357,7 +357,7 @@ def train(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        if ema_model is not None and ema_weight is not None:
+        if ema_model is not None and ema_weight is not None:  # (eagerly, the loop updates it)
             update_ema(ema_model, raw_model, ema_weight)
         return batch_loss.detach(), (scores.argmax(1) == y).sum()
 
