@@ -3,6 +3,7 @@
     python -m benchmarks                 # full run (about 3 minutes on 2 idle cores)
     python -m benchmarks --quick         # tiny sizes: a smoke run that keeps the code from rotting
     python -m benchmarks --device cuda   # the same on a GPU, plus bf16 and a count of host syncs
+    python -m benchmarks --readme README.md   # and write the table into the README
 
 Everything runs in this one process, interleaved (A B C, A B C, ...) with at least 3 repetitions,
 so that a noisy, shared machine affects every contender alike; the table quotes medians and the
@@ -21,6 +22,7 @@ epoch (the shuffle, the epoch's metrics), never one per step.
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import resource
 import statistics
@@ -40,7 +42,7 @@ from digitrec.config import recipe_config
 from digitrec.data import Dataset, load_dataset
 from digitrec.errors import DigitrecError
 from digitrec.evaluation import predict
-from digitrec.fileio import write_json_atomic
+from digitrec.fileio import replace_marked_block, write_json_atomic
 from digitrec.training import train
 
 
@@ -212,31 +214,66 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=5, help="seeds for the fast recipe (default: 5)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     parser.add_argument("--out", help="JSON file to write (default: benchmarks/results/bench-<time>.json)")
+    parser.add_argument(
+        "--readme",
+        help="also write the table into this README, between its <!-- benchmark-cpu:start --> and "
+        "<!-- benchmark-cpu:end --> markers (benchmark-cuda for a GPU run) (default: only print)",
+    )
+    parser.add_argument(
+        "--render",
+        metavar="JSON",
+        help="print (and with --readme write) the table of a recorded run instead of running (default: run)",
+    )
     args = parser.parse_args(argv)
     if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: CUDA is not available")
 
+    if args.render:
+        try:
+            results = json.loads(Path(args.render).read_text("utf-8"))
+        except (OSError, ValueError) as exc:
+            parser.error(f"--render {args.render}: cannot read a benchmark JSON ({exc})")
+    else:
+        results = run_benchmark(args.device, args.quick, args.repeats, args.seeds)
+        out = Path(args.out) if args.out else Path("benchmarks/results") / f"bench-{_stamp(results)}.json"
+        write_json_atomic(out, results)
+    table = format_table(results)
+    print(table)
+    if not args.render:
+        print(f"\nwrote {out}")
+    if args.readme:
+        if results["quick"]:
+            parser.error("--readme: a --quick run is a smoke test, not figures for the README")
+        device_type = torch.device(results["machine"].get("device", "cpu")).type
+        try:
+            replace_marked_block(args.readme, f"benchmark-{device_type}", table)
+        except DigitrecError as exc:
+            parser.error(str(exc))
+        print(f"updated {args.readme}")
+    return 0
+
+
+def _stamp(results: dict[str, Any]) -> str:
+    return datetime.fromisoformat(results["date"]).strftime("%Y%m%d-%H%M%S")
+
+
+def run_benchmark(device: str, quick: bool, repeats: int, seeds: int) -> dict[str, Any]:
     ds = load_dataset("mnist")
-    if args.quick:
+    if quick:
         ds = _subset(ds, 600, 500)
     started = datetime.now(timezone.utc)
-    results: dict[str, Any] = {"date": started.isoformat(timespec="seconds"), "machine": machine(args.device),
-                               "quick": args.quick}  # fmt: skip
-    results["training"] = [bench_training(ds, model, args.repeats, args.device) for model in ("mlp", "lenet")]
-    results["fast"] = bench_fast(ds, list(range(args.seeds)), 1 if args.quick else None, args.device)
+    results: dict[str, Any] = {"date": started.isoformat(timespec="seconds"), "machine": machine(device),
+                               "quick": quick}  # fmt: skip
+    results["training"] = [bench_training(ds, model, repeats, device) for model in ("mlp", "lenet")]
+    results["fast"] = bench_fast(ds, list(range(seeds)), 1 if quick else None, device)
     # The yardstick: the whole fast recipe against one epoch of the bare loop's tutorial LeNet.
     bare_lenet_epoch = results["training"][1]["median"]["bare loop"]
     results["fast"]["vs_bare_lenet_epoch"] = results["fast"]["median_seconds"] / bare_lenet_epoch
-    if torch.device(args.device).type == "cuda":
-        results["augmented_run"] = bench_augmented_syncs(ds, args.device)
-    results["inference"] = bench_inference(ds, args.repeats, 50 if args.quick else 1000, args.device)
+    if torch.device(device).type == "cuda":
+        results["augmented_run"] = bench_augmented_syncs(ds, device)
+    results["inference"] = bench_inference(ds, repeats, 50 if quick else 1000, device)
     results["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-    out = Path(args.out) if args.out else Path("benchmarks/results") / f"bench-{started:%Y%m%d-%H%M%S}.json"
-    write_json_atomic(out, results)
-    print(format_table(results))
-    print(f"\nwrote {out}")
-    return 0
+    return results
 
 
 def format_table(results: dict[str, Any]) -> str:
@@ -271,9 +308,9 @@ def format_table(results: dict[str, Any]) -> str:
     )
     lines += [
         "",
-        f"fast recipe: mean accuracy {fast['mean_accuracy']:.4f}, median {fast['median_seconds']:.1f} s "
+        f"- fast recipe: mean accuracy {fast['mean_accuracy']:.4f}, median {fast['median_seconds']:.1f} s "
         f"per run, {fast['vs_bare_lenet_epoch']:.2f}x the bare loop's LeNet epoch ({per_seed})",
-        f"inference: LeNet {inference['images_per_second']:,.0f} images/s over the test set; one "
+        f"- inference: LeNet {inference['images_per_second']:,.0f} images/s over the test set; one "
         f"preprocessed image through Recognizer.predict_pixels (bundled {inference['single_image_model']}): "
         f"{single}",
     ]
@@ -286,8 +323,8 @@ def format_table(results: dict[str, Any]) -> str:
         run = results["augmented_run"]
         syncs.append(f"{run['recipe']} (augmented) {run['host_syncs']} in {run['steps']} steps")
     if syncs:
-        lines.append("host syncs per digitrec epoch: " + "; ".join(syncs))
-    lines.append(f"peak resident memory: {results['peak_rss_mib']:.0f} MiB")
+        lines.append("- host syncs per digitrec epoch: " + "; ".join(syncs))
+    lines.append(f"- peak resident memory: {results['peak_rss_mib']:.0f} MiB")
     return "\n".join(lines)
 
 

@@ -17,17 +17,15 @@ import argparse
 import statistics
 import sys
 from collections import defaultdict
-from pathlib import Path
 from typing import Any
 
 from digitrec.checkpoints import load_model, read_metrics
 from digitrec.config import TrainConfig
 from digitrec.data import load_dataset
+from digitrec.errors import DigitrecError
 from digitrec.evaluation import evaluate
-from digitrec.fileio import write_bytes_atomic
+from digitrec.fileio import replace_marked_block
 from digitrec.models import count_macs, count_parameters
-
-START, END = "<!-- results-table:start -->", "<!-- results-table:end -->"
 
 
 def _test_accuracy(loaded: list[tuple[Any, TrainConfig]], tta: bool) -> float:
@@ -119,13 +117,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     table = build_table(args.runs, args.tta, [e.split(",") for e in args.ensemble])
     if args.readme:
-        path = Path(args.readme)
-        text = path.read_text("utf-8")
-        if START not in text or END not in text:
-            raise SystemExit(f"{path}: markers {START} / {END} not found")
-        head, rest = text.split(START, 1)
-        _, tail = rest.split(END, 1)
-        write_bytes_atomic(path, f"{head}{START}\n{table}\n{END}{tail}".encode())
+        try:
+            replace_marked_block(args.readme, "results-table", table)
+        except DigitrecError as exc:
+            raise SystemExit(str(exc)) from None
     print(table)
     return 0
 

@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 from benchmarks.__main__ import main
 
 
@@ -24,7 +25,6 @@ def test_benchmark_smoke(tmp_path, capsys):
 
 
 def test_benchmark_refuses_cuda_without_a_gpu(capsys):
-    import pytest
     import torch
 
     if torch.cuda.is_available():
@@ -72,3 +72,23 @@ def test_the_table_shows_extra_contenders_and_host_syncs():
     )
     assert "| tutorial-lenet | 1.00 | 2.00 | 4.00 | 0.50 | 2.00x | 4.00x | 4.00x |" in table
     assert "tutorial-mlp 13 in 600 steps" in table and "best (augmented) 7 in 100 steps" in table
+
+
+def test_render_writes_a_recorded_run_into_the_readme(tmp_path, capsys):
+    """``--render JSON --readme FILE``: the table of a recorded run between the device's markers."""
+    recorded = "benchmarks/recorded/bench-cuda-h200-20261126.json"
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- benchmark-cuda:start -->\nold\n<!-- benchmark-cuda:end -->\noutro\n")
+    assert main(["--render", recorded, "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert text.startswith("intro\n<!-- benchmark-cuda:start -->\ndigitrec benchmark, 2026-11-26")
+    assert "GPU NVIDIA H200" in text and "| tutorial-lenet |" in text and "old" not in text
+    assert text.endswith("<!-- benchmark-cuda:end -->\noutro\n")
+    # a README without the markers is refused with one line, and left as it was
+    bare = tmp_path / "OTHER.md"
+    bare.write_text("no markers\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--render", recorded, "--readme", str(bare)])
+    assert exit_info.value.code == 2
+    assert "markers <!-- benchmark-cuda:start -->" in capsys.readouterr().err
+    assert bare.read_text() == "no markers\n"
