@@ -357,14 +357,14 @@ def train(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        if ema_model is not None and ema_weight is not None:  # (eagerly, the loop updates it)
+        # With a CUDA graph the weight average is part of the step; otherwise the loop updates it.
+        if ema_model is not None and ema_weight is not None:
             update_ema(ema_model, raw_model, ema_weight)
         return batch_loss.detach(), (scores.argmax(1) == y).sum()
 
     graphed_step = (
-        GraphedStep(lambda x, y: autograd_step(x, y, config.batch_size), config.batch_size)
-        if use_graphs
-        else None
+        # One process: the global batch is this batch (the last one of an epoch is smaller).
+        GraphedStep(lambda x, y: autograd_step(x, y, len(y)), config.batch_size) if use_graphs else None
     )
     steps_per_epoch = len(train_batches)
     total_steps = steps_per_epoch * config.epochs
