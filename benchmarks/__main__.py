@@ -72,18 +72,18 @@ def _subset(ds: Dataset, n_train: int | None, n_test: int | None) -> Dataset:
                    ds.test_images[:n_test], ds.test_labels[:n_test], ds.source)  # fmt: skip
 
 
-def count_host_syncs(fn: Callable[[], Any], device: str) -> tuple[Any, int | None]:
-    """Run ``fn``; on CUDA also count the times it made the host wait for the GPU."""
+def count_host_syncs(fn: Callable[[], Any], device: str) -> int | None:
+    """Run ``fn``; on CUDA return the times it made the host wait for the GPU (None elsewhere)."""
     if torch.device(device).type != "cuda":
-        return fn(), None
+        return None
     torch.cuda.set_sync_debug_mode("warn")
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            result = fn()
+            fn()
     finally:
         torch.cuda.set_sync_debug_mode("default")
-    return result, sum("synchroniz" in str(w.message) for w in caught)
+    return sum("synchroniz" in str(w.message) for w in caught)
 
 
 def bench_training(ds: Dataset, model: str, repeats: int, device: str) -> dict[str, Any]:
@@ -118,7 +118,7 @@ def bench_training(ds: Dataset, model: str, repeats: int, device: str) -> dict[s
         "speedup_vs_bare": medians["bare loop"] / medians["digitrec"],
         "speedup_vs_dataloader": medians["DataLoader"] / medians["digitrec"],
     }
-    _, syncs = count_host_syncs(contenders["digitrec"], device)
+    syncs = count_host_syncs(contenders["digitrec"], device)
     if syncs is not None:
         result["host_syncs_per_epoch"] = syncs
         result["steps_per_epoch"] = -(-len(ds.train_images) // 100)
@@ -145,8 +145,8 @@ def bench_augmented_syncs(ds: Dataset, device: str) -> dict[str, Any]:
     """Host syncs of a short run of the ``best`` recipe (augmentation, EMA, AdamW, one-cycle) on CUDA."""
     small = _subset(ds, 12_800, 1000)
     config = recipe_config("best", epochs=1, device=device)
-    _, syncs = count_host_syncs(lambda: train(config, dataset=small, save=False, log=None, progress=False),
-                                device)  # fmt: skip
+    syncs = count_host_syncs(lambda: train(config, dataset=small, save=False, log=None, progress=False),
+                             device)  # fmt: skip
     return {"recipe": "best", "steps": -(-len(small.train_images) // config.batch_size), "host_syncs": syncs}
 
 
@@ -227,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: CUDA is not available")
+    if args.readme and args.quick:
+        parser.error("--readme: a --quick run is a smoke test, not figures for the README")
 
     if args.render:
         try:
@@ -243,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nwrote {out}")
     if args.readme:
         if results["quick"]:
-            parser.error("--readme: a --quick run is a smoke test, not figures for the README")
+            parser.error(f"--readme: {args.render} is a --quick smoke run, not figures for the README")
         device_type = torch.device(results["machine"].get("device", "cpu")).type
         try:
             replace_marked_block(args.readme, f"benchmark-{device_type}", table)

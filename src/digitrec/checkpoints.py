@@ -135,6 +135,10 @@ def save_checkpoint(
     write_bytes_atomic(run_dir / CHECKPOINT_FILE, save_safetensors(tensors, metadata=metadata))
 
 
+# Optimizer settings that say how it runs, not what it computes: kept from the running optimizer.
+EXECUTION_KEYS = ("capturable", "foreach", "fused", "differentiable")
+
+
 def load_checkpoint(
     run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, ema_model: nn.Module | None = None
 ) -> int:
@@ -175,9 +179,6 @@ def load_checkpoint(
             lr_tensor.fill_(float(group["lr"]))
             group["lr"] = lr_tensor
     return epoch
-
-
-EXECUTION_KEYS = ("capturable", "foreach", "fused", "differentiable")
 
 
 def write_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:

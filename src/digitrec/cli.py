@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from . import __version__
-from .config import MODEL_DEFAULT_RECIPE, RECIPES, TrainConfig
+from .config import MODEL_DEFAULT_RECIPE, PRECISIONS, RECIPES, TrainConfig
 from .errors import DigitrecError
 
 EXIT_USAGE = 2
@@ -121,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--precision",
-        choices=["fp32", "bf16"],
+        choices=PRECISIONS,
         help="bf16 runs the forward pass under torch.autocast (weights stay float32); "
         "for GPUs with bf16 support (default: fp32)",
     )

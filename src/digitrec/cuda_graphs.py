@@ -44,7 +44,7 @@ class GraphedStep:
         self.static_y = torch.empty(0)
         self.static_outputs: tuple[torch.Tensor, torch.Tensor] | None = None
         self.side_stream = torch.cuda.Stream()
-        self.replays = 0  # how many steps ran as a replay (reported by the benchmark)
+        self.replays = 0  # how many steps ran as a replay (train() reports it)
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if len(x) != self.batch_size:

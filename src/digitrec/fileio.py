@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from .errors import DigitrecError
+
 
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[Any]]:
@@ -61,8 +63,6 @@ def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
 def replace_marked_block(path: str | os.PathLike[str], name: str, content: str) -> None:
     """Replace the text between ``<!-- NAME:start -->`` and ``<!-- NAME:end -->`` in ``path`` (a
     README) with ``content``, atomically. Raises DigitrecError if the markers are missing."""
-    from .errors import DigitrecError
-
     target = Path(path)
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
     try:

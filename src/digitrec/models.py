@@ -225,7 +225,8 @@ def fold_batch_norms(model: nn.Module) -> nn.Module:
 
     In eval mode a batch norm is a fixed per-channel affine map, so it folds into the convolution's
     weights and bias: one operation fewer per block, the same scores to float rounding (the bundled
-    cnn: one image 0.52 -> 0.47 ms on 2 cores). ``model`` itself is left as it is.
+    cnn: one image through the Recognizer 0.64 -> 0.56 ms on 2 cores, measured interleaved).
+    ``model`` itself is left as it is.
     """
     from torch.nn.utils.fusion import fuse_conv_bn_eval
 

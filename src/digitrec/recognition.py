@@ -153,7 +153,7 @@ class Recognizer:
 
         resolved = resolve_device(device)
         model, config = load_model(run_dir, resolved)
-        scoring_model = fold_batch_norms(model)  # the loaded model is private to this Recognizer
+        scoring_model = fold_batch_norms(model)  # scores the same, faster; info counts the trained model
         metrics = read_metrics(run_dir)
         info: dict[str, Any] = {
             "name": config.model,
