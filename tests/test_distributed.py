@@ -229,3 +229,29 @@ def test_out_of_restarts_exits_nonzero_with_one_clear_line(tmp_path, small_mnist
     assert last.startswith("digitrec train: error: distributed training failed after 0 restart(s)")
     assert "--resume" in last
     load_model(run)  # the last checkpoint is intact
+
+
+def test_train_ends_the_process_group_it_started_and_keeps_the_callers(monkeypatch, small_mnist):
+    """A group left for interpreter shutdown can abort a finished worker (gloo threads, exit -6)."""
+    import torch.distributed as dist
+
+    for name, value in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1",
+                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}.items():  # fmt: skip
+        monkeypatch.setenv(name, value)
+    config = recipe_config("tutorial-mlp", epochs=1)
+    group_up_while_logging: list[bool] = []
+    train(
+        config,
+        dataset=small_mnist,
+        save=False,
+        log=lambda _: group_up_while_logging.append(dist.is_initialized()),
+    )
+    assert group_up_while_logging and all(group_up_while_logging)  # it trained as a 1-process group
+    assert not dist.is_initialized()
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
+    try:
+        train(config, dataset=small_mnist, save=False, log=None)
+        assert dist.is_initialized()  # the caller's group is the caller's to end
+    finally:
+        dist.destroy_process_group()

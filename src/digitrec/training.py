@@ -19,6 +19,7 @@ over the global batch, exactly as in one process.
 
 from __future__ import annotations
 
+import atexit
 import copy
 import dataclasses
 import math
@@ -206,6 +207,14 @@ def _init_process_group(backend: str, rank: int, world_size: int) -> None:
         )
 
 
+def _leave_process_group() -> None:
+    """Destroy the default process group if one is still up (idempotent; safe at exit)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def train(
     config: TrainConfig,
     out_dir: str | os.PathLike[str] | None = None,
@@ -246,10 +255,16 @@ def train(
         if device.type == "cuda":
             device = torch.device("cuda", local_rank)
             torch.cuda.set_device(device)
-        if not dist.is_initialized():
+        owns_process_group = not dist.is_initialized()
+        if owns_process_group:
             _init_process_group("nccl" if device.type == "cuda" else "gloo", rank, world_size)
+            # Left for interpreter shutdown, gloo's worker threads can abort the process ("terminate
+            # called without an active exception", exit -6) after a run that succeeded; an error
+            # that ends the run early leaves the group behind too, so atexit covers that path.
+            atexit.register(_leave_process_group)
     else:
         rank, world_size, device = 0, 1, resolve_device(config.device)
+        owns_process_group = False
     master_process = rank == 0
     say = log if (master_process and log is not None) else (lambda _line: None)
     show_progress = master_process and (sys.stderr.isatty() if progress is None else progress)
@@ -460,6 +475,8 @@ def train(
         say(f"saved {run_dir}")
     if ddp:
         torch.distributed.barrier()
+        if owns_process_group:
+            _leave_process_group()
     return TrainResult(model=eval_model.eval(), config=config, metrics=metrics, run_dir=run_dir)
 
 
