@@ -39,7 +39,8 @@ def build(model: str) -> nn.Module:
         if isinstance(layer, (nn.Linear, nn.Conv2d)):
             # MXNet Xavier(magnitude=2.24, "avg") bound sqrt(2.24 / avg_fan) = gain * sqrt(6 / (2 * avg_fan))
             nn.init.xavier_uniform_(layer.weight, gain=(2.24 / 3) ** 0.5)
-            nn.init.zeros_(layer.bias)
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
     return net
 
 

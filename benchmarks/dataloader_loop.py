@@ -41,8 +41,8 @@ class MnistLikeTorchvision(Dataset):
 
 def make_dataset(images: torch.Tensor, labels: torch.Tensor) -> tuple[Dataset, str]:
     try:
-        from torchvision import transforms  # type: ignore[import-untyped]
-        from torchvision.datasets import MNIST  # type: ignore[import-untyped]
+        from torchvision import transforms
+        from torchvision.datasets import MNIST
     except Exception:
         return MnistLikeTorchvision(images, labels), "torchvision-style dataset (torchvision not importable)"
 
