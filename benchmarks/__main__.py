@@ -3,7 +3,7 @@
     python -m benchmarks                 # full run (about 3 minutes on 2 idle cores)
     python -m benchmarks --quick         # tiny sizes: a smoke run that keeps the code from rotting
     python -m benchmarks --device cuda   # the same on a GPU, plus bf16 and a count of host syncs
-    python -m benchmarks --readme README.md   # and write the table into the README
+    python -m benchmarks --readme docs/speed.md   # and write the table into docs/speed.md
 
 Everything runs in this one process, interleaved (A B C, A B C, ...) with at least 3 repetitions,
 so that a noisy, shared machine affects every contender alike; the table quotes medians and the
@@ -216,8 +216,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="JSON file to write (default: benchmarks/results/bench-<time>.json)")
     parser.add_argument(
         "--readme",
-        help="also write the table into this README, between its <!-- benchmark-cpu:start --> and "
-        "<!-- benchmark-cpu:end --> markers (benchmark-cuda for a GPU run) (default: only print)",
+        help="also write the table into this Markdown file (docs/speed.md), between its "
+        "<!-- benchmark-cpu:start --> and <!-- benchmark-cpu:end --> markers (benchmark-cuda for a GPU "
+        "run) (default: only print)",
     )
     parser.add_argument(
         "--render",
