@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-from digitrec.checkpoints import load_checkpoint, load_model, read_metrics
+from digitrec.checkpoints import load_checkpoint, load_model, read_metrics, write_config
 from digitrec.cli import main
 from digitrec.config import recipe_config
 from digitrec.errors import DigitrecError
@@ -105,6 +105,20 @@ def test_refuses_to_overwrite_a_run_and_checks_resume_changes(tmp_path, small_mn
             resume=True,
             log=None,
         )
+
+
+def test_resume_before_the_first_checkpoint_starts_from_scratch(tmp_path, small_mnist_dir, capsys):
+    """A run killed in its first epoch leaves its config.json and no checkpoint: --resume trains it
+    from scratch, says so, and ends with the weights of an uninterrupted run."""
+    run = tmp_path / "killed-early"
+    config = recipe_config("tutorial-mlp", epochs=2, data_dir=str(small_mnist_dir))
+    run.mkdir()
+    write_config(run, config, {})  # all that a run has written before its first epoch ends
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 0
+    assert f"{run}: no epoch had completed; starting from scratch" in capsys.readouterr().out
+    uninterrupted = train(config, save=False, log=None)
+    assert _weights_equal(uninterrupted.model, load_model(run)[0])
+    assert [row["epoch"] for row in read_metrics(run)] == [1, 2]
 
 
 def test_kill_at_any_moment_leaves_a_loadable_checkpoint(tmp_path, small_mnist_dir, small_mnist):

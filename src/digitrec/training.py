@@ -22,6 +22,7 @@ from __future__ import annotations
 import atexit
 import copy
 import dataclasses
+import json
 import math
 import os
 import sys
@@ -40,6 +41,7 @@ from . import __version__
 from .augment import AugmentConfig, augment_batch
 from .checkpoints import (
     CHECKPOINT_FILE,
+    CONFIG_FILE,
     MODEL_FILE,
     load_checkpoint,
     read_config,
@@ -207,6 +209,36 @@ def _init_process_group(backend: str, rank: int, world_size: int) -> None:
         )
 
 
+def _restarted_by_torchrun(run_dir: Path, device: torch.device) -> bool:
+    """Whether this group is a torchrun restart of the job that wrote ``run_dir``; every rank agrees.
+
+    This process's ``TORCHELASTIC_RESTART_COUNT`` alone does not tell: across machines, an agent whose
+    own workers did not fail restarts them without counting, so after a failure on another machine its
+    workers saw 0, took the run directory for another run's, exited ("already holds a run") and spent
+    a restart of their own; under load the other machine's workers could then fail in turn, past
+    their restarts. The job's id (``TORCHELASTIC_RUN_ID``, recorded in config.json by the first
+    round) is the same on every machine, and the flag is all-reduced so that all ranks decide alike.
+    """
+    import torch.distributed as dist
+
+    counted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0)) > 0
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID", "none")
+    same_job = run_id != "none" and _recorded_run_id(run_dir) == run_id
+    # Every rank reads config.json before this collective, and rank 0 rewrites it only after it.
+    flag = torch.tensor([int(counted or same_job)], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
+
+
+def _recorded_run_id(run_dir: Path) -> str | None:
+    """The torchrun job id that config.json records, if any (None for a missing or unreadable file)."""
+    try:
+        value = json.loads((run_dir / CONFIG_FILE).read_text("utf-8")).get("torchelastic_run_id")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
+
+
 def _leave_process_group() -> None:
     """Destroy the default process group if one is still up (idempotent; safe at exit)."""
     import torch.distributed as dist
@@ -279,14 +311,22 @@ def train(
             run_dir = Path("runs") / f"{config.recipe}-{os.environ['TORCHELASTIC_RUN_ID']}"
         else:
             run_dir = default_run_dir(config)
-        # torchrun --max-restarts restarts the whole group after a failure: pick up the last checkpoint.
-        if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0)) > 0 and (run_dir / CHECKPOINT_FILE).exists():
+        # torchrun --max-restarts restarts the whole group after a failure: the restarted group goes on
+        # from the last checkpoint, or from scratch if the failure came before the first one.
+        restarted = ddp and _restarted_by_torchrun(run_dir, device)
+        has_checkpoint = (run_dir / CHECKPOINT_FILE).exists()
+        if (resume or restarted) and not has_checkpoint:
+            if resume:
+                read_config(run_dir)  # it must still be a run directory (a clear error if not)
+            say(f"{run_dir}: no epoch had completed; starting from scratch")
+            resume = False
+        elif restarted:
             resume = True
         if resume:
             saved = read_config(run_dir)
             if saved.to_dict() | {"epochs": config.epochs} != config.to_dict():
                 raise DigitrecError(f"{run_dir}: --resume may change only --epochs")
-        elif (run_dir / MODEL_FILE).exists() or (run_dir / CHECKPOINT_FILE).exists():
+        elif not restarted and ((run_dir / MODEL_FILE).exists() or has_checkpoint):
             raise DigitrecError(f"{run_dir}: already holds a run; pass --resume or choose another --out")
 
     # --- data: resident in memory (and on the GPU when there is one) ---
@@ -498,4 +538,6 @@ def _run_info(dataset: Dataset, world_size: int) -> dict[str, Any]:
         "dataset_source": dataset.source,
         "world_size": world_size,
         "command": " ".join([_program_name(), *sys.argv[1:]]),
+        # torchrun's job id: a restarted group recognizes its own run directory by it.
+        "torchelastic_run_id": os.environ.get("TORCHELASTIC_RUN_ID"),
     }
