@@ -1,0 +1,51 @@
+"""Abuse a real ``digitrec serve`` subprocess over real sockets: label floods, slow and idle
+connections, oversized bodies from ordinary clients, shutdown past the graceful timeout, and
+what /v1/models tells a client about the server's files (issue 17)."""
+
+from __future__ import annotations
+
+import http.client
+import json
+from typing import Any
+
+from .conftest import Server
+
+
+def scrape_text(server: Server) -> str:
+    status, _, body = server.request("GET", "/metrics")
+    assert status == 200
+    return body.decode()
+
+
+def sample(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+# ---- 1. metrics labels from fixed sets -----------------------------------------------------------
+
+
+def test_a_method_name_flood_adds_no_metrics_series(server: Server) -> None:
+    other = 'digitrec_http_requests_total{route="/healthz",method="other",status="405"}'
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    conn.request("X000000", "/healthz")
+    assert conn.getresponse().read()
+    scrape_text(server)  # the first scrape and the first odd method make their series
+    before = scrape_text(server)
+    try:
+        for i in range(1, 501):
+            conn.request(f"X{i:06d}", "/healthz")
+            response = conn.getresponse()
+            body: Any = json.loads(response.read())
+            assert response.status == 405 and list(body) == ["error"], (response.status, body)
+    finally:
+        conn.close()
+    after = scrape_text(server)
+    assert "X000" not in after
+    assert sample(after, other) - sample(before, other) == 500
+    # The flood's only trace is counters moving: the page has the same series as before.
+    assert [line.rsplit(" ", 1)[0] for line in after.splitlines()] == [
+        line.rsplit(" ", 1)[0] for line in before.splitlines()
+    ]
