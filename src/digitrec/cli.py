@@ -360,6 +360,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="on SIGTERM, longest wait for requests in flight (default: 30)",
     )
     serve.add_argument(
+        "--show-run-path",
+        action="store_true",
+        help="/v1/models shows the run directory's path; without it, only the run's name (default: off)",
+    )
+    serve.add_argument(
         "--access-log",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -703,6 +708,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         threads=args.threads,
         queue_timeout=args.queue_timeout,
         body_timeout=args.body_timeout,
+        show_run_path=args.show_run_path,
     )
     serve(
         config,

@@ -46,6 +46,7 @@ from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from http import HTTPStatus
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -97,6 +98,7 @@ class ServeConfig:
     threads: int = 2  # inference worker threads (torch uses 1 intra-op thread each)
     queue_timeout: float = 5.0  # seconds an admitted request may wait for a thread before 503
     body_timeout: float = 10.0  # seconds to receive a request body before 408
+    show_run_path: bool = False  # /v1/models: the run directory's path, not only its name
 
     def __post_init__(self) -> None:
         for name in ("max_body_bytes", "max_inflight", "threads"):
@@ -566,6 +568,12 @@ def create_app(config: ServeConfig | None = None, recognizer: Any = None) -> Fas
     return app
 
 
+def run_name(run: str) -> str:
+    """The run directory's own name, as /v1/models shows it: ``/home/me/runs/lenet-3/`` -> ``lenet-3``."""
+    path = Path(run)
+    return path.name or path.resolve().name or str(path)  # "." and "runs/x/" have names too
+
+
 def _load(run: str | None) -> Any:
     import torch
 
@@ -681,7 +689,12 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
 
     @app.get("/v1/models", summary="The loaded model", responses=_errors(503))
     async def models() -> dict[str, Any]:
-        return {"models": [_jsonable(dict(ready_recognizer().info()))]}
+        info = dict(ready_recognizer().info())
+        if config.run and not config.show_run_path:
+            # A path tells a client about the server's file system (user names, mounts);
+            # the run's name is what tells models apart.
+            info["source"] = run_name(config.run)
+        return {"models": [_jsonable(info)]}
 
     @app.get("/healthz", summary="Alive: the server answers")
     async def healthz() -> dict[str, str]:

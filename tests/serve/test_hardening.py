@@ -6,9 +6,15 @@ from __future__ import annotations
 
 import http.client
 import json
+import shutil
+from pathlib import Path
 from typing import Any
 
-from .conftest import Server
+import pytest
+
+import digitrec
+
+from .conftest import Server, run_server
 
 
 def scrape_text(server: Server) -> str:
@@ -49,3 +55,30 @@ def test_a_method_name_flood_adds_no_metrics_series(server: Server) -> None:
     assert [line.rsplit(" ", 1)[0] for line in after.splitlines()] == [
         line.rsplit(" ", 1)[0] for line in before.splitlines()
     ]
+
+
+# ---- 8. /v1/models names the run, not its path ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real run directory (the bundled model's files) under a path a client should not learn."""
+    run = tmp_path_factory.mktemp("operator-home") / "runs" / "lenet-for-issue-17"
+    shutil.copytree(Path(digitrec.__file__).parent / "_data" / "default_model", run)
+    return run
+
+
+def test_models_shows_the_run_name_not_its_path(run_dir: Path, tmp_path: Path) -> None:
+    with run_server(tmp_path, "--run", str(run_dir)) as live:
+        status, _, body = live.request("GET", "/v1/models")
+    assert status == 200
+    (model,) = json.loads(body)["models"]
+    assert model["source"] == "lenet-for-issue-17"
+    assert str(run_dir.parent) not in body.decode() and "operator-home" not in body.decode()
+
+
+def test_show_run_path_shows_it(run_dir: Path, tmp_path: Path) -> None:
+    with run_server(tmp_path, "--run", str(run_dir), "--show-run-path") as live:
+        status, _, body = live.request("GET", "/v1/models")
+    assert status == 200
+    assert json.loads(body)["models"][0]["source"] == str(run_dir)
