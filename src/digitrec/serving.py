@@ -31,6 +31,7 @@ flight (up to ``graceful_timeout`` seconds); then :func:`serve` returns (exit 0)
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import dataclasses
@@ -275,12 +276,13 @@ class LimitsMiddleware:
             return
         start = time.perf_counter()
         status = 500  # if the app raises before answering, ServerErrorMiddleware sends a 500
+        started = False
         limit = self.state.config.max_body_bytes
 
         async def send_with_headers(message: Message) -> None:
-            nonlocal status
+            nonlocal status, started
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, started = message["status"], True
                 message["headers"] = [*message.get("headers", []), *SECURITY_HEADERS]
             await send(message)
 
@@ -304,6 +306,18 @@ class LimitsMiddleware:
                 self.state.metrics.error(_early_label(scope), "payload_too_large")
                 message = f"request body too large: {declared} bytes > {limit}"
                 await _send_json(send_with_headers, 413, message)
+        except asyncio.CancelledError:
+            # Nothing in the app cancels a request's task: this is uvicorn giving up on a request
+            # still running when --graceful-timeout ran out. Left alone, uvicorn would log a
+            # traceback and send a plain-text 500; the client deserves "try again elsewhere".
+            _uncancel()
+            where = f"{method_label(scope.get('method', ''))} {_early_label(scope)}"
+            if started:
+                log.warning("shutdown: %s cut off mid-response after the graceful timeout", where)
+                return
+            log.warning("shutdown: %s still running after the graceful timeout; answered 503", where)
+            headers = [(b"retry-after", b"1"), (b"connection", b"close")]
+            await _send_json(send_with_headers, 503, "server shutting down; retry", headers)
         finally:
             label = route_label(scope) if "route" in scope else _early_label(scope)
             self.state.metrics.observe(label, scope.get("method", "?"), status, time.perf_counter() - start)
@@ -327,9 +341,26 @@ def _content_length(scope: Scope) -> int | None:
     return None
 
 
-async def _send_json(send: Callable[[Message], Awaitable[None]], status: int, message: str) -> None:
+def _uncancel() -> None:
+    """Clear the current task's cancellation request (Python 3.11+), so that the awaits of the
+    answer that follows are not cut off too."""
+    task = asyncio.current_task()
+    if task is not None and hasattr(task, "uncancel"):
+        task.uncancel()
+
+
+async def _send_json(
+    send: Callable[[Message], Awaitable[None]],
+    status: int,
+    message: str,
+    headers: list[tuple[bytes, bytes]] | None = None,
+) -> None:
     body = _error_body(message)
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        *(headers or []),
+    ]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 import http.client
 import json
 import shutil
+import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,7 @@ import pytest
 import digitrec
 
 from .conftest import Server, run_server
+from .test_api import open_request, predict_head, read_response
 
 
 def scrape_text(server: Server) -> str:
@@ -55,6 +58,35 @@ def test_a_method_name_flood_adds_no_metrics_series(server: Server) -> None:
     assert [line.rsplit(" ", 1)[0] for line in after.splitlines()] == [
         line.rsplit(" ", 1)[0] for line in before.splitlines()
     ]
+
+
+def wait_for(server: Server, gauge: str, value: float, timeout: float = 30) -> None:
+    """Poll /metrics until ``gauge`` reads ``value`` (a generous deadline: the machine may be busy)."""
+    deadline = time.monotonic() + timeout
+    while sample(scrape_text(server), gauge) != value:
+        assert time.monotonic() < deadline, f"{gauge} never reached {value}"
+        time.sleep(0.05)
+
+
+# ---- 4. SIGTERM past --graceful-timeout ----------------------------------------------------------
+
+
+def test_a_request_cut_off_by_shutdown_gets_503_json_and_one_log_line(tmp_path: Path) -> None:
+    with run_server(tmp_path, "--graceful-timeout", "1", "--body-timeout", "60") as live:
+        # A prediction whose body never finishes: it is still running when the graceful timeout ends.
+        with open_request(live, predict_head(1000), b"\x89PNG") as sock:
+            sock.settimeout(60)
+            wait_for(live, "digitrec_predict_inflight", 1)
+            live.proc.send_signal(signal.SIGTERM)
+            status, headers, body = read_response(sock)
+        assert status == 503, body
+        assert headers["content-type"] == "application/json" and headers["retry-after"] == "1"
+        assert "shutting down" in json.loads(body)["error"]
+        assert live.proc.wait(timeout=60) == 0
+        log = live.log()
+    assert "Traceback" not in log and "Internal Server Error" not in log
+    ours = [line for line in log.splitlines() if "graceful timeout" in line]
+    assert len(ours) == 1 and "POST /v1/predict" in ours[0], log
 
 
 # ---- 8. /v1/models names the run, not its path ---------------------------------------------------
