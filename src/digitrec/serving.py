@@ -832,11 +832,11 @@ class GuardedH11Protocol(H11Protocol):
     - request in: none here; the app's own limits apply.
 
     When an answer goes out while the client is still sending its body (a 413 on the declared
-    length, a 408), closing at once makes the kernel answer the client's next segments with a
-    reset, and clients that send the whole body before they read (urllib, requests) report
-    "connection reset" instead of the answer. So the connection closes as nginx's lingering
-    close does: the answer, then FIN, then the rest of the body is read and dropped until the
-    client closes, or for at most LINGER_SECONDS / LINGER_BYTES.
+    length, a 408) or a head h11 refused (a 400), closing at once makes the kernel answer the
+    client's next segments with a reset, and clients that send the whole body before they read
+    (urllib, requests) report "connection reset" instead of the answer. So the connection
+    closes as nginx's lingering close does: the answer, then FIN, then the rest of the body is
+    read and dropped until the client closes, or for at most LINGER_SECONDS / LINGER_BYTES.
 
     The limits come from the app's ServerState, found through uvicorn's middleware chain, so
     each ``--workers`` process uses its own app's config.
@@ -902,7 +902,7 @@ class GuardedH11Protocol(H11Protocol):
         # in plain text; the API's errors are JSON.
         if self.counters is not None:
             self.counters.error("other", "invalid_http")
-        body = _error_body("invalid HTTP request")
+        body = _error_body("invalid HTTP request: malformed, or a request line or headers over 16 KiB")
         headers = [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode()),
@@ -969,7 +969,10 @@ class GuardedH11Protocol(H11Protocol):
         raw = self.raw
         if raw is None or raw.is_closing():
             return
-        if self._lost or self.conn.their_state is not h11.SEND_BODY or not raw.can_write_eof():
+        # SEND_BODY: the body is still coming; ERROR: a head h11 refused (too long, malformed)
+        # may be too, and a client that sends it all before reading should still see the 400.
+        still_sending = self.conn.their_state in (h11.SEND_BODY, h11.ERROR)
+        if self._lost or not still_sending or not raw.can_write_eof():
             raw.close()
             return
         self._cancel_deadline()
