@@ -329,7 +329,15 @@ def build_parser() -> argparse.ArgumentParser:
         type=_bounded(int, 1),
         default=32,
         metavar="N",
-        help="prediction requests admitted at once per process; one more is answered 503 (default: 32)",
+        help="prediction requests admitted at once per process, counted once the body is in; "
+        "one more is answered 503 (default: 32)",
+    )
+    limits.add_argument(
+        "--max-uploads",
+        type=_bounded(int, 1),
+        default=128,
+        metavar="N",
+        help="prediction bodies being received at once per process; one more is answered 503 (default: 128)",
     )
     limits.add_argument(
         "--threads",
@@ -346,11 +354,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="longest wait of an admitted request for an inference thread before 503 (default: 5)",
     )
     limits.add_argument(
+        "--header-timeout",
+        type=_bounded(float, 0, inclusive=False),
+        default=10.0,
+        metavar="SECONDS",
+        help="longest time from a request's first byte to the end of its headers; "
+        "then 408 and close (default: 10)",
+    )
+    limits.add_argument(
         "--body-timeout",
         type=_bounded(float, 0, inclusive=False),
         default=10.0,
         metavar="SECONDS",
-        help="longest time to receive a request body before 408 (default: 10)",
+        help="longest time to receive a request body after its headers before 408 (default: 10)",
+    )
+    limits.add_argument(
+        "--idle-timeout",
+        type=_bounded(float, 0, inclusive=False),
+        default=5.0,
+        metavar="SECONDS",
+        help="a connection with no request in progress is closed after this long (default: 5)",
     )
     limits.add_argument(
         "--graceful-timeout",
@@ -358,6 +381,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=30.0,
         metavar="SECONDS",
         help="on SIGTERM, longest wait for requests in flight (default: 30)",
+    )
+    serve.add_argument(
+        "--show-run-path",
+        action="store_true",
+        help="/v1/models shows the run directory's path; without it, only the run's name (default: off)",
     )
     serve.add_argument(
         "--access-log",
@@ -700,9 +728,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         run=args.run,
         max_body_bytes=args.max_body,
         max_inflight=args.max_inflight,
+        max_uploads=args.max_uploads,
         threads=args.threads,
         queue_timeout=args.queue_timeout,
+        header_timeout=args.header_timeout,
         body_timeout=args.body_timeout,
+        idle_timeout=args.idle_timeout,
+        show_run_path=args.show_run_path,
     )
     serve(
         config,

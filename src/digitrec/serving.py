@@ -12,13 +12,21 @@ Routes::
 
 How a prediction request goes, and why:
 
+0. Each connection has a deadline in every phase (:class:`GuardedH11Protocol`):
+   ``idle_timeout`` waiting for a request, ``header_timeout`` from a request's first
+   byte to the end of its head, ``body_timeout`` for the body: a slow or idle client
+   holds a connection (a file descriptor, buffers) for a bounded time only.
 1. An ASGI middleware rejects a declared ``Content-Length`` above the body cap
    with 413 before a byte of the body is read, and counts the bytes of every
    body as they stream in (chunked uploads included), so no request can make
-   the server hold more than the cap.
-2. At most ``max_inflight`` prediction requests are admitted at once (bounded
-   memory: inflight x body cap); one more is answered 503 at once, not queued.
-3. The body is read under ``body_timeout`` (a client that stalls gets 408).
+   the server hold more than the cap. An answer sent while the body is still
+   coming closes the connection the way nginx's lingering close does, so that
+   clients that send the whole body before reading (urllib) get it, not a reset.
+2. At most ``max_uploads`` prediction bodies are received at once (one more is
+   answered 503 at once), each within ``body_timeout`` (a client that stalls gets 408).
+3. Only then, with its body in, is a request admitted: at most ``max_inflight``
+   at once (bounded memory: (max_uploads + max_inflight) x body cap); one more is
+   answered 503 at once, not queued. Slow uploads never take these slots.
 4. An admitted request waits at most ``queue_timeout`` for one of ``threads``
    inference slots (503 after that), then decoding, normalization, inference
    and the JSON/PNG encoding run in a worker thread: the event loop never runs
@@ -26,11 +34,13 @@ How a prediction request goes, and why:
 
 Every error is ``{"error": "..."}``. Bad input is a 4xx; a 500 means a bug.
 SIGTERM: uvicorn stops accepting connections and finishes the requests in
-flight (up to ``graceful_timeout`` seconds); then :func:`serve` returns (exit 0).
+flight (up to ``graceful_timeout`` seconds; a request still running then gets
+503 with ``Retry-After``); then :func:`serve` returns (exit 0).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import dataclasses
@@ -45,10 +55,13 @@ import time
 from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from http import HTTPStatus
+from pathlib import Path
+from typing import Any, cast
 
 import anyio
 import anyio.to_thread
+import h11
 import numpy as np
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -57,7 +70,9 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from . import __version__
 from .errors import DigitrecError
@@ -92,18 +107,22 @@ class ServeConfig:
 
     run: str | None = None  # run directory; None: the bundled default model
     max_body_bytes: int = 2 * 1024 * 1024
-    max_inflight: int = 32  # prediction requests admitted at once; one more gets 503
+    max_inflight: int = 32  # prediction requests admitted at once (body in); one more gets 503
+    max_uploads: int = 128  # prediction bodies being received at once; one more gets 503
     threads: int = 2  # inference worker threads (torch uses 1 intra-op thread each)
     queue_timeout: float = 5.0  # seconds an admitted request may wait for a thread before 503
-    body_timeout: float = 10.0  # seconds to receive a request body before 408
+    header_timeout: float = 10.0  # seconds from a request's first byte to the end of its head
+    body_timeout: float = 10.0  # seconds from the end of the head to the end of the body (408)
+    idle_timeout: float = 5.0  # seconds a connection may wait for its next request
+    show_run_path: bool = False  # /v1/models: the run directory's path, not only its name
 
     def __post_init__(self) -> None:
-        for name in ("max_body_bytes", "max_inflight", "threads"):
+        for name in ("max_body_bytes", "max_inflight", "max_uploads", "threads"):
             if getattr(self, name) < 1:
                 raise DigitrecError(
                     f"serve: {name.replace('_', '-')} must be >= 1, got {getattr(self, name)}"
                 )
-        for name in ("queue_timeout", "body_timeout"):
+        for name in ("queue_timeout", "header_timeout", "body_timeout", "idle_timeout"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise DigitrecError(f"serve: {name.replace('_', '-')} must be > 0, got {value}")
@@ -152,19 +171,39 @@ def recognize(
 # Metrics, in the Prometheus text exposition format (version 0.0.4).
 
 
+# Label values taken from a request come from fixed sets, anything else is "other": h11 accepts any
+# token as a method, so 3,000 requests "X000001 /healthz", "X000002 ..." would otherwise add 3,000
+# series that live as long as the process (measured before the cap: /metrics 2 KB -> 32 MB).
+METHOD_LABELS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+STATUS_LABELS = frozenset(int(status) for status in HTTPStatus)
+
+
+def method_label(method: str) -> str:
+    return method if method in METHOD_LABELS else "other"
+
+
+def status_label(status: int) -> str:
+    return str(status) if status in STATUS_LABELS else "other"
+
+
 class Metrics:
-    """Request counters and a latency histogram per route; updated on the event loop."""
+    """Request counters and a latency histogram per route; updated on the event loop.
+
+    Every label has a bounded set of values (route templates, :data:`METHOD_LABELS`, the
+    standard status codes, error kinds named in this module), so the page has a bounded size.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._requests: dict[tuple[str, str, int], int] = {}  # (route, method, status) -> count
+        self._requests: dict[tuple[str, str, str], int] = {}  # (route, method, status) labels -> count
         self._errors: dict[tuple[str, str], int] = {}  # (route, kind) -> count
+        self._timeouts: dict[str, int] = {}  # phase (CONNECTION_PHASES) -> connections closed
         # route -> ([count per bucket, +Inf last], sum of seconds)
         self._latency: dict[str, tuple[list[int], list[float]]] = {}
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
         with self._lock:
-            key = (route, method, status)
+            key = (route, method_label(method), status_label(status))
             self._requests[key] = self._requests.get(key, 0) + 1
             counts, total = self._latency.setdefault(route, ([0] * (len(LATENCY_BUCKETS) + 1), [0.0]))
             index = next((i for i, bound in enumerate(LATENCY_BUCKETS) if seconds <= bound), -1)
@@ -174,6 +213,10 @@ class Metrics:
     def error(self, route: str, kind: str) -> None:
         with self._lock:
             self._errors[(route, kind)] = self._errors.get((route, kind), 0) + 1
+
+    def timeout(self, phase: str) -> None:
+        with self._lock:
+            self._timeouts[phase] = self._timeouts.get(phase, 0) + 1
 
     def render(self, gauges: dict[str, tuple[str, float]]) -> str:
         lines = [
@@ -204,6 +247,13 @@ class Metrics:
                     lines.append(f'{histogram}_bucket{{route="{route}",le="{le}"}} {cumulative}')
                 lines.append(f'{histogram}_sum{{route="{route}"}} {total[0]:.6f}')
                 lines.append(f'{histogram}_count{{route="{route}"}} {cumulative}')
+            lines += [
+                "# HELP digitrec_http_connection_timeouts_total Connections closed by a deadline, by phase.",
+                "# TYPE digitrec_http_connection_timeouts_total counter",
+            ]
+            for phase in CONNECTION_PHASES:
+                n = self._timeouts.get(phase, 0)
+                lines.append(f'digitrec_http_connection_timeouts_total{{phase="{phase}"}} {n}')
         for name, (help_text, value) in gauges.items():
             lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge", f"{name} {value:g}"]
         return "\n".join(lines) + "\n"
@@ -227,9 +277,14 @@ class ServerState:
     config: ServeConfig
     metrics: Metrics
     recognizer: Any = None  # set once the model is loaded (readyz turns 200)
-    inflight: int = 0  # admitted prediction requests; touched only on the event loop
+    uploads: int = 0  # prediction bodies being received; touched only on the event loop
+    inflight: int = 0  # admitted prediction requests (body in); touched only on the event loop
     slots: Any = None  # anyio.Semaphore(threads), made in the lifespan (needs the running loop)
     limiter: Any = None  # anyio.CapacityLimiter(threads) for to_thread
+
+
+# On an answer sent before the request body is all in: the rest is not worth reading.
+CLOSE = (b"connection", b"close")
 
 
 class PayloadTooLarge(Exception):
@@ -253,12 +308,13 @@ class LimitsMiddleware:
             return
         start = time.perf_counter()
         status = 500  # if the app raises before answering, ServerErrorMiddleware sends a 500
+        started = False
         limit = self.state.config.max_body_bytes
 
         async def send_with_headers(message: Message) -> None:
-            nonlocal status
+            nonlocal status, started
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, started = message["status"], True
                 message["headers"] = [*message.get("headers", []), *SECURITY_HEADERS]
             await send(message)
 
@@ -278,10 +334,23 @@ class LimitsMiddleware:
             if declared is None or declared <= limit:
                 await self.app(scope, counting_receive, send_with_headers)
             else:
-                # Answer before reading any of the body; uvicorn then closes the connection.
+                # Answer before reading any of the body, then close: the connection drops the
+                # rest of the body for a while first (lingering close, GuardedH11Protocol).
                 self.state.metrics.error(_early_label(scope), "payload_too_large")
                 message = f"request body too large: {declared} bytes > {limit}"
-                await _send_json(send_with_headers, 413, message)
+                await _send_json(send_with_headers, 413, message, [CLOSE])
+        except asyncio.CancelledError:
+            # Nothing in the app cancels a request's task: this is uvicorn giving up on a request
+            # still running when --graceful-timeout ran out. Left alone, uvicorn would log a
+            # traceback and send a plain-text 500; the client deserves "try again elsewhere".
+            _uncancel()
+            where = f"{method_label(scope.get('method', ''))} {_early_label(scope)}"
+            if started:
+                log.warning("shutdown: %s cut off mid-response after the graceful timeout", where)
+                return
+            log.warning("shutdown: %s still running after the graceful timeout; answered 503", where)
+            headers = [(b"retry-after", b"1"), CLOSE]
+            await _send_json(send_with_headers, 503, "server shutting down; retry", headers)
         finally:
             label = route_label(scope) if "route" in scope else _early_label(scope)
             self.state.metrics.observe(label, scope.get("method", "?"), status, time.perf_counter() - start)
@@ -305,9 +374,26 @@ def _content_length(scope: Scope) -> int | None:
     return None
 
 
-async def _send_json(send: Callable[[Message], Awaitable[None]], status: int, message: str) -> None:
+def _uncancel() -> None:
+    """Clear the current task's cancellation request (Python 3.11+), so that the awaits of the
+    answer that follows are not cut off too."""
+    task = asyncio.current_task()
+    if task is not None and hasattr(task, "uncancel"):
+        task.uncancel()
+
+
+async def _send_json(
+    send: Callable[[Message], Awaitable[None]],
+    status: int,
+    message: str,
+    headers: list[tuple[bytes, bytes]] | None = None,
+) -> None:
     body = _error_body(message)
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        *(headers or []),
+    ]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
@@ -409,12 +495,18 @@ async def read_request(request: Request, config: ServeConfig) -> tuple[str, byte
             "unsupported_media_type",
         )
     with anyio.move_on_after(config.body_timeout) as timer:
-        if media == "multipart/form-data":
-            data = await _read_upload(request, config)
-        else:
-            data = await request.body()
+        try:
+            if media == "multipart/form-data":
+                data = await _read_upload(request, config)
+            else:
+                data = await request.body()
+        except ClientDisconnect:
+            # The client went away (or the connection hit its body deadline): nobody reads this
+            # answer, but it must not be a 500 and a traceback in the log.
+            raise ApiError(400, "client disconnected before the body was received", "disconnected") from None
     if timer.cancelled_caught:
-        raise ApiError(408, f"request body not received within {config.body_timeout:g} s", "timeout")
+        message = f"request body not received within {config.body_timeout:g} s"
+        raise ApiError(408, message, "timeout", {"Connection": "close"})
     return ("json" if media == "application/json" else "image"), data
 
 
@@ -546,6 +638,12 @@ def create_app(config: ServeConfig | None = None, recognizer: Any = None) -> Fas
     return app
 
 
+def run_name(run: str) -> str:
+    """The run directory's own name, as /v1/models shows it: ``/home/me/runs/lenet-3/`` -> ``lenet-3``."""
+    path = Path(run)
+    return path.name or path.resolve().name or str(path)  # "." and "runs/x/" have names too
+
+
 def _load(run: str | None) -> Any:
     import torch
 
@@ -566,7 +664,8 @@ def _add_error_handlers(app: FastAPI, state: ServerState) -> None:
 
     async def too_large(request: Request, exc: Exception) -> Response:
         limit = state.config.max_body_bytes
-        return answer(request, 413, f"request body too large: more than {limit} bytes", "payload_too_large")
+        message = f"request body too large: more than {limit} bytes"
+        return answer(request, 413, message, "payload_too_large", {"Connection": "close"})
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
@@ -622,6 +721,21 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
         include_input: bool = Query(False, description="add the 28x28 image the model saw (PNG data URL)"),
     ) -> Response:
         recognizer = ready_recognizer()
+        # The body is read before admission: a client that sends its body slowly holds an
+        # upload slot (bounded by --body-timeout), never one of the --max-inflight slots that
+        # the requests ready for inference need.
+        if state.uploads >= config.max_uploads:
+            raise ApiError(
+                503,
+                f"server busy: {state.uploads} request bodies being received; retry",
+                "overloaded",
+                {"Retry-After": "1", "Connection": "close"},
+            )
+        state.uploads += 1
+        try:
+            kind, data = await read_request(request, config)
+        finally:
+            state.uploads -= 1
         if state.inflight >= config.max_inflight:
             raise ApiError(
                 503,
@@ -631,7 +745,6 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
             )
         state.inflight += 1
         try:
-            kind, data = await read_request(request, config)
             with anyio.move_on_after(config.queue_timeout) as timer:
                 await state.slots.acquire()
             if timer.cancelled_caught:
@@ -661,7 +774,12 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
 
     @app.get("/v1/models", summary="The loaded model", responses=_errors(503))
     async def models() -> dict[str, Any]:
-        return {"models": [_jsonable(dict(ready_recognizer().info()))]}
+        info = dict(ready_recognizer().info())
+        if config.run and not config.show_run_path:
+            # A path tells a client about the server's file system (user names, mounts);
+            # the run's name is what tells models apart.
+            info["source"] = run_name(config.run)
+        return {"models": [_jsonable(info)]}
 
     @app.get("/healthz", summary="Alive: the server answers")
     async def healthz() -> dict[str, str]:
@@ -676,6 +794,8 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
     async def metrics() -> Response:
         gauges = {
             "digitrec_model_ready": ("1 when the model is loaded.", float(state.recognizer is not None)),
+            "digitrec_predict_uploads": ("Prediction bodies being received now.", float(state.uploads)),
+            "digitrec_predict_uploads_limit": ("Upload cap (--max-uploads).", float(config.max_uploads)),
             "digitrec_predict_inflight": ("Prediction requests admitted now.", float(state.inflight)),
             "digitrec_predict_inflight_limit": (
                 "Admission cap (--max-inflight).",
@@ -685,6 +805,227 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
         return PlainTextResponse(
             state.metrics.render(gauges), media_type="text/plain; version=0.0.4; charset=utf-8"
         )
+
+
+# --------------------------------------------------------------------------------------------
+# Connections: the deadlines uvicorn does not keep, and a lingering close.
+
+# The phases of a connection that have a deadline (the metrics label of a timeout).
+CONNECTION_PHASES = ("idle", "header", "body")
+BODY_GRACE = 1.0  # a stalled predict body is answered 408 at --body-timeout; the backstop comes later
+LINGER_SECONDS = 5.0  # after an answer sent while the body still comes: how long the rest is dropped
+LINGER_BYTES = 64 * 1024 * 1024  # ... and how many bytes of it, at most
+
+
+class GuardedH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol with a deadline in every phase of a connection, and a lingering close.
+
+    uvicorn arms its keep-alive timer only after a response, so a connection that never sends
+    a byte, or trickles its request head, or trickles a body the app does not read, stays open
+    forever (200 idle connections and slowloris clients did). Here a connection always has one
+    deadline, from its phase:
+
+    - waiting for a request (new, or after a response): ``idle_timeout`` without a byte;
+    - part of a request head in: the rest within ``header_timeout`` (else 408, closed);
+    - head in, body coming: all of it within ``body_timeout`` (+ BODY_GRACE, so that
+      /v1/predict answers its own 408 first);
+    - request in: none here; the app's own limits apply.
+
+    When an answer goes out while the client is still sending its body (a 413 on the declared
+    length, a 408) or a head h11 refused (a 400), closing at once makes the kernel answer the
+    client's next segments with a reset, and clients that send the whole body before they read
+    (urllib, requests) report "connection reset" instead of the answer. So the connection
+    closes as nginx's lingering close does: the answer, then FIN, then the rest of the body is
+    read and dropped until the client closes, or for at most LINGER_SECONDS / LINGER_BYTES.
+
+    The limits come from the app's ServerState, found through uvicorn's middleware chain, so
+    each ``--workers`` process uses its own app's config.
+    """
+
+    def __init__(
+        self,
+        config: Any,
+        server_state: Any,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        state = _find_server_state(self.app)
+        self.limits = state.config if state is not None else ServeConfig()
+        self.counters = state.metrics if state is not None else None
+        self.raw: asyncio.Transport | None = None  # the socket's transport; uvicorn gets a wrapper
+        self._deadline: asyncio.TimerHandle | None = None
+        self._seen: Any = None  # the client's h11 state when the deadline was last set
+        self._idle_since = 0.0
+        self._head_since: float | None = None
+        self._body_since = 0.0
+        self._lingering = False
+        self._linger_left = LINGER_BYTES
+        self._lost = False
+
+    # -- uvicorn's hooks
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.raw = transport
+        super().connection_made(cast(asyncio.Transport, _ConnectionTransport(transport, self)))
+        self._idle_since = self.loop.time()
+        self._rearm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+        self._cancel_deadline()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._lingering:
+            self._linger_left -= len(data)  # dropped: the answer has been sent
+            if self._linger_left <= 0 and self.raw is not None:
+                self.raw.close()
+            return
+        super().data_received(data)
+        self._rearm()
+
+    def on_response_complete(self) -> None:
+        self._idle_since = self.loop.time()
+        super().on_response_complete()
+        self._rearm()
+
+    def shutdown(self) -> None:
+        if self._lingering and self.raw is not None:
+            self.raw.close()  # the server is stopping: no more waiting for the client
+            return
+        super().shutdown()
+
+    def send_400_response(self, msg: str) -> None:
+        # uvicorn answers a request h11 cannot parse (a bad request line, a head over 16 KiB)
+        # in plain text; the API's errors are JSON.
+        if self.counters is not None:
+            self.counters.error("other", "invalid_http")
+        body = _error_body("invalid HTTP request: malformed, or a request line or headers over 16 KiB")
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            CLOSE,
+        ]
+        for event in (
+            h11.Response(status_code=400, headers=headers, reason=b"Bad Request"),
+            h11.Data(data=body),
+            h11.EndOfMessage(),
+        ):
+            self.transport.write(self.conn.send(event) or b"")
+        self.transport.close()
+
+    # -- the deadline
+
+    def _cancel_deadline(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _rearm(self) -> None:
+        """Set the deadline of the phase the connection is in now (after every state change)."""
+        self._cancel_deadline()
+        if self._lost or self._lingering or self.raw is None or self.raw.is_closing():
+            return
+        now = self.loop.time()
+        state = self.conn.their_state
+        if state is not self._seen and state is h11.SEND_BODY:
+            self._body_since = now  # the head just came in
+        self._seen = state
+        phase: str
+        if state is h11.IDLE:
+            if self.conn.trailing_data[0]:  # bytes of the next request head
+                self._head_since = now if self._head_since is None else self._head_since
+                phase, deadline = "header", self._head_since + self.limits.header_timeout
+            else:
+                self._head_since = None
+                phase, deadline = "idle", self._idle_since + self.limits.idle_timeout
+        elif state is h11.SEND_BODY:
+            self._head_since = None
+            phase, deadline = "body", self._body_since + self.limits.body_timeout + BODY_GRACE
+        else:
+            self._head_since = None
+            return
+        self._deadline = self.loop.call_at(deadline, self._expire, phase)
+
+    def _expire(self, phase: str) -> None:
+        self._deadline = None
+        raw = self.raw
+        if raw is None or self._lost or raw.is_closing():
+            return
+        if self.counters is not None:
+            self.counters.timeout(phase)
+        if phase == "header":
+            # Not a request yet, so not through h11: a plain HTTP/1.1 answer, then close.
+            message = f"request head not received within {self.limits.header_timeout:g} s"
+            raw.write(_raw_json_response(408, "Request Timeout", message))
+        raw.close()  # idle: nothing to say; body: the app has answered, or cannot hear it any more
+
+    # -- the lingering close
+
+    def _close(self) -> None:
+        """uvicorn closes the transport: at once, or, while the client still sends its body, lingering."""
+        raw = self.raw
+        if raw is None or raw.is_closing():
+            return
+        # SEND_BODY: the body is still coming; ERROR: a head h11 refused (too long, malformed)
+        # may be too, and a client that sends it all before reading should still see the 400.
+        still_sending = self.conn.their_state in (h11.SEND_BODY, h11.ERROR)
+        if self._lost or not still_sending or not raw.can_write_eof():
+            raw.close()
+            return
+        self._cancel_deadline()
+        self._lingering = True
+        raw.write_eof()  # after the answer: the client sees the response and our FIN
+        raw.resume_reading()  # uvicorn may have paused reading a body the app did not want
+        self._deadline = self.loop.call_later(LINGER_SECONDS, raw.close)
+
+
+class _ConnectionTransport:
+    """The transport uvicorn's protocol and request cycles use: ``close`` goes through
+    :meth:`GuardedH11Protocol._close`; everything else is the socket's transport."""
+
+    def __init__(self, raw: asyncio.Transport, protocol: GuardedH11Protocol) -> None:
+        self._raw = raw
+        self._protocol = protocol
+        self._closed = False
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._protocol._close()
+
+    def is_closing(self) -> bool:
+        return self._closed or self._raw.is_closing()
+
+    def pause_reading(self) -> None:
+        if not self._closed:  # a lingering connection keeps reading (and dropping)
+            self._raw.pause_reading()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._raw, name)
+
+
+def _find_server_state(app: Any) -> ServerState | None:
+    """The ServerState of the digitrec app under uvicorn's middleware (proxy headers, logging)."""
+    for _ in range(16):
+        state = getattr(getattr(app, "state", None), "serve", None)
+        if isinstance(state, ServerState):
+            return state
+        app = getattr(app, "app", None)
+        if app is None:
+            break
+    return None
+
+
+def _raw_json_response(status: int, reason: str, message: str) -> bytes:
+    body = _error_body(message)
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+    )
+    return head.encode() + body
 
 
 # --------------------------------------------------------------------------------------------
@@ -723,6 +1064,12 @@ def serve(
         "access_log": access_log,
         "log_level": log_level,
         "server_header": False,
+        # Always h11 (httptools, if installed, would bypass the deadlines), no WebSocket
+        # upgrades (the app has no WebSocket route), and uvicorn's own keep-alive timer set
+        # to the idle timeout the protocol keeps too.
+        "http": GuardedH11Protocol,
+        "ws": "none",
+        "timeout_keep_alive": config.idle_timeout,
     }
     # uvicorn traps SIGTERM, finishes the requests in flight, restores the handler it found and
     # raises SIGTERM again. This handler turns that last signal into a normal return (exit 0).
