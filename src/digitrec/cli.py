@@ -466,8 +466,8 @@ def cmd_train(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .checkpoints import default_model_dir, load_model
     from .data import load_dataset
+    from .distributed import resolve_device
     from .evaluation import evaluate, format_report
-    from .training import resolve_device
 
     device = resolve_device(args.device)
     runs = args.runs or [str(default_model_dir())]
@@ -488,8 +488,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from .distributed import resolve_device
     from .reports import write_report
-    from .training import resolve_device
 
     written = write_report(
         args.run,

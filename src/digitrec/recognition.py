@@ -148,8 +148,8 @@ class Recognizer:
     ) -> Recognizer:
         """The model of a run directory (config.json + model.safetensors), on ``device``."""
         from .checkpoints import load_model, read_metrics
+        from .distributed import resolve_device
         from .models import count_parameters, fold_batch_norms
-        from .training import resolve_device
 
         resolved = resolve_device(device)
         model, config = load_model(run_dir, resolved)

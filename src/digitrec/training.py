@@ -28,7 +28,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -52,29 +52,11 @@ from .checkpoints import (
 from .config import TrainConfig
 from .cuda_graphs import GraphedStep
 from .data import BatchIterator, Dataset, load_dataset
+from .distributed import join_process_group, leave_process_group, resolve_device, shard_bounds
 from .errors import DigitrecError
 from .evaluation import predict
 from .fused import FusedMLPStep
 from .models import create_model, prefer_channels_last
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA, then MPS, then the CPU; anything else must be available."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise DigitrecError(f"unknown device {name!r} (use auto, cpu, cuda, cuda:N or mps)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise DigitrecError(f"device {name!r} requested but CUDA is not available")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise DigitrecError(f"device {name!r} requested but MPS is not available")
-    return device
 
 
 def make_optimizer(config: TrainConfig, model: nn.Module, capturable: bool = False) -> torch.optim.Optimizer:
@@ -162,59 +144,6 @@ class TrainResult:
     run_dir: Path | None
 
 
-def _init_process_group(backend: str, rank: int, world_size: int) -> None:
-    """Join the process group that torchrun set up in the environment.
-
-    torchrun's agent hosts one TCPStore for the whole job and hands it to every restart of the worker
-    group, but the workers' side of ``env://`` does not prefix keys per attempt
-    (``torch.distributed.rendezvous._create_c10d_store``). A restarted group then reads addresses its
-    dead predecessors published, and gloo fails to connect ("connectFullMesh ... Connection refused")
-    or waits on stale barrier counts. On one node every worker sees the same restart count, so a
-    per-attempt key prefix gives each restart a clean store. Across nodes restart counts can differ
-    (a node restarts without counting when another node failed), so there the README asks for
-    ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1``, which makes torchrun start a fresh store every round.
-    """
-    import torch.distributed as dist
-
-    # A bounded wait: if a peer never shows up (a dead machine), fail within minutes so that torchrun
-    # can restart the group, instead of hanging for torch's default 30.
-    timeout = timedelta(minutes=2)
-    one_node = os.environ.get("LOCAL_WORLD_SIZE") == str(world_size)
-    shared_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
-    if shared_store and one_node:
-        attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0))
-        agent_store = dist.TCPStore(
-            os.environ["MASTER_ADDR"],
-            int(os.environ["MASTER_PORT"]),
-            world_size,
-            is_master=False,
-            timeout=timeout,
-        )
-        store = dist.PrefixStore(f"digitrec/attempt_{attempt}", agent_store)
-        dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=timeout)
-    else:
-        dist.init_process_group(backend, timeout=timeout)
-    if (
-        shared_store
-        and not one_node
-        and int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", 0)) > 0
-        and rank == 0
-    ):
-        print(
-            "warning: restarts across machines need TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 set for torchrun "
-            "on every machine, or the restarted group may fail to connect (see the README)",
-            file=sys.stderr,
-        )
-
-
-def _leave_process_group() -> None:
-    """Destroy the default process group if one is still up (idempotent; safe at exit)."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
-
-
 def train(
     config: TrainConfig,
     out_dir: str | os.PathLike[str] | None = None,
@@ -257,11 +186,11 @@ def train(
             torch.cuda.set_device(device)
         owns_process_group = not dist.is_initialized()
         if owns_process_group:
-            _init_process_group("nccl" if device.type == "cuda" else "gloo", rank, world_size)
+            join_process_group("nccl" if device.type == "cuda" else "gloo", rank, world_size)
             # Left for interpreter shutdown, gloo's worker threads can abort the process ("terminate
             # called without an active exception", exit -6) after a run that succeeded; an error
             # that ends the run early leaves the group behind too, so atexit covers that path.
-            atexit.register(_leave_process_group)
+            atexit.register(leave_process_group)
     else:
         rank, world_size, device = 0, 1, resolve_device(config.device)
         owns_process_group = False
@@ -303,7 +232,7 @@ def train(
         world_size=world_size,
     )
     # Validation is sharded too and the counts all-reduced: every image counted once.
-    val_slice = slice(*_shard_bounds(len(dataset.test_images), rank, world_size))
+    val_slice = slice(*shard_bounds(len(dataset.test_images), rank, world_size))
     val_images, val_labels = dataset.test_images[val_slice], dataset.test_labels[val_slice]
 
     # --- model and optimizer; the same seed gives the same initial weights on every rank ---
@@ -476,14 +405,8 @@ def train(
     if ddp:
         torch.distributed.barrier()
         if owns_process_group:
-            _leave_process_group()
+            leave_process_group()
     return TrainResult(model=eval_model.eval(), config=config, metrics=metrics, run_dir=run_dir)
-
-
-def _shard_bounds(count: int, rank: int, world_size: int) -> tuple[int, int]:
-    per_rank, extra = divmod(count, world_size)
-    start = rank * per_rank + min(rank, extra)
-    return start, start + per_rank + (1 if rank < extra else 0)
 
 
 def _program_name() -> str:
