@@ -176,9 +176,9 @@ def bench_inference(ds: Dataset, repeats: int, single_calls: int, device: str) -
     if torch.device(device).type == "cuda":
         cuda_recognizer = Recognizer.default(device)
         result["single_image"][f"torch on {device}"] = _latency_ms(cuda_recognizer, pixels, single_calls)
-    from digitrec.checkpoints import default_model_dir
     from digitrec.export import export_onnx
     from digitrec.onnx_runtime import OnnxScorer
+    from digitrec.runs import default_model_dir
 
     with tempfile.TemporaryDirectory() as tmp:
         try:

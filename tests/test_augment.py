@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from digitrec.augment import AugmentConfig, augment_batch
+from digitrec.augment import augment_batch
+from digitrec.config import AugmentConfig
 
 STRONG = AugmentConfig(rotate=15, translate=0.1, scale=0.15, shear=10, elastic=2.0, stroke=0.2)
 

@@ -15,7 +15,7 @@ from PIL import Image
 from digitrec.cli import main
 from digitrec.data import Dataset
 from digitrec.images import MAX_PIXELS, ImageError, load_image, normalize_digit
-from digitrec.recognition import default_model_dir
+from digitrec.runs import default_model_dir
 
 from .recognition_support import encode, ink_on_paper
 

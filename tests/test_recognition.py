@@ -18,7 +18,8 @@ from scipy import ndimage as ndi
 from digitrec.data import Dataset
 from digitrec.errors import DigitrecError
 from digitrec.images import normalize_digit, segment_digits
-from digitrec.recognition import Prediction, Recognizer, default_model_dir, softmax
+from digitrec.recognition import Prediction, Recognizer, softmax
+from digitrec.runs import default_model_dir
 
 from .recognition_support import encode, ink_on_paper
 

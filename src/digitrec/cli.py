@@ -464,10 +464,11 @@ def cmd_train(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .checkpoints import default_model_dir, load_model
+    from .checkpoints import load_model
     from .data import load_dataset
     from .distributed import resolve_device
     from .evaluation import evaluate, format_report
+    from .runs import default_model_dir
 
     device = resolve_device(args.device)
     runs = args.runs or [str(default_model_dir())]

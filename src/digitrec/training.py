@@ -37,10 +37,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import __version__
-from .augment import AugmentConfig, augment_batch
+from .augment import augment_batch
 from .checkpoints import (
-    CHECKPOINT_FILE,
-    MODEL_FILE,
     load_checkpoint,
     read_config,
     read_metrics,
@@ -49,7 +47,7 @@ from .checkpoints import (
     write_config,
     write_metrics,
 )
-from .config import TrainConfig
+from .config import AugmentConfig, TrainConfig
 from .cuda_graphs import GraphedStep
 from .data import BatchIterator, Dataset, load_dataset
 from .distributed import join_process_group, leave_process_group, resolve_device, shard_bounds
@@ -57,6 +55,7 @@ from .errors import DigitrecError
 from .evaluation import predict
 from .fused import FusedMLPStep
 from .models import create_model, prefer_channels_last
+from .runs import CHECKPOINT_FILE, MODEL_FILE
 
 
 def make_optimizer(config: TrainConfig, model: nn.Module, capturable: bool = False) -> torch.optim.Optimizer:
