@@ -38,11 +38,12 @@ from typing import Any
 import torch
 
 from benchmarks import bare_loop, dataloader_loop
+from benchmarks.readme import replace_marked_block
 from digitrec.config import recipe_config
 from digitrec.data import Dataset, load_dataset
 from digitrec.errors import DigitrecError
 from digitrec.evaluation import predict
-from digitrec.fileio import replace_marked_block, write_json_atomic
+from digitrec.fileio import write_json_atomic
 from digitrec.training import train
 
 
