@@ -627,7 +627,7 @@ def _predict_line(name: str, prediction: Any, top_k: int | None, multi: bool) ->
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .images import ImageError, load_image
+    from .image_io import ImageError, load_image
     from .recognition import Recognizer
 
     if args.top_k is not None and args.top_k > 10:

@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 
 from .errors import DigitrecError
-from .images import ImageError, load_image, normalize_digit, segment_digits, segment_groups
+from .image_io import ImageError, load_image
+from .images import normalize_digit, segment_digits, segment_groups
 from .runs import CONFIG_FILE, MODEL_FILE, default_model_dir
 
 __all__ = [
