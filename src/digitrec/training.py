@@ -52,7 +52,7 @@ from .cuda_graphs import GraphedStep
 from .data import BatchIterator, Dataset, load_dataset
 from .distributed import join_process_group, leave_process_group, resolve_device, shard_bounds
 from .errors import DigitrecError
-from .evaluation import predict
+from .evaluation import score
 from .fused import FusedMLPStep
 from .models import create_model, prefer_channels_last
 from .runs import CHECKPOINT_FILE, MODEL_FILE
@@ -358,7 +358,7 @@ def train(
             torch.cuda.synchronize(device)
         epoch_seconds = time.perf_counter() - started
 
-        val_correct = (predict(eval_model, val_images).argmax(1) == val_labels).sum()
+        val_correct = (score(eval_model, val_images).argmax(1) == val_labels).sum()
         totals = torch.stack(
             [
                 loss_sum.double(),
