@@ -273,8 +273,8 @@ def train(
         f"batch {config.batch_size}, lr {config.lr}, {config.epochs} epochs, seed {config.seed}"
         + (", bf16 autocast" if config.precision == "bf16" else "")
     )
-    augment = AugmentConfig(**config.augment)
-    eval_model = ema_model if ema_model is not None else raw_model
+
+    # --- the step, chosen once: a replayed CUDA graph, the fused MLP step, or plain autograd ---
     # Plain SGD on a ReLU MLP in one process: the same math as autograd in fewer operations (fused.py).
     plain_sgd = config.optimizer == "sgd" and config.momentum == 0 and config.weight_decay == 0
     exact_fp32 = config.label_smoothing == 0 and config.precision == "fp32"
@@ -309,6 +309,10 @@ def train(
         # One process: the global batch is this batch (the last one of an epoch is smaller).
         GraphedStep(lambda x, y: autograd_step(x, y, len(y)), config.batch_size) if use_graphs else None
     )
+
+    # --- the epochs: train this rank's share, validate, all-reduce the counts, log, checkpoint ---
+    augment = AugmentConfig(**config.augment)
+    eval_model = ema_model if ema_model is not None else raw_model
     steps_per_epoch = len(train_batches)
     total_steps = steps_per_epoch * config.epochs
     for epoch in range(start_epoch, config.epochs):
@@ -391,6 +395,7 @@ def train(
         if tb_writer is not None:
             tensorboard_log.log_epoch(tb_writer, row)
 
+    # --- shutdown: the last TensorBoard figures, a summary, and the process group this call started ---
     if tb_writer is not None:
         tensorboard_log.log_mistakes(
             tb_writer, eval_model, dataset.test_images, dataset.test_labels, config.epochs
