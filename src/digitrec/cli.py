@@ -1,7 +1,9 @@
 """The ``digitrec`` command line. Thin: every command calls the Python API.
 
 torch is imported inside the command functions, never at module level, so
-``digitrec --help`` answers in a fraction of a second.
+``digitrec --help`` answers in a fraction of a second. Each command's arguments
+(``_add_NAME``) stand just above its handler (``cmd_NAME``); ``digitrec train``'s
+flags that override a recipe come from one table, :data:`TRAIN_OPTIONS`.
 """
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from . import __version__
@@ -58,80 +61,115 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"digitrec {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    # In the order --help lists them.
+    for add_command in (
+        _add_train,
+        _add_evaluate,
+        _add_report,
+        _add_export,
+        _add_models,
+        _add_predict,
+        _add_recipes,
+        _add_serve,
+    ):
+        add_command(commands)
+    return parser
 
+
+# --------------------------------------------------------------------------- train
+
+
+WHAT, HYPER, HOW = "what to train", "hyper-parameters (override the recipe's)", "where and how"
+
+
+@dataclass(frozen=True)
+class TrainOption:
+    """A ``digitrec train`` flag that sets the TrainConfig field of the same name (``--batch-size``
+    sets ``batch_size``). The table of them, :data:`TRAIN_OPTIONS`, makes the parser's flags, the
+    check that ``--resume`` changes nothing but ``--epochs``, and the overrides of the recipe: a new
+    hyper-parameter on the command line is a TrainConfig field plus one line there."""
+
+    field: str
+    group: str  # WHAT, HYPER or HOW: the --help section
+    help: str  # without the default, which is added
+    parse: Callable[[str], Any] = str  # text -> value (argparse's type)
+    choices: Sequence[str] | None = None
+    default: str | None = None  # the default that --help states; None: each recipe's value
+    switch: bool = False  # --name / --no-name
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.field.replace("_", "-")
+
+
+TRAIN_OPTIONS = (
+    TrainOption(
+        "model",
+        WHAT,
+        "model name; alone it picks the tutorial recipe: "
+        + ", ".join(f"{m} -> {r}" for m, r in MODEL_DEFAULT_RECIPE.items()),
+        default="mlp",
+    ),
+    TrainOption("recipe", WHAT, f"named recipe: {', '.join(sorted(RECIPES))}", default="tutorial-mlp"),
+    TrainOption(
+        "dataset",
+        WHAT,
+        "dataset name: mnist (bundled) or fashion-mnist (downloaded); with --data-dir, the folder is "
+        "verified against this dataset's checksums",
+        default="mnist, or custom with --data-dir",
+    ),
+    TrainOption(
+        "data_dir",
+        WHAT,
+        "folder with the four IDX files, raw or .gz; overrides --dataset",
+        default="$DIGITREC_DATA_DIR, else the bundled MNIST",
+    ),
+    TrainOption("epochs", HYPER, "passes over the training set", _bounded(int, 1)),
+    TrainOption("batch_size", HYPER, "global batch size", _bounded(int, 1)),
+    TrainOption("lr", HYPER, "learning rate", _bounded(float, 0, inclusive=False)),
+    TrainOption("momentum", HYPER, "SGD momentum", _bounded(float, 0)),
+    TrainOption("weight_decay", HYPER, "L2 weight decay", _bounded(float, 0)),
+    TrainOption("seed", HYPER, "random seed for initialization and shuffling", int),
+    TrainOption(
+        "device", HOW, "auto, cpu, cuda, cuda:N or mps; auto picks CUDA, then MPS, then CPU", default="auto"
+    ),
+    TrainOption(
+        "precision",
+        HOW,
+        "bf16 runs the forward pass under torch.autocast (weights stay float32); for GPUs with bf16 support",
+        choices=PRECISIONS,
+        default="fp32",
+    ),
+    TrainOption(
+        "cuda_graphs",
+        HOW,
+        "on CUDA, replay each training step as one CUDA graph; one process, SGD with a constant "
+        "learning rate or AdamW",
+        default="on",
+        switch=True,
+    ),
+)
+
+
+def _add_train(commands: argparse._SubParsersAction[_Parser]) -> None:
     train = commands.add_parser(
         "train",
         help="train a model (the tutorial's recipes by default)",
         description="Train a model and write a run directory "
         "(config.json, model.safetensors, metrics.jsonl).",
     )
-    choose = train.add_argument_group("what to train")
-    choose.add_argument(
-        "--model",
-        help="model name; alone it picks the tutorial recipe: "
-        + ", ".join(f"{m} -> {r}" for m, r in MODEL_DEFAULT_RECIPE.items())
-        + " (default: mlp)",
-    )
-    choose.add_argument(
-        "--recipe", help=f"named recipe: {', '.join(sorted(RECIPES))} (default: tutorial-mlp)"
-    )
-    choose.add_argument(
-        "--dataset",
-        help="dataset name: mnist (bundled) or fashion-mnist (downloaded); with "
-        "--data-dir, the folder is verified against this dataset's checksums "
-        "(default: mnist, or custom with --data-dir)",
-    )
-    choose.add_argument(
-        "--data-dir",
-        help="folder with the four IDX files, raw or .gz; overrides --dataset "
-        "(default: $DIGITREC_DATA_DIR, else the bundled MNIST)",
-    )
-    hyper = train.add_argument_group("hyper-parameters (override the recipe's)")
-    hyper.add_argument(
-        "--epochs",
-        type=_bounded(int, 1),
-        help=f"passes over the training set (default: {_recipe_defaults('epochs')})",
-    )
-    hyper.add_argument(
-        "--batch-size",
-        type=_bounded(int, 1),
-        help=f"global batch size (default: {_recipe_defaults('batch_size')})",
-    )
-    hyper.add_argument(
-        "--lr",
-        type=_bounded(float, 0, inclusive=False),
-        help=f"learning rate (default: {_recipe_defaults('lr')})",
-    )
-    hyper.add_argument(
-        "--momentum", type=_bounded(float, 0), help=f"SGD momentum (default: {_recipe_defaults('momentum')})"
-    )
-    hyper.add_argument(
-        "--weight-decay",
-        type=_bounded(float, 0),
-        help=f"L2 weight decay (default: {_recipe_defaults('weight_decay')})",
-    )
-    hyper.add_argument(
-        "--seed",
-        type=int,
-        help=f"random seed for initialization and shuffling (default: {_recipe_defaults('seed')})",
-    )
-    run = train.add_argument_group("where and how")
-    run.add_argument(
-        "--device", help="auto, cpu, cuda, cuda:N or mps; auto picks CUDA, then MPS, then CPU (default: auto)"
-    )
-    run.add_argument(
-        "--precision",
-        choices=PRECISIONS,
-        help="bf16 runs the forward pass under torch.autocast (weights stay float32); "
-        "for GPUs with bf16 support (default: fp32)",
-    )
-    run.add_argument(
-        "--cuda-graphs",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="on CUDA, replay each training step as one CUDA graph; one process, SGD with a constant "
-        "learning rate or AdamW (default: on)",
-    )
+    groups = {title: train.add_argument_group(title) for title in (WHAT, HYPER, HOW)}
+    for option in TRAIN_OPTIONS:
+        help_text = f"{option.help} (default: {option.default or _recipe_defaults(option.field)})"
+        if option.switch:
+            groups[option.group].add_argument(
+                option.flag, action=argparse.BooleanOptionalAction, default=None, help=help_text
+            )
+        else:
+            groups[option.group].add_argument(
+                option.flag, type=option.parse, choices=option.choices, help=help_text
+            )
+    run = groups[HOW]
     run.add_argument("--out", help="run directory to create (default: runs/<recipe>-<timestamp>)")
     run.add_argument(
         "--resume",
@@ -165,208 +203,6 @@ def build_parser() -> argparse.ArgumentParser:
         "needs pip install 'digitrec[tensorboard]' (default: off)",
     )
     train.set_defaults(handler=cmd_train)
-
-    evaluate = commands.add_parser(
-        "evaluate",
-        help="accuracy, per-class precision/recall and confusion matrix of a run",
-        description="Evaluate a run's model on its dataset's test set.",
-    )
-    evaluate.add_argument(
-        "runs",
-        metavar="DIR",
-        nargs="*",
-        help="run directory written by digitrec train; several runs are evaluated as an ensemble "
-        "(their probabilities averaged) (default: the bundled default model)",
-    )
-    evaluate.add_argument(
-        "--tta",
-        action="store_true",
-        help="test-time augmentation: average over the image and its 1-pixel shifts (default: off)",
-    )
-    evaluate.add_argument(
-        "--json", action="store_true", help="print one JSON object instead of tables (default: off)"
-    )
-    evaluate.add_argument(
-        "--data-dir", help="evaluate on the IDX files in this folder (default: the run's dataset)"
-    )
-    evaluate.add_argument("--device", default="cpu", help="device to evaluate on (default: cpu)")
-    evaluate.set_defaults(handler=cmd_evaluate)
-
-    report = commands.add_parser(
-        "report",
-        help="figures of a run (learning curves, confusion matrix, mistakes) and an HTML page",
-        description="Write PNG figures and index.html for a run: learning curves, confusion matrix, "
-        "per-digit accuracy and the most confident mistakes on the test set.",
-    )
-    report.add_argument("run", metavar="DIR", help="run directory written by digitrec train")
-    report.add_argument("--out", help="folder to write the report into (default: DIR/report)")
-    report.add_argument(
-        "--mistakes",
-        type=_bounded(int, 0),
-        default=40,
-        help="how many mistakes the gallery shows, most confident first (default: 40)",
-    )
-    report.add_argument(
-        "--data-dir", help="report on the IDX files in this folder (default: the run's dataset)"
-    )
-    report.add_argument("--device", default="cpu", help="device to score the test set on (default: cpu)")
-    report.set_defaults(handler=cmd_report)
-
-    export = commands.add_parser(
-        "export",
-        help="export a run's model for other runtimes (ONNX)",
-        description="Export a run's model. ONNX: input 'images' float32 (N, 1, 28, 28) in [0, 1] with a "
-        "dynamic batch axis, output 'scores' (N, 10) logits.",
-    )
-    export.add_argument("run", metavar="DIR", help="run directory written by digitrec train")
-    export.add_argument("--format", choices=["onnx"], default="onnx", help="file format (default: onnx)")
-    export.add_argument("--out", help="file to write (default: DIR/model.onnx)")
-    export.add_argument(
-        "--opset",
-        type=_bounded(int, 18),
-        default=18,
-        help="ONNX opset version, 18 or newer (default: 18)",
-    )
-    export.set_defaults(handler=cmd_export)
-
-    models = commands.add_parser(
-        "models",
-        help="list the registered models with their size and cost",
-        description="List every registered model: parameters and multiply-adds per image.",
-    )
-    models.add_argument("--json", action="store_true", help="print JSON instead of a table (default: off)")
-    models.set_defaults(handler=cmd_models)
-
-    predict = commands.add_parser(
-        "predict",
-        help="read handwritten digits in image files",
-        description="Read the handwritten digit (or, with --multi, the row of digits) in each image "
-        "file: PNG, JPEG, BMP, GIF (first frame), WebP or TIFF, any mode and size. Each image is "
-        "brought into MNIST's form first (see README). Exit code 1 if any file could not be read.",
-    )
-    predict.add_argument("files", nargs="+", metavar="FILE", help="image files; - reads one from stdin")
-    predict.add_argument(
-        "--run", metavar="DIR", help="run directory of the model to use (default: the bundled model)"
-    )
-    predict.add_argument(
-        "--onnx",
-        metavar="MODEL.onnx",
-        help="score with an exported ONNX model on onnxruntime, without importing torch "
-        "(digitrec export; needs the onnx extra) (default: off)",
-    )
-    predict.add_argument(
-        "--json",
-        action="store_true",
-        help="print JSON Lines, one object per file: file, digit, confidence, probabilities "
-        "(error on failure; number and digits with --multi) (default: off)",
-    )
-    predict.add_argument(
-        "--top-k",
-        type=_bounded(int, 1),
-        metavar="K",
-        help="also show the K most likely digits with their probabilities, 1..10; in JSON, as "
-        "top_k (with --multi each digit already has its probabilities) (default: off)",
-    )
-    predict.add_argument(
-        "--multi",
-        action="store_true",
-        help="read a row of several digits (a number, a postcode), left to right (default: off)",
-    )
-    predict.add_argument(
-        "--min-confidence",
-        type=_bounded(float, 0),
-        metavar="P",
-        help="report a digit whose probability is below P (0..1) as unknown (default: 0, never)",
-    )
-    predict.add_argument(
-        "--show-input",
-        metavar="OUT.png",
-        help="save the 28x28 image the model saw (with --multi, the digits side by side); with "
-        "several files, OUT-1.png, OUT-2.png, ... in the order given (default: off)",
-    )
-    predict.add_argument(
-        "--device", default="cpu", help="device to run the model on: cpu, cuda, cuda:N, mps (default: cpu)"
-    )
-    predict.set_defaults(handler=cmd_predict)
-
-    recipes = commands.add_parser(
-        "recipes", help="list the named training recipes", description="List every recipe with its settings."
-    )
-    recipes.add_argument("--json", action="store_true", help="print JSON instead of a table (default: off)")
-    recipes.set_defaults(handler=cmd_recipes)
-
-    serve = commands.add_parser(
-        "serve",
-        help="serve the drawing page and the HTTP API",
-        description="Serve the drawing page at / and the HTTP API (POST /v1/predict, /v1/models, "
-        "/healthz, /readyz, /metrics, /openapi.json) with FastAPI on uvicorn. "
-        "SIGTERM or Ctrl-C finishes the requests in flight, then exits.",
-    )
-    serve.add_argument(
-        "--run", metavar="DIR", help="run directory to serve (default: the bundled default model)"
-    )
-    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
-    serve.add_argument(
-        "--port", type=_bounded(int, 0), default=8000, help="TCP port, 0 for any free one (default: 8000)"
-    )
-    serve.add_argument(
-        "--workers",
-        type=_bounded(int, 1),
-        default=1,
-        metavar="N",
-        help="server processes, each with the model (default: 1)",
-    )
-    limits = serve.add_argument_group("limits")
-    limits.add_argument(
-        "--max-body",
-        type=_bounded(int, 1),
-        default=2 * 1024 * 1024,
-        metavar="BYTES",
-        help="largest request body; more is answered 413 before decoding (default: 2097152, 2 MiB)",
-    )
-    limits.add_argument(
-        "--max-inflight",
-        type=_bounded(int, 1),
-        default=32,
-        metavar="N",
-        help="prediction requests admitted at once per process; one more is answered 503 (default: 32)",
-    )
-    limits.add_argument(
-        "--threads",
-        type=_bounded(int, 1),
-        default=2,
-        metavar="N",
-        help="inference threads per process, off the event loop (default: 2)",
-    )
-    limits.add_argument(
-        "--queue-timeout",
-        type=_bounded(float, 0, inclusive=False),
-        default=5.0,
-        metavar="SECONDS",
-        help="longest wait of an admitted request for an inference thread before 503 (default: 5)",
-    )
-    limits.add_argument(
-        "--body-timeout",
-        type=_bounded(float, 0, inclusive=False),
-        default=10.0,
-        metavar="SECONDS",
-        help="longest time to receive a request body before 408 (default: 10)",
-    )
-    limits.add_argument(
-        "--graceful-timeout",
-        type=_bounded(float, 0, inclusive=False),
-        default=30.0,
-        metavar="SECONDS",
-        help="on SIGTERM, longest wait for requests in flight (default: 30)",
-    )
-    serve.add_argument(
-        "--access-log",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="log one line per request (default: on)",
-    )
-    serve.set_defaults(handler=cmd_serve)
-    return parser
 
 
 def _launch_torchrun(args: argparse.Namespace, argv: Sequence[str]) -> int:
@@ -409,28 +245,12 @@ def cmd_train(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
 
     if args.nproc and args.nproc > 1 and "RANK" not in os.environ:
         return _launch_torchrun(args, argv)
+    given = [option for option in TRAIN_OPTIONS if getattr(args, option.field) is not None]
     if args.resume:
         if args.out is not None and args.out != args.resume:
             raise DigitrecError("--resume DIR continues DIR; do not pass a different --out")
         config = read_config(args.resume)
-        others = [
-            f"--{k.replace('_', '-')}"
-            for k in (
-                "model",
-                "recipe",
-                "dataset",
-                "data_dir",
-                "batch_size",
-                "lr",
-                "momentum",
-                "weight_decay",
-                "seed",
-                "device",
-                "precision",
-                "cuda_graphs",
-            )
-            if getattr(args, k) is not None
-        ]
+        others = [option.flag for option in given if option.field != "epochs"]
         if others:
             raise DigitrecError(
                 f"--resume continues a run as configured; only --epochs may change (got {', '.join(others)})"
@@ -444,23 +264,41 @@ def cmd_train(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     if recipe is None:
         # A model with no recipe of its own trains with the tutorial's MLP hyper-parameters.
         recipe = "tutorial-mlp"
-    config = recipe_config(
-        recipe,
-        model=args.model,
-        dataset=args.dataset,
-        data_dir=args.data_dir,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        momentum=args.momentum,
-        weight_decay=args.weight_decay,
-        seed=args.seed,
-        device=args.device,
-        precision=args.precision,
-        cuda_graphs=args.cuda_graphs,
-    )
+    # The flags given override the recipe's values (a --recipe given names this very recipe).
+    config = recipe_config(recipe, **{option.field: getattr(args, option.field) for option in given})
     train(config, out_dir=args.out, progress=args.progress, tensorboard=args.tensorboard)
     return 0
+
+
+# --------------------------------------------------------------------------- evaluate
+
+
+def _add_evaluate(commands: argparse._SubParsersAction[_Parser]) -> None:
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="accuracy, per-class precision/recall and confusion matrix of a run",
+        description="Evaluate a run's model on its dataset's test set.",
+    )
+    evaluate.add_argument(
+        "runs",
+        metavar="DIR",
+        nargs="*",
+        help="run directory written by digitrec train; several runs are evaluated as an ensemble "
+        "(their probabilities averaged) (default: the bundled default model)",
+    )
+    evaluate.add_argument(
+        "--tta",
+        action="store_true",
+        help="test-time augmentation: average over the image and its 1-pixel shifts (default: off)",
+    )
+    evaluate.add_argument(
+        "--json", action="store_true", help="print one JSON object instead of tables (default: off)"
+    )
+    evaluate.add_argument(
+        "--data-dir", help="evaluate on the IDX files in this folder (default: the run's dataset)"
+    )
+    evaluate.add_argument("--device", default="cpu", help="device to evaluate on (default: cpu)")
+    evaluate.set_defaults(handler=cmd_evaluate)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -488,6 +326,31 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- report
+
+
+def _add_report(commands: argparse._SubParsersAction[_Parser]) -> None:
+    report = commands.add_parser(
+        "report",
+        help="figures of a run (learning curves, confusion matrix, mistakes) and an HTML page",
+        description="Write PNG figures and index.html for a run: learning curves, confusion matrix, "
+        "per-digit accuracy and the most confident mistakes on the test set.",
+    )
+    report.add_argument("run", metavar="DIR", help="run directory written by digitrec train")
+    report.add_argument("--out", help="folder to write the report into (default: DIR/report)")
+    report.add_argument(
+        "--mistakes",
+        type=_bounded(int, 0),
+        default=40,
+        help="how many mistakes the gallery shows, most confident first (default: 40)",
+    )
+    report.add_argument(
+        "--data-dir", help="report on the IDX files in this folder (default: the run's dataset)"
+    )
+    report.add_argument("--device", default="cpu", help="device to score the test set on (default: cpu)")
+    report.set_defaults(handler=cmd_report)
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from .distributed import resolve_device
     from .reports import write_report
@@ -504,12 +367,47 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- export
+
+
+def _add_export(commands: argparse._SubParsersAction[_Parser]) -> None:
+    export = commands.add_parser(
+        "export",
+        help="export a run's model for other runtimes (ONNX)",
+        description="Export a run's model. ONNX: input 'images' float32 (N, 1, 28, 28) in [0, 1] with a "
+        "dynamic batch axis, output 'scores' (N, 10) logits.",
+    )
+    export.add_argument("run", metavar="DIR", help="run directory written by digitrec train")
+    export.add_argument("--format", choices=["onnx"], default="onnx", help="file format (default: onnx)")
+    export.add_argument("--out", help="file to write (default: DIR/model.onnx)")
+    export.add_argument(
+        "--opset",
+        type=_bounded(int, 18),
+        default=18,
+        help="ONNX opset version, 18 or newer (default: 18)",
+    )
+    export.set_defaults(handler=cmd_export)
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from .export import export_onnx
 
     path = export_onnx(args.run, args.out, opset=args.opset)
     print(f"wrote {path}")
     return 0
+
+
+# --------------------------------------------------------------------------- models
+
+
+def _add_models(commands: argparse._SubParsersAction[_Parser]) -> None:
+    models = commands.add_parser(
+        "models",
+        help="list the registered models with their size and cost",
+        description="List every registered model: parameters and multiply-adds per image.",
+    )
+    models.add_argument("--json", action="store_true", help="print JSON instead of a table (default: off)")
+    models.set_defaults(handler=cmd_models)
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -542,6 +440,17 @@ def _first_line(model_name: str) -> str:
     return doc.strip().splitlines()[0] if doc.strip() else ""
 
 
+# --------------------------------------------------------------------------- recipes
+
+
+def _add_recipes(commands: argparse._SubParsersAction[_Parser]) -> None:
+    recipes = commands.add_parser(
+        "recipes", help="list the named training recipes", description="List every recipe with its settings."
+    )
+    recipes.add_argument("--json", action="store_true", help="print JSON instead of a table (default: off)")
+    recipes.set_defaults(handler=cmd_recipes)
+
+
 def cmd_recipes(args: argparse.Namespace) -> int:
     from .config import recipe_config
 
@@ -555,6 +464,9 @@ def cmd_recipes(args: argparse.Namespace) -> int:
             )
             print(f"{row['recipe']}: {settings}")
     return 0
+
+
+# --------------------------------------------------------------------------- predict
 
 
 EXIT_SOME_FAILED = 1
@@ -626,6 +538,60 @@ def _predict_line(name: str, prediction: Any, top_k: int | None, multi: bool) ->
     return text
 
 
+def _add_predict(commands: argparse._SubParsersAction[_Parser]) -> None:
+    predict = commands.add_parser(
+        "predict",
+        help="read handwritten digits in image files",
+        description="Read the handwritten digit (or, with --multi, the row of digits) in each image "
+        "file: PNG, JPEG, BMP, GIF (first frame), WebP or TIFF, any mode and size. Each image is "
+        "brought into MNIST's form first (see README). Exit code 1 if any file could not be read.",
+    )
+    predict.add_argument("files", nargs="+", metavar="FILE", help="image files; - reads one from stdin")
+    predict.add_argument(
+        "--run", metavar="DIR", help="run directory of the model to use (default: the bundled model)"
+    )
+    predict.add_argument(
+        "--onnx",
+        metavar="MODEL.onnx",
+        help="score with an exported ONNX model on onnxruntime, without importing torch "
+        "(digitrec export; needs the onnx extra) (default: off)",
+    )
+    predict.add_argument(
+        "--json",
+        action="store_true",
+        help="print JSON Lines, one object per file: file, digit, confidence, probabilities "
+        "(error on failure; number and digits with --multi) (default: off)",
+    )
+    predict.add_argument(
+        "--top-k",
+        type=_bounded(int, 1),
+        metavar="K",
+        help="also show the K most likely digits with their probabilities, 1..10; in JSON, as "
+        "top_k (with --multi each digit already has its probabilities) (default: off)",
+    )
+    predict.add_argument(
+        "--multi",
+        action="store_true",
+        help="read a row of several digits (a number, a postcode), left to right (default: off)",
+    )
+    predict.add_argument(
+        "--min-confidence",
+        type=_bounded(float, 0),
+        metavar="P",
+        help="report a digit whose probability is below P (0..1) as unknown (default: 0, never)",
+    )
+    predict.add_argument(
+        "--show-input",
+        metavar="OUT.png",
+        help="save the 28x28 image the model saw (with --multi, the digits side by side); with "
+        "several files, OUT-1.png, OUT-2.png, ... in the order given (default: off)",
+    )
+    predict.add_argument(
+        "--device", default="cpu", help="device to run the model on: cpu, cuda, cuda:N, mps (default: cpu)"
+    )
+    predict.set_defaults(handler=cmd_predict)
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from .image_io import ImageError, load_image
     from .recognition import Recognizer
@@ -692,6 +658,83 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return EXIT_SOME_FAILED if failed else 0
 
 
+# --------------------------------------------------------------------------- serve
+
+
+def _add_serve(commands: argparse._SubParsersAction[_Parser]) -> None:
+    serve = commands.add_parser(
+        "serve",
+        help="serve the drawing page and the HTTP API",
+        description="Serve the drawing page at / and the HTTP API (POST /v1/predict, /v1/models, "
+        "/healthz, /readyz, /metrics, /openapi.json) with FastAPI on uvicorn. "
+        "SIGTERM or Ctrl-C finishes the requests in flight, then exits.",
+    )
+    serve.add_argument(
+        "--run", metavar="DIR", help="run directory to serve (default: the bundled default model)"
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    serve.add_argument(
+        "--port", type=_bounded(int, 0), default=8000, help="TCP port, 0 for any free one (default: 8000)"
+    )
+    serve.add_argument(
+        "--workers",
+        type=_bounded(int, 1),
+        default=1,
+        metavar="N",
+        help="server processes, each with the model (default: 1)",
+    )
+    limits = serve.add_argument_group("limits")
+    limits.add_argument(
+        "--max-body",
+        type=_bounded(int, 1),
+        default=2 * 1024 * 1024,
+        metavar="BYTES",
+        help="largest request body; more is answered 413 before decoding (default: 2097152, 2 MiB)",
+    )
+    limits.add_argument(
+        "--max-inflight",
+        type=_bounded(int, 1),
+        default=32,
+        metavar="N",
+        help="prediction requests admitted at once per process; one more is answered 503 (default: 32)",
+    )
+    limits.add_argument(
+        "--threads",
+        type=_bounded(int, 1),
+        default=2,
+        metavar="N",
+        help="inference threads per process, off the event loop (default: 2)",
+    )
+    limits.add_argument(
+        "--queue-timeout",
+        type=_bounded(float, 0, inclusive=False),
+        default=5.0,
+        metavar="SECONDS",
+        help="longest wait of an admitted request for an inference thread before 503 (default: 5)",
+    )
+    limits.add_argument(
+        "--body-timeout",
+        type=_bounded(float, 0, inclusive=False),
+        default=10.0,
+        metavar="SECONDS",
+        help="longest time to receive a request body before 408 (default: 10)",
+    )
+    limits.add_argument(
+        "--graceful-timeout",
+        type=_bounded(float, 0, inclusive=False),
+        default=30.0,
+        metavar="SECONDS",
+        help="on SIGTERM, longest wait for requests in flight (default: 30)",
+    )
+    serve.add_argument(
+        "--access-log",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="log one line per request (default: on)",
+    )
+    serve.set_defaults(handler=cmd_serve)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from .serving import ServeConfig, serve
 
@@ -714,6 +757,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         access_log=args.access_log,
     )
     return 0
+
+
+# --------------------------------------------------------------------------- main
 
 
 def main(argv: Sequence[str] | None = None) -> int:
