@@ -1,4 +1,4 @@
-"""Shared fixtures: real MNIST (bundled), a small real-MNIST IDX folder for fast runs, and a 7 on paper."""
+"""Shared fixtures: real MNIST (bundled), a small real-MNIST IDX folder for fast runs, NumPy digits."""
 
 from __future__ import annotations
 
@@ -44,6 +44,12 @@ def _restore_torch_threads():
 @pytest.fixture(scope="session")
 def mnist() -> Dataset:
     return load_dataset("mnist", cache_dir=None)
+
+
+@pytest.fixture(scope="session")
+def digits(mnist: Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """MNIST test digits 0..39 (uint8 (40, 28, 28)) and their labels, as NumPy arrays."""
+    return mnist.test_images[:40].numpy(), mnist.test_labels[:40].numpy()
 
 
 @pytest.fixture(scope="session")
