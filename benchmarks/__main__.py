@@ -38,11 +38,12 @@ from typing import Any
 import torch
 
 from benchmarks import bare_loop, dataloader_loop
+from benchmarks.readme import replace_marked_block
 from digitrec.config import recipe_config
 from digitrec.data import Dataset, load_dataset
 from digitrec.errors import DigitrecError
-from digitrec.evaluation import predict
-from digitrec.fileio import replace_marked_block, write_json_atomic
+from digitrec.evaluation import score
+from digitrec.fileio import write_json_atomic
 from digitrec.training import train
 
 
@@ -156,11 +157,11 @@ def bench_inference(ds: Dataset, repeats: int, single_calls: int, device: str) -
     model = train(recipe_config("tutorial-lenet", epochs=1, device=device), dataset=_subset(ds, 2000, None),
                   save=False, log=None, progress=False).model  # fmt: skip
     test_images = ds.test_images.to(device)
-    predict(model, test_images)  # warm-up: the first CUDA call loads kernels
+    score(model, test_images)  # warm-up: the first CUDA call loads kernels
     throughput = []
     for _ in range(repeats):
         started = time.perf_counter()
-        predict(model, test_images).sum().item()  # .item() waits for the GPU, if any
+        score(model, test_images).sum().item()  # .item() waits for the GPU, if any
         throughput.append(len(test_images) / (time.perf_counter() - started))
     # One preprocessed (28, 28) image through the Recognizer that predict and serve use, with each
     # scoring backend: torch (the default) and ONNX Runtime (``digitrec predict --onnx``, when installed).
@@ -176,9 +177,9 @@ def bench_inference(ds: Dataset, repeats: int, single_calls: int, device: str) -
     if torch.device(device).type == "cuda":
         cuda_recognizer = Recognizer.default(device)
         result["single_image"][f"torch on {device}"] = _latency_ms(cuda_recognizer, pixels, single_calls)
-    from digitrec.checkpoints import default_model_dir
     from digitrec.export import export_onnx
     from digitrec.onnx_runtime import OnnxScorer
+    from digitrec.runs import default_model_dir
 
     with tempfile.TemporaryDirectory() as tmp:
         try:

@@ -17,6 +17,7 @@ import argparse
 import statistics
 import sys
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
 from digitrec.checkpoints import load_model, read_metrics
@@ -24,7 +25,6 @@ from digitrec.config import TrainConfig
 from digitrec.data import load_dataset
 from digitrec.errors import DigitrecError
 from digitrec.evaluation import evaluate
-from digitrec.fileio import replace_marked_block
 from digitrec.models import count_macs, count_parameters
 
 
@@ -117,6 +117,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     table = build_table(args.runs, args.tta, [e.split(",") for e in args.ensemble])
     if args.readme:
+        # Run as a script, this folder is on sys.path and the repository is not: benchmarks/ is there.
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+        from benchmarks.readme import replace_marked_block
+
         try:
             replace_marked_block(args.readme, "results-table", table)
         except DigitrecError as exc:

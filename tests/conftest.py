@@ -1,13 +1,16 @@
-"""Shared fixtures: real MNIST (bundled), and a small real-MNIST IDX folder for fast runs."""
+"""Shared fixtures: real MNIST (bundled), a small real-MNIST IDX folder for fast runs, NumPy digits."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from digitrec.data import SPLIT_FILES, Dataset, load_dataset
 from digitrec.idx import write_idx
+
+from .recognition_support import ink_on_paper
 
 
 def cli_exit_code(args: list[str]) -> int:
@@ -41,6 +44,18 @@ def _restore_torch_threads():
 @pytest.fixture(scope="session")
 def mnist() -> Dataset:
     return load_dataset("mnist", cache_dir=None)
+
+
+@pytest.fixture(scope="session")
+def digits(mnist: Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """MNIST test digits 0..39 (uint8 (40, 28, 28)) and their labels, as NumPy arrays."""
+    return mnist.test_images[:40].numpy(), mnist.test_labels[:40].numpy()
+
+
+@pytest.fixture(scope="session")
+def seven(mnist: Dataset) -> np.ndarray:
+    """MNIST test digit 0 (a 7) as black ink on white, 200 px tall on 320x320."""
+    return ink_on_paper(mnist.test_images[0].numpy())
 
 
 def write_subset(folder: Path, ds: Dataset, n_train: int, n_test: int, gz: bool = True) -> Path:

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from digitrec.augment import AugmentConfig, augment_batch
+from digitrec.augment import augment_batch
+from digitrec.config import AugmentConfig
 
 STRONG = AugmentConfig(rotate=15, translate=0.1, scale=0.15, shear=10, elastic=2.0, stroke=0.2)
 
@@ -65,7 +66,7 @@ def test_bad_settings_are_refused(settings):
 def test_a_trained_model_still_reads_augmented_digits(mnist):
     """Labels are preserved: a model trained on clean MNIST still reads mildly distorted test digits."""
     from digitrec.config import recipe_config
-    from digitrec.evaluation import predict
+    from digitrec.evaluation import score
     from digitrec.training import train
 
     result = train(recipe_config("fast"), dataset=mnist, save=False, log=None)
@@ -73,7 +74,7 @@ def test_a_trained_model_still_reads_augmented_digits(mnist):
     mild = AugmentConfig(rotate=8, translate=0.05, scale=0.08, shear=5, elastic=1.0)
     warped = augment_batch(x.unsqueeze(1).float() / 255, mild, torch.Generator().manual_seed(4))
     warped_u8 = (warped[:, 0] * 255).round().to(torch.uint8)
-    clean_acc = (predict(result.model, x).argmax(1) == mnist.test_labels[:1000]).float().mean()
-    warped_acc = (predict(result.model, warped_u8).argmax(1) == mnist.test_labels[:1000]).float().mean()
+    clean_acc = (score(result.model, x).argmax(1) == mnist.test_labels[:1000]).float().mean()
+    warped_acc = (score(result.model, warped_u8).argmax(1) == mnist.test_labels[:1000]).float().mean()
     assert clean_acc > 0.95
     assert warped_acc > 0.9

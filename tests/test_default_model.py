@@ -2,9 +2,10 @@
 
 import json
 
-from digitrec.checkpoints import default_model_dir, load_model, read_metrics
+from digitrec.checkpoints import load_model, read_metrics
 from digitrec.cli import main
 from digitrec.evaluation import evaluate
+from digitrec.runs import default_model_dir
 
 
 def test_bundled_model_is_small_and_documents_how_it_was_made():

@@ -10,7 +10,7 @@ from digitrec.checkpoints import load_model, read_metrics
 from digitrec.cli import main
 from digitrec.config import recipe_config
 from digitrec.errors import DigitrecError
-from digitrec.evaluation import predict
+from digitrec.evaluation import score
 from digitrec.training import train
 
 from .conftest import cli_exit_code
@@ -54,7 +54,7 @@ def test_exported_file_passes_the_checker_and_has_the_promised_signature(exporte
 def test_onnxruntime_agrees_with_pytorch_on_the_whole_test_set(exported, mnist):
     run, path = exported
     model, _ = load_model(run)
-    expected = predict(model, mnist.test_images).numpy()  # (10000, 10)
+    expected = score(model, mnist.test_images).numpy()  # (10000, 10)
     images = mnist.test_images.numpy()[:, None].astype(np.float32) / 255.0  # (10000, 1, 28, 28) in [0, 1]
     scores = OnnxScorer(path, threads=1)(images)
     assert scores.shape == (10_000, 10) and scores.dtype == np.float32

@@ -8,10 +8,11 @@ import math
 import pytest
 import torch
 
-from digitrec.checkpoints import CHECKPOINT_FILE, _read_safetensors, load_model
+from digitrec.checkpoints import _read_safetensors, load_model
 from digitrec.config import TrainConfig, list_recipes, recipe_config
 from digitrec.errors import DigitrecError
 from digitrec.evaluation import evaluate, predict_proba
+from digitrec.runs import CHECKPOINT_FILE
 from digitrec.training import learning_rate, train
 
 

@@ -1,4 +1,4 @@
-"""The Recognizer and MNIST-style normalization, on real MNIST digits rendered as images."""
+"""The Recognizer, on real MNIST digits rendered as images (the normalization alone: test_images.py)."""
 
 from __future__ import annotations
 
@@ -15,14 +15,12 @@ import pytest
 from PIL import Image
 from scipy import ndimage as ndi
 
-from digitrec.data import Dataset
 from digitrec.errors import DigitrecError
 from digitrec.images import normalize_digit, segment_digits
-from digitrec.recognition import Prediction, Recognizer, default_model_dir, softmax
+from digitrec.recognition import Prediction, Recognizer, softmax
+from digitrec.runs import default_model_dir
 
-from .recognition_support import encode, ink_on_paper
-
-N_DIGITS = 40
+from .recognition_support import encode, ink_on_paper, similarity
 
 
 @pytest.fixture(scope="module")
@@ -36,107 +34,7 @@ def recognizer(run_dir: Path) -> Recognizer:
     return Recognizer.from_run(run_dir)
 
 
-@pytest.fixture(scope="module")
-def digits(mnist: Dataset) -> tuple[np.ndarray, np.ndarray]:
-    """MNIST test digits 0..N-1 (uint8 (N, 28, 28)) and labels."""
-    return mnist.test_images[:N_DIGITS].numpy(), mnist.test_labels[:N_DIGITS].numpy()
-
-
-def _ink_box(pixels: np.ndarray) -> tuple[int, int]:
-    rows = np.where(pixels.max(axis=1) > 0)[0]
-    cols = np.where(pixels.max(axis=0) > 0)[0]
-    return rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1
-
-
-def _similarity(a: np.ndarray, b: np.ndarray) -> float:
-    """Correlation of two (28, 28) images."""
-    return float(np.corrcoef(a.ravel().astype(float), b.ravel().astype(float))[0, 1])
-
-
-# --------------------------------------------------------------------------- normalization
-
-
-def test_normalized_digit_has_mnist_geometry(digits):
-    images, _ = digits
-    for digit in images[:10]:
-        page = ink_on_paper(digit, height=int(150 + digit.sum() % 200), canvas=600)
-        out = normalize_digit(page)
-        assert out.shape == (28, 28) and out.dtype == np.uint8
-        assert out.max() == 255
-        height, width = _ink_box(out)
-        assert max(height, width) in (19, 20, 21)  # fits the 20x20 box (+-1 for the anti-aliased edge)
-        cy, cx = ndi.center_of_mass(out.astype(float))
-        assert abs(cy - 14.0) <= 0.6 and abs(cx - 14.0) <= 0.6
-
-
-def test_an_mnist_digit_normalizes_to_itself(digits):
-    """MNIST was prepared the same way: normalizing an MNIST digit changes it little."""
-    images, _ = digits
-    scores = [_similarity(normalize_digit(d), d) for d in images]
-    assert np.median(scores) > 0.9
-
-
-def test_polarity_comes_from_the_background(digits):
-    """White on black and black on white, gray or coloured: the same input for the model."""
-    digit = digits[0][3]
-    page = ink_on_paper(digit)
-    reference = normalize_digit(page)
-    inverted = normalize_digit(255 - page)
-    assert _similarity(reference, inverted) > 0.97
-    # Dark gray paper (below mid-gray) with black ink is still dark-on-light.
-    dim = (page.astype(float) * 0.4).astype(np.uint8)
-    assert _similarity(reference, normalize_digit(dim)) > 0.95
-    # Yellow paper with blue ink: luminance alone would give little contrast in blue; the
-    # ink's own colour direction is used.
-    a = (255 - page)[:, :, None] / 255.0
-    rgb = np.array([240, 220, 60]) * (1 - a) + np.array([40, 60, 200]) * a
-    assert _similarity(reference, normalize_digit(rgb.astype(np.uint8))) > 0.95
-
-
-def test_uneven_lighting_is_evened_out(digits):
-    digit = digits[0][5]
-    page = ink_on_paper(digit).astype(float) / 255
-    reference = normalize_digit(page)
-    ramp = np.linspace(1.0, 0.35, page.shape[1])[None, :]  # light falls to 35% across the page
-    lit = page * ramp
-    assert _similarity(reference, normalize_digit(lit)) > 0.93
-    # The lighting alone, with no digit, is not ink.
-    assert normalize_digit(np.ones_like(page) * ramp) is None
-
-
-def test_specks_are_ignored(digits):
-    digit = digits[0][7]
-    page = ink_on_paper(digit)
-    reference = normalize_digit(page)
-    dirty = page.copy()
-    for y, x in [(10, 10), (300, 20), (15, 290), (290, 300)]:
-        dirty[y : y + 3, x : x + 3] = 0  # 3x3 dots in the corners, far from the digit
-    out = normalize_digit(dirty)
-    assert _similarity(reference, out) > 0.99
-
-
-def test_a_desk_around_the_sheet_is_not_ink(digits):
-    """A photo of a sheet with the (darker) desk showing along two sides, or a thin strip."""
-    digit = digits[0][3]
-    page = ink_on_paper(digit, height=150, canvas=300)
-    reference = normalize_digit(page)
-    for margin in (40, 15):
-        photo = np.full((300 + margin, 300 + margin), 70, np.uint8)
-        photo[margin:, margin:] = page
-        out = normalize_digit(photo)
-        assert out is not None and _similarity(reference, out) > 0.97, margin
-
-
-def test_thin_strokes_are_thickened(digits):
-    """A fine pen on a large canvas: strokes 1-2 px wide on a 500 px digit."""
-    digit = digits[0][0]
-    page = ink_on_paper(digit, height=500, canvas=700)
-    ink = 255 - page
-    skeleton = ndi.grey_erosion(ink, size=(13, 13))  # strokes of ~40 px become a few px
-    thin = normalize_digit(255 - skeleton)
-    assert thin is not None
-    # MNIST's strokes are about 2-3 px wide: count the pixels above half intensity.
-    assert (thin > 127).sum() >= 0.6 * (normalize_digit(page) > 127).sum()
+# --------------------------------------------------------------------------- the Recognizer
 
 
 @pytest.mark.parametrize(
@@ -197,34 +95,8 @@ def test_every_format_and_mode_reads_the_same(mode, fmt, digits, recognizer):
         image = base.convert(mode)
     data = encode(image, fmt, **({"lossless": True} if fmt == "WEBP" else {}))
     out = normalize_digit(data)
-    assert out is not None and _similarity(reference, out) > 0.9, (mode, fmt)
+    assert out is not None and similarity(reference, out) > 0.9, (mode, fmt)
     assert recognizer.predict(data).digit == recognizer.predict(page).digit
-
-
-def test_transparency_is_composited_on_the_right_background(digits):
-    """White strokes on a transparent canvas: a white background would hide them."""
-    digit = digits[0][2]
-    page = ink_on_paper(digit, height=120, canvas=160)
-    reference = normalize_digit(page)
-    rgba = np.zeros((*page.shape, 4), np.uint8)
-    rgba[:, :, :3] = 255  # white ink ...
-    rgba[:, :, 3] = 255 - page  # ... opaque only where the ink is
-    out = normalize_digit(Image.fromarray(rgba, "RGBA"))
-    assert out is not None and _similarity(reference, out) > 0.95
-
-
-def test_exif_orientation_is_applied(digits, recognizer):
-    digit = digits[0][0]  # a 7
-    page = Image.fromarray(ink_on_paper(digit, height=120, canvas=160))
-    # Stored rotated, with the EXIF tag saying how to turn it upright (as phones do).
-    stored = page.transpose(Image.Transpose.ROTATE_90)
-    exif = Image.Exif()
-    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
-    data = encode(stored, "JPEG", exif=exif.tobytes(), quality=95)
-    assert _similarity(normalize_digit(data), normalize_digit(page)) > 0.95
-
-
-# --------------------------------------------------------------------------- the Recognizer
 
 
 def test_predict_reads_rendered_digits(digits, recognizer):
@@ -396,21 +268,6 @@ def test_multi_reads_a_row_left_to_right(mnist, recognizer):
         x, y, w, h = d["bbox"]
         assert abs(x - left) <= 2 and abs(w - width) <= 3
         assert 18 <= y <= 24 and 74 <= h <= 82  # the digits were drawn 80 px tall at y=20
-
-
-def test_multi_merges_broken_strokes(mnist):
-    """A 5 whose top bar is detached is still one digit."""
-    images, labels = mnist.test_images.numpy(), mnist.test_labels.numpy()
-    five = images[np.where(labels == 5)[0][0]]
-    page = ink_on_paper(five, height=160, canvas=220)
-    ink = page < 128
-    rows = np.where(ink.any(axis=1))[0]
-    cut = rows[0] + (rows[-1] - rows[0]) // 4
-    broken = page.copy()
-    broken[cut - 4 : cut + 4] = 255  # a white band through the upper quarter
-    _, count = ndi.label(broken < 128)
-    assert count >= 2  # really broken
-    assert len(segment_digits(broken)) == 1
 
 
 def test_multi_splits_touching_digits(mnist, recognizer):

@@ -2,17 +2,16 @@
 
 The targets are for the bundled default model: >= 97% agreement with the true label over
 all single-digit conditions, and >= 95% of 4-digit numbers read exactly. The per-condition
-table is printed (``pytest -s``); ``python -m tests.handwriting`` prints it with more digits.
+table is printed (``pytest -s``); ``python -m benchmarks.rendered_handwriting`` prints it with more digits.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from benchmarks import rendered_handwriting as handwriting
 
 from digitrec.recognition import Recognizer
-
-from . import handwriting
 
 PER_CONDITION = 100
 NUMBERS = 100

@@ -35,7 +35,7 @@ _EXPORTS = {
     "train": "training",
     "TrainResult": "training",
     "evaluate": "evaluation",
-    "predict": "evaluation",
+    "score": "evaluation",
     "EvalReport": "evaluation",
     "load_model": "checkpoints",
 }

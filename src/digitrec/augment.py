@@ -3,44 +3,18 @@
 Everything works on a whole batch at once (one ``affine_grid`` + one
 ``grid_sample``), never per sample in Python, and draws its randomness from an
 explicit ``torch.Generator`` so that a run is reproducible from its seed.
-Augmentation moves and bends pixels; it never touches labels.
+Augmentation moves and bends pixels; it never touches labels. Its settings,
+:class:`~digitrec.config.AugmentConfig`, live with the rest of the (torch-free) configuration.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-
-@dataclass(frozen=True)
-class AugmentConfig:
-    rotate: float = 0.0  # max rotation, degrees (uniform in [-rotate, rotate])
-    translate: float = 0.0  # max shift, fraction of the image side (0.1 = 2.8 px)
-    scale: float = 0.0  # max relative zoom (0.1 = 0.9x .. 1.1x)
-    shear: float = 0.0  # max shear, degrees
-    elastic: float = 0.0  # elastic displacement strength, pixels (Simard et al. use ~ 34 * sigma / 28)
-    elastic_sigma: float = 4.0  # smoothness of the elastic field, pixels
-    stroke: float = 0.0  # probability of thickening, and again of thinning, the strokes (at most 0.5)
-
-    def __post_init__(self) -> None:
-        for name in ("rotate", "translate", "scale", "shear", "elastic", "stroke"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.stroke > 0.5:
-            raise ValueError(f"stroke is a probability of at most 0.5, got {self.stroke}")
-        if not self.elastic_sigma > 0:
-            raise ValueError(f"elastic_sigma must be positive, got {self.elastic_sigma}")
-
-    @property
-    def geometric(self) -> bool:
-        return any((self.rotate, self.translate, self.scale, self.shear, self.elastic))
-
-    @property
-    def enabled(self) -> bool:
-        return self.geometric or self.stroke > 0
+from .config import AugmentConfig
 
 
 def _uniform(count: int, bound: float, generator: torch.Generator) -> torch.Tensor:

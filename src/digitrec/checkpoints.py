@@ -1,13 +1,7 @@
 """Run directories and checkpoints: safetensors plus JSON, every write atomic.
 
-A run directory holds::
-
-    config.json             what rebuilds the model and reruns the training
-    metrics.jsonl           one JSON object per completed epoch
-    model.safetensors       the latest weights (the unwrapped model, no DDP prefix)
-    checkpoint.safetensors  weights + optimizer state + epoch, for --resume
-
-Nothing here unpickles: tensors come from safetensors, everything else is JSON.
+What a run directory holds is listed in :mod:`digitrec.runs`. Nothing here unpickles: tensors
+come from safetensors, everything else is JSON.
 """
 
 from __future__ import annotations
@@ -27,18 +21,7 @@ from .config import TrainConfig
 from .errors import DigitrecError
 from .fileio import write_bytes_atomic, write_json_atomic
 from .models import create_model, prefer_channels_last
-
-CONFIG_FILE = "config.json"
-METRICS_FILE = "metrics.jsonl"
-MODEL_FILE = "model.safetensors"
-CHECKPOINT_FILE = "checkpoint.safetensors"
-
-
-def default_model_dir() -> Path:
-    """The bundled default model: a run directory (config.json + model.safetensors) inside the package."""
-    from importlib import resources
-
-    return Path(str(resources.files("digitrec") / "_data" / "default_model"))
+from .runs import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, MODEL_FILE
 
 
 def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

@@ -1,7 +1,9 @@
 """The ``digitrec`` command line. Thin: every command calls the Python API.
 
 torch is imported inside the command functions, never at module level, so
-``digitrec --help`` answers in a fraction of a second.
+``digitrec --help`` answers in a fraction of a second. Each command's arguments
+(``_add_NAME``) stand just above its handler (``cmd_NAME``); ``digitrec train``'s
+flags that override a recipe come from one table, :data:`TRAIN_OPTIONS`.
 """
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from . import __version__
@@ -58,80 +61,115 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"digitrec {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    # In the order --help lists them.
+    for add_command in (
+        _add_train,
+        _add_evaluate,
+        _add_report,
+        _add_export,
+        _add_models,
+        _add_predict,
+        _add_recipes,
+        _add_serve,
+    ):
+        add_command(commands)
+    return parser
 
+
+# --------------------------------------------------------------------------- train
+
+
+WHAT, HYPER, HOW = "what to train", "hyper-parameters (override the recipe's)", "where and how"
+
+
+@dataclass(frozen=True)
+class TrainOption:
+    """A ``digitrec train`` flag that sets the TrainConfig field of the same name (``--batch-size``
+    sets ``batch_size``). The table of them, :data:`TRAIN_OPTIONS`, makes the parser's flags, the
+    check that ``--resume`` changes nothing but ``--epochs``, and the overrides of the recipe: a new
+    hyper-parameter on the command line is a TrainConfig field plus one line there."""
+
+    field: str
+    group: str  # WHAT, HYPER or HOW: the --help section
+    help: str  # without the default, which is added
+    parse: Callable[[str], Any] = str  # text -> value (argparse's type)
+    choices: Sequence[str] | None = None
+    default: str | None = None  # the default that --help states; None: each recipe's value
+    switch: bool = False  # --name / --no-name
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.field.replace("_", "-")
+
+
+TRAIN_OPTIONS = (
+    TrainOption(
+        "model",
+        WHAT,
+        "model name; alone it picks the tutorial recipe: "
+        + ", ".join(f"{m} -> {r}" for m, r in MODEL_DEFAULT_RECIPE.items()),
+        default="mlp",
+    ),
+    TrainOption("recipe", WHAT, f"named recipe: {', '.join(sorted(RECIPES))}", default="tutorial-mlp"),
+    TrainOption(
+        "dataset",
+        WHAT,
+        "dataset name: mnist (bundled) or fashion-mnist (downloaded); with --data-dir, the folder is "
+        "verified against this dataset's checksums",
+        default="mnist, or custom with --data-dir",
+    ),
+    TrainOption(
+        "data_dir",
+        WHAT,
+        "folder with the four IDX files, raw or .gz; overrides --dataset",
+        default="$DIGITREC_DATA_DIR, else the bundled MNIST",
+    ),
+    TrainOption("epochs", HYPER, "passes over the training set", _bounded(int, 1)),
+    TrainOption("batch_size", HYPER, "global batch size", _bounded(int, 1)),
+    TrainOption("lr", HYPER, "learning rate", _bounded(float, 0, inclusive=False)),
+    TrainOption("momentum", HYPER, "SGD momentum", _bounded(float, 0)),
+    TrainOption("weight_decay", HYPER, "L2 weight decay", _bounded(float, 0)),
+    TrainOption("seed", HYPER, "random seed for initialization and shuffling", int),
+    TrainOption(
+        "device", HOW, "auto, cpu, cuda, cuda:N or mps; auto picks CUDA, then MPS, then CPU", default="auto"
+    ),
+    TrainOption(
+        "precision",
+        HOW,
+        "bf16 runs the forward pass under torch.autocast (weights stay float32); for GPUs with bf16 support",
+        choices=PRECISIONS,
+        default="fp32",
+    ),
+    TrainOption(
+        "cuda_graphs",
+        HOW,
+        "on CUDA, replay each training step as one CUDA graph; one process, SGD with a constant "
+        "learning rate or AdamW",
+        default="on",
+        switch=True,
+    ),
+)
+
+
+def _add_train(commands: argparse._SubParsersAction[_Parser]) -> None:
     train = commands.add_parser(
         "train",
         help="train a model (the tutorial's recipes by default)",
         description="Train a model and write a run directory "
         "(config.json, model.safetensors, metrics.jsonl).",
     )
-    choose = train.add_argument_group("what to train")
-    choose.add_argument(
-        "--model",
-        help="model name; alone it picks the tutorial recipe: "
-        + ", ".join(f"{m} -> {r}" for m, r in MODEL_DEFAULT_RECIPE.items())
-        + " (default: mlp)",
-    )
-    choose.add_argument(
-        "--recipe", help=f"named recipe: {', '.join(sorted(RECIPES))} (default: tutorial-mlp)"
-    )
-    choose.add_argument(
-        "--dataset",
-        help="dataset name: mnist (bundled) or fashion-mnist (downloaded); with "
-        "--data-dir, the folder is verified against this dataset's checksums "
-        "(default: mnist, or custom with --data-dir)",
-    )
-    choose.add_argument(
-        "--data-dir",
-        help="folder with the four IDX files, raw or .gz; overrides --dataset "
-        "(default: $DIGITREC_DATA_DIR, else the bundled MNIST)",
-    )
-    hyper = train.add_argument_group("hyper-parameters (override the recipe's)")
-    hyper.add_argument(
-        "--epochs",
-        type=_bounded(int, 1),
-        help=f"passes over the training set (default: {_recipe_defaults('epochs')})",
-    )
-    hyper.add_argument(
-        "--batch-size",
-        type=_bounded(int, 1),
-        help=f"global batch size (default: {_recipe_defaults('batch_size')})",
-    )
-    hyper.add_argument(
-        "--lr",
-        type=_bounded(float, 0, inclusive=False),
-        help=f"learning rate (default: {_recipe_defaults('lr')})",
-    )
-    hyper.add_argument(
-        "--momentum", type=_bounded(float, 0), help=f"SGD momentum (default: {_recipe_defaults('momentum')})"
-    )
-    hyper.add_argument(
-        "--weight-decay",
-        type=_bounded(float, 0),
-        help=f"L2 weight decay (default: {_recipe_defaults('weight_decay')})",
-    )
-    hyper.add_argument(
-        "--seed",
-        type=int,
-        help=f"random seed for initialization and shuffling (default: {_recipe_defaults('seed')})",
-    )
-    run = train.add_argument_group("where and how")
-    run.add_argument(
-        "--device", help="auto, cpu, cuda, cuda:N or mps; auto picks CUDA, then MPS, then CPU (default: auto)"
-    )
-    run.add_argument(
-        "--precision",
-        choices=PRECISIONS,
-        help="bf16 runs the forward pass under torch.autocast (weights stay float32); "
-        "for GPUs with bf16 support (default: fp32)",
-    )
-    run.add_argument(
-        "--cuda-graphs",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="on CUDA, replay each training step as one CUDA graph; one process, SGD with a constant "
-        "learning rate or AdamW (default: on)",
-    )
+    groups = {title: train.add_argument_group(title) for title in (WHAT, HYPER, HOW)}
+    for option in TRAIN_OPTIONS:
+        help_text = f"{option.help} (default: {option.default or _recipe_defaults(option.field)})"
+        if option.switch:
+            groups[option.group].add_argument(
+                option.flag, action=argparse.BooleanOptionalAction, default=None, help=help_text
+            )
+        else:
+            groups[option.group].add_argument(
+                option.flag, type=option.parse, choices=option.choices, help=help_text
+            )
+    run = groups[HOW]
     run.add_argument("--out", help="run directory to create (default: runs/<recipe>-<timestamp>)")
     run.add_argument(
         "--resume",
@@ -166,6 +204,76 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.set_defaults(handler=cmd_train)
 
+
+def _launch_torchrun(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    """Hand ``digitrec train`` over to torchrun: N processes running the same command without --nproc."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser, run
+
+    tokens = list(argv)[1:] if list(argv)[:1] == ["train"] else list(argv)
+    passthrough, skip_value = [], False
+    for token in tokens:
+        if skip_value:
+            skip_value = False
+        elif token in ("--nproc", "--max-restarts"):
+            skip_value = True
+        elif not token.startswith(("--nproc=", "--max-restarts=")):
+            passthrough.append(token)
+    if args.resume is None and args.out is None:
+        raise DigitrecError(
+            "--nproc needs --out DIR, so that every process and every restart uses one folder"
+        )
+    torchrun_args = get_args_parser().parse_args(
+        ["--standalone", f"--nproc-per-node={args.nproc}", f"--max-restarts={args.max_restarts}",
+         "-m", "digitrec", "train", *passthrough]
+    )  # fmt: skip
+    try:
+        run(torchrun_args)
+    except ChildFailedError as exc:
+        failures = "; ".join(f"rank {rank}: exit code {f.exitcode}" for rank, f in exc.failures.items())
+        raise DigitrecError(
+            f"distributed training failed after {args.max_restarts} restart(s) ({failures}); "
+            f"the last checkpoint in {args.resume or args.out} can be resumed with --resume"
+        ) from None
+    return 0
+
+
+def cmd_train(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
+    from .checkpoints import read_config
+    from .config import recipe_config
+    from .training import train
+
+    if args.nproc and args.nproc > 1 and "RANK" not in os.environ:
+        return _launch_torchrun(args, argv)
+    given = [option for option in TRAIN_OPTIONS if getattr(args, option.field) is not None]
+    if args.resume:
+        if args.out is not None and args.out != args.resume:
+            raise DigitrecError("--resume DIR continues DIR; do not pass a different --out")
+        config = read_config(args.resume)
+        others = [option.flag for option in given if option.field != "epochs"]
+        if others:
+            raise DigitrecError(
+                f"--resume continues a run as configured; only --epochs may change (got {', '.join(others)})"
+            )
+        if args.epochs is not None:
+            config.epochs = args.epochs
+        train(config, out_dir=args.resume, resume=True, progress=args.progress, tensorboard=args.tensorboard)
+        return 0
+
+    recipe = args.recipe or MODEL_DEFAULT_RECIPE.get(args.model or "mlp")
+    if recipe is None:
+        # A model with no recipe of its own trains with the tutorial's MLP hyper-parameters.
+        recipe = "tutorial-mlp"
+    # The flags given override the recipe's values (a --recipe given names this very recipe).
+    config = recipe_config(recipe, **{option.field: getattr(args, option.field) for option in given})
+    train(config, out_dir=args.out, progress=args.progress, tensorboard=args.tensorboard)
+    return 0
+
+
+# --------------------------------------------------------------------------- evaluate
+
+
+def _add_evaluate(commands: argparse._SubParsersAction[_Parser]) -> None:
     evaluate = commands.add_parser(
         "evaluate",
         help="accuracy, per-class precision/recall and confusion matrix of a run",
@@ -192,6 +300,36 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--device", default="cpu", help="device to evaluate on (default: cpu)")
     evaluate.set_defaults(handler=cmd_evaluate)
 
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .checkpoints import load_model
+    from .data import load_dataset
+    from .distributed import resolve_device
+    from .evaluation import evaluate, format_report
+    from .runs import default_model_dir
+
+    device = resolve_device(args.device)
+    runs = args.runs or [str(default_model_dir())]
+    loaded = [load_model(run, device) for run in runs]
+    config = loaded[0][1]
+    dataset = load_dataset(config.dataset, data_dir=args.data_dir or config.data_dir)
+    report = evaluate([model for model, _ in loaded], dataset.test_images, dataset.test_labels, tta=args.tta)
+    names = [c.model for _, c in loaded]
+    if args.json:
+        header = {"runs": runs, "models": names, "dataset": dataset.name, "tta": args.tta}
+        print(json.dumps({**header, **report.to_dict()}))
+    else:
+        what = f"ensemble of {', '.join(runs)}" if len(runs) > 1 else f"run {runs[0]}"
+        tta = ", test-time augmentation" if args.tta else ""
+        print(f"{what}: model {', '.join(names)}, dataset {dataset.name} (test set{tta})")
+        print(format_report(report))
+    return 0
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _add_report(commands: argparse._SubParsersAction[_Parser]) -> None:
     report = commands.add_parser(
         "report",
         help="figures of a run (learning curves, confusion matrix, mistakes) and an HTML page",
@@ -212,6 +350,27 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--device", default="cpu", help="device to score the test set on (default: cpu)")
     report.set_defaults(handler=cmd_report)
 
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .distributed import resolve_device
+    from .reports import write_report
+
+    written = write_report(
+        args.run,
+        out_dir=args.out,
+        data_dir=args.data_dir,
+        device=resolve_device(args.device),
+        max_mistakes=args.mistakes,
+    )
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+# --------------------------------------------------------------------------- export
+
+
+def _add_export(commands: argparse._SubParsersAction[_Parser]) -> None:
     export = commands.add_parser(
         "export",
         help="export a run's model for other runtimes (ONNX)",
@@ -229,6 +388,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.set_defaults(handler=cmd_export)
 
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_onnx
+
+    path = export_onnx(args.run, args.out, opset=args.opset)
+    print(f"wrote {path}")
+    return 0
+
+
+# --------------------------------------------------------------------------- models
+
+
+def _add_models(commands: argparse._SubParsersAction[_Parser]) -> None:
     models = commands.add_parser(
         "models",
         help="list the registered models with their size and cost",
@@ -237,6 +409,136 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--json", action="store_true", help="print JSON instead of a table (default: off)")
     models.set_defaults(handler=cmd_models)
 
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from .models import count_macs, count_parameters, create_model, list_models
+
+    rows = []
+    for name in list_models():
+        model = create_model(name)
+        rows.append(
+            {
+                "name": name,
+                "parameters": count_parameters(model),
+                "macs": count_macs(model),
+                "description": _first_line(name),
+            }
+        )
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print(f"{'model':<10} {'parameters':>11} {'mult-adds':>11}  description")
+        for row in rows:
+            print(f"{row['name']:<10} {row['parameters']:>11,} {row['macs']:>11,}  {row['description']}")
+    return 0
+
+
+def _first_line(model_name: str) -> str:
+    from . import models
+
+    doc = getattr(models, model_name).__doc__ or ""
+    return doc.strip().splitlines()[0] if doc.strip() else ""
+
+
+# --------------------------------------------------------------------------- recipes
+
+
+def _add_recipes(commands: argparse._SubParsersAction[_Parser]) -> None:
+    recipes = commands.add_parser(
+        "recipes", help="list the named training recipes", description="List every recipe with its settings."
+    )
+    recipes.add_argument("--json", action="store_true", help="print JSON instead of a table (default: off)")
+    recipes.set_defaults(handler=cmd_recipes)
+
+
+def cmd_recipes(args: argparse.Namespace) -> int:
+    from .config import recipe_config
+
+    rows = [recipe_config(name).to_dict() for name in sorted(RECIPES)]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for row in rows:
+            settings = ", ".join(
+                f"{k}={v}" for k, v in row.items() if k not in ("recipe", "data_dir", "model_args")
+            )
+            print(f"{row['recipe']}: {settings}")
+    return 0
+
+
+# --------------------------------------------------------------------------- predict
+
+
+EXIT_SOME_FAILED = 1
+# Files are decoded and read this many at a time: one batched forward each, bounded memory.
+PREDICT_CHUNK = 64
+
+
+def _show_input_paths(template: str, count: int) -> list[str]:
+    """Where --show-input writes: the path itself for one file, else OUT-1.png, OUT-2.png, ..."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    path = Path(template)
+    if path.suffix.lower() not in Image.registered_extensions():
+        raise DigitrecError(f"--show-input {template}: unknown image extension (use .png)")
+    if count == 1:
+        return [template]
+    return [str(path.with_name(f"{path.stem}-{index}{path.suffix}")) for index in range(1, count + 1)]
+
+
+def _save_input(path: str, prediction: Any) -> None:
+    """The 28x28 the model saw (several side by side with --multi), written atomically."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from .fileio import write_bytes_atomic
+
+    images = prediction.input_images or (
+        [prediction.input_image] if prediction.input_image is not None else []
+    )
+    if not images:
+        return
+    buffer = io.BytesIO()
+    suffix = path.rsplit(".", 1)[-1]
+    Image.fromarray(np.hstack(images), "L").save(
+        buffer, format=Image.registered_extensions()["." + suffix.lower()]
+    )
+    write_bytes_atomic(path, buffer.getvalue())
+
+
+def _read_source(name: str) -> Any:
+    return sys.stdin.buffer.read() if name == "-" else name
+
+
+def _predict_line(name: str, prediction: Any, top_k: int | None, multi: bool) -> str:
+    """One line of text output: "FILE: 7 (confidence 0.998)" and the like."""
+    if multi:
+        if not prediction.digits:
+            return f"{name}: no digit found"
+        detail = ", ".join(
+            f"{'?' if d['digit'] is None else d['digit']} ({d['confidence']:.3f})" for d in prediction.digits
+        )
+        return f"{name}: {prediction.number} [{detail}]"
+    if not prediction.found:
+        return f"{name}: no digit found"
+    if prediction.digit is None:
+        best = max(range(10), key=lambda k: prediction.probabilities[k])
+        text = f"{name}: unknown (best guess {best}, confidence {prediction.confidence:.3f})"
+    else:
+        text = f"{name}: {prediction.digit} (confidence {prediction.confidence:.3f})"
+    if top_k:
+        ranked = sorted(range(10), key=lambda k: -prediction.probabilities[k])[:top_k]
+        text += (
+            "  top-" + str(top_k) + ": " + ", ".join(f"{k} {prediction.probabilities[k]:.3f}" for k in ranked)
+        )
+    return text
+
+
+def _add_predict(commands: argparse._SubParsersAction[_Parser]) -> None:
     predict = commands.add_parser(
         "predict",
         help="read handwritten digits in image files",
@@ -289,12 +591,77 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.set_defaults(handler=cmd_predict)
 
-    recipes = commands.add_parser(
-        "recipes", help="list the named training recipes", description="List every recipe with its settings."
-    )
-    recipes.add_argument("--json", action="store_true", help="print JSON instead of a table (default: off)")
-    recipes.set_defaults(handler=cmd_recipes)
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .image_io import ImageError, load_image
+    from .recognition import Recognizer
+
+    if args.top_k is not None and args.top_k > 10:
+        raise DigitrecError(f"--top-k must be between 1 and 10, got {args.top_k}")
+    if args.min_confidence is not None and args.min_confidence > 1:
+        raise DigitrecError(f"--min-confidence must be between 0 and 1, got {args.min_confidence}")
+    if args.files.count("-") > 1:
+        raise DigitrecError("- (stdin) can be given only once")
+    show_paths = _show_input_paths(args.show_input, len(args.files)) if args.show_input else None
+    if args.onnx and args.run:
+        raise DigitrecError("--onnx and --run each choose the model; pass one of them")
+    if args.onnx:
+        from .onnx_runtime import OnnxScorer
+
+        scorer = OnnxScorer(args.onnx)
+        recognizer = Recognizer.from_scorer(scorer, scorer.info)
+    elif args.run:
+        recognizer = Recognizer.from_run(args.run, args.device)
+    else:
+        recognizer = Recognizer.default(args.device)
+
+    failed = 0
+    for start in range(0, len(args.files), PREDICT_CHUNK):
+        names = args.files[start : start + PREDICT_CHUNK]
+        loaded: dict[int, Any] = {}
+        errors: dict[int, str] = {}
+        for offset, name in enumerate(names):
+            try:
+                loaded[offset] = load_image(_read_source(name))
+            except ImageError as exc:
+                # The message names "<bytes>" for stdin; say "-" like the user did.
+                errors[offset] = str(exc).replace("<bytes>", "-", 1)
+        keys = sorted(loaded)
+        predictions = dict(
+            zip(
+                keys,
+                recognizer.predict_batch(
+                    [loaded[k] for k in keys], multi=args.multi, min_confidence=args.min_confidence
+                ),
+                strict=True,
+            )
+        )
+        for offset, name in enumerate(names):
+            if offset in errors:
+                failed += 1
+                if args.json:
+                    print(json.dumps({"file": name, "error": errors[offset]}), flush=True)
+                else:
+                    print(f"digitrec predict: error: {errors[offset]}", file=sys.stderr, flush=True)
+                continue
+            prediction = predictions[offset]
+            if show_paths is not None:
+                _save_input(show_paths[start + offset], prediction)
+            if args.json:
+                row = {"file": name, **prediction.to_dict()}
+                if args.top_k and prediction.found and prediction.digits is None:
+                    ranked = sorted(range(10), key=lambda k: -prediction.probabilities[k])[: args.top_k]
+                    row["top_k"] = [{"digit": k, "probability": prediction.probabilities[k]} for k in ranked]
+                print(json.dumps(row), flush=True)
+            else:
+                print(_predict_line(name, prediction, args.top_k, args.multi), flush=True)
+    return EXIT_SOME_FAILED if failed else 0
+
+
+# --------------------------------------------------------------------------- serve
+
+
+def _add_serve(commands: argparse._SubParsersAction[_Parser]) -> None:
     serve = commands.add_parser(
         "serve",
         help="serve the drawing page and the HTTP API",
@@ -394,329 +761,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="log one line per request (default: on)",
     )
     serve.set_defaults(handler=cmd_serve)
-    return parser
-
-
-def _launch_torchrun(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    """Hand ``digitrec train`` over to torchrun: N processes running the same command without --nproc."""
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.run import get_args_parser, run
-
-    tokens = list(argv)[1:] if list(argv)[:1] == ["train"] else list(argv)
-    passthrough, skip_value = [], False
-    for token in tokens:
-        if skip_value:
-            skip_value = False
-        elif token in ("--nproc", "--max-restarts"):
-            skip_value = True
-        elif not token.startswith(("--nproc=", "--max-restarts=")):
-            passthrough.append(token)
-    if args.resume is None and args.out is None:
-        raise DigitrecError(
-            "--nproc needs --out DIR, so that every process and every restart uses one folder"
-        )
-    torchrun_args = get_args_parser().parse_args(
-        ["--standalone", f"--nproc-per-node={args.nproc}", f"--max-restarts={args.max_restarts}",
-         "-m", "digitrec", "train", *passthrough]
-    )  # fmt: skip
-    try:
-        run(torchrun_args)
-    except ChildFailedError as exc:
-        failures = "; ".join(f"rank {rank}: exit code {f.exitcode}" for rank, f in exc.failures.items())
-        raise DigitrecError(
-            f"distributed training failed after {args.max_restarts} restart(s) ({failures}); "
-            f"the last checkpoint in {args.resume or args.out} can be resumed with --resume"
-        ) from None
-    return 0
-
-
-def cmd_train(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
-    from .checkpoints import read_config
-    from .config import recipe_config
-    from .training import train
-
-    if args.nproc and args.nproc > 1 and "RANK" not in os.environ:
-        return _launch_torchrun(args, argv)
-    if args.resume:
-        if args.out is not None and args.out != args.resume:
-            raise DigitrecError("--resume DIR continues DIR; do not pass a different --out")
-        config = read_config(args.resume)
-        others = [
-            f"--{k.replace('_', '-')}"
-            for k in (
-                "model",
-                "recipe",
-                "dataset",
-                "data_dir",
-                "batch_size",
-                "lr",
-                "momentum",
-                "weight_decay",
-                "seed",
-                "device",
-                "precision",
-                "cuda_graphs",
-            )
-            if getattr(args, k) is not None
-        ]
-        if others:
-            raise DigitrecError(
-                f"--resume continues a run as configured; only --epochs may change (got {', '.join(others)})"
-            )
-        if args.epochs is not None:
-            config.epochs = args.epochs
-        train(config, out_dir=args.resume, resume=True, progress=args.progress, tensorboard=args.tensorboard)
-        return 0
-
-    recipe = args.recipe or MODEL_DEFAULT_RECIPE.get(args.model or "mlp")
-    if recipe is None:
-        # A model with no recipe of its own trains with the tutorial's MLP hyper-parameters.
-        recipe = "tutorial-mlp"
-    config = recipe_config(
-        recipe,
-        model=args.model,
-        dataset=args.dataset,
-        data_dir=args.data_dir,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        momentum=args.momentum,
-        weight_decay=args.weight_decay,
-        seed=args.seed,
-        device=args.device,
-        precision=args.precision,
-        cuda_graphs=args.cuda_graphs,
-    )
-    train(config, out_dir=args.out, progress=args.progress, tensorboard=args.tensorboard)
-    return 0
-
-
-def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .checkpoints import default_model_dir, load_model
-    from .data import load_dataset
-    from .evaluation import evaluate, format_report
-    from .training import resolve_device
-
-    device = resolve_device(args.device)
-    runs = args.runs or [str(default_model_dir())]
-    loaded = [load_model(run, device) for run in runs]
-    config = loaded[0][1]
-    dataset = load_dataset(config.dataset, data_dir=args.data_dir or config.data_dir)
-    report = evaluate([model for model, _ in loaded], dataset.test_images, dataset.test_labels, tta=args.tta)
-    names = [c.model for _, c in loaded]
-    if args.json:
-        header = {"runs": runs, "models": names, "dataset": dataset.name, "tta": args.tta}
-        print(json.dumps({**header, **report.to_dict()}))
-    else:
-        what = f"ensemble of {', '.join(runs)}" if len(runs) > 1 else f"run {runs[0]}"
-        tta = ", test-time augmentation" if args.tta else ""
-        print(f"{what}: model {', '.join(names)}, dataset {dataset.name} (test set{tta})")
-        print(format_report(report))
-    return 0
-
-
-def cmd_report(args: argparse.Namespace) -> int:
-    from .reports import write_report
-    from .training import resolve_device
-
-    written = write_report(
-        args.run,
-        out_dir=args.out,
-        data_dir=args.data_dir,
-        device=resolve_device(args.device),
-        max_mistakes=args.mistakes,
-    )
-    for path in written:
-        print(f"wrote {path}")
-    return 0
-
-
-def cmd_export(args: argparse.Namespace) -> int:
-    from .export import export_onnx
-
-    path = export_onnx(args.run, args.out, opset=args.opset)
-    print(f"wrote {path}")
-    return 0
-
-
-def cmd_models(args: argparse.Namespace) -> int:
-    from .models import count_macs, count_parameters, create_model, list_models
-
-    rows = []
-    for name in list_models():
-        model = create_model(name)
-        rows.append(
-            {
-                "name": name,
-                "parameters": count_parameters(model),
-                "macs": count_macs(model),
-                "description": _first_line(name),
-            }
-        )
-    if args.json:
-        print(json.dumps(rows, indent=2))
-    else:
-        print(f"{'model':<10} {'parameters':>11} {'mult-adds':>11}  description")
-        for row in rows:
-            print(f"{row['name']:<10} {row['parameters']:>11,} {row['macs']:>11,}  {row['description']}")
-    return 0
-
-
-def _first_line(model_name: str) -> str:
-    from . import models
-
-    doc = getattr(models, model_name).__doc__ or ""
-    return doc.strip().splitlines()[0] if doc.strip() else ""
-
-
-def cmd_recipes(args: argparse.Namespace) -> int:
-    from .config import recipe_config
-
-    rows = [recipe_config(name).to_dict() for name in sorted(RECIPES)]
-    if args.json:
-        print(json.dumps(rows, indent=2))
-    else:
-        for row in rows:
-            settings = ", ".join(
-                f"{k}={v}" for k, v in row.items() if k not in ("recipe", "data_dir", "model_args")
-            )
-            print(f"{row['recipe']}: {settings}")
-    return 0
-
-
-EXIT_SOME_FAILED = 1
-# Files are decoded and read this many at a time: one batched forward each, bounded memory.
-PREDICT_CHUNK = 64
-
-
-def _show_input_paths(template: str, count: int) -> list[str]:
-    """Where --show-input writes: the path itself for one file, else OUT-1.png, OUT-2.png, ..."""
-    from pathlib import Path
-
-    from PIL import Image
-
-    path = Path(template)
-    if path.suffix.lower() not in Image.registered_extensions():
-        raise DigitrecError(f"--show-input {template}: unknown image extension (use .png)")
-    if count == 1:
-        return [template]
-    return [str(path.with_name(f"{path.stem}-{index}{path.suffix}")) for index in range(1, count + 1)]
-
-
-def _save_input(path: str, prediction: Any) -> None:
-    """The 28x28 the model saw (several side by side with --multi), written atomically."""
-    import io
-
-    import numpy as np
-    from PIL import Image
-
-    from .fileio import write_bytes_atomic
-
-    images = prediction.input_images or (
-        [prediction.input_image] if prediction.input_image is not None else []
-    )
-    if not images:
-        return
-    buffer = io.BytesIO()
-    suffix = path.rsplit(".", 1)[-1]
-    Image.fromarray(np.hstack(images), "L").save(
-        buffer, format=Image.registered_extensions()["." + suffix.lower()]
-    )
-    write_bytes_atomic(path, buffer.getvalue())
-
-
-def _read_source(name: str) -> Any:
-    return sys.stdin.buffer.read() if name == "-" else name
-
-
-def _predict_line(name: str, prediction: Any, top_k: int | None, multi: bool) -> str:
-    """One line of text output: "FILE: 7 (confidence 0.998)" and the like."""
-    if multi:
-        if not prediction.digits:
-            return f"{name}: no digit found"
-        detail = ", ".join(
-            f"{'?' if d['digit'] is None else d['digit']} ({d['confidence']:.3f})" for d in prediction.digits
-        )
-        return f"{name}: {prediction.number} [{detail}]"
-    if not prediction.found:
-        return f"{name}: no digit found"
-    if prediction.digit is None:
-        best = max(range(10), key=lambda k: prediction.probabilities[k])
-        text = f"{name}: unknown (best guess {best}, confidence {prediction.confidence:.3f})"
-    else:
-        text = f"{name}: {prediction.digit} (confidence {prediction.confidence:.3f})"
-    if top_k:
-        ranked = sorted(range(10), key=lambda k: -prediction.probabilities[k])[:top_k]
-        text += (
-            "  top-" + str(top_k) + ": " + ", ".join(f"{k} {prediction.probabilities[k]:.3f}" for k in ranked)
-        )
-    return text
-
-
-def cmd_predict(args: argparse.Namespace) -> int:
-    from .images import ImageError, load_image
-    from .recognition import Recognizer
-
-    if args.top_k is not None and args.top_k > 10:
-        raise DigitrecError(f"--top-k must be between 1 and 10, got {args.top_k}")
-    if args.min_confidence is not None and args.min_confidence > 1:
-        raise DigitrecError(f"--min-confidence must be between 0 and 1, got {args.min_confidence}")
-    if args.files.count("-") > 1:
-        raise DigitrecError("- (stdin) can be given only once")
-    show_paths = _show_input_paths(args.show_input, len(args.files)) if args.show_input else None
-    if args.onnx and args.run:
-        raise DigitrecError("--onnx and --run each choose the model; pass one of them")
-    if args.onnx:
-        from .onnx_runtime import OnnxScorer
-
-        scorer = OnnxScorer(args.onnx)
-        recognizer = Recognizer.from_scorer(scorer, scorer.info)
-    elif args.run:
-        recognizer = Recognizer.from_run(args.run, args.device)
-    else:
-        recognizer = Recognizer.default(args.device)
-
-    failed = 0
-    for start in range(0, len(args.files), PREDICT_CHUNK):
-        names = args.files[start : start + PREDICT_CHUNK]
-        loaded: dict[int, Any] = {}
-        errors: dict[int, str] = {}
-        for offset, name in enumerate(names):
-            try:
-                loaded[offset] = load_image(_read_source(name))
-            except ImageError as exc:
-                # The message names "<bytes>" for stdin; say "-" like the user did.
-                errors[offset] = str(exc).replace("<bytes>", "-", 1)
-        keys = sorted(loaded)
-        predictions = dict(
-            zip(
-                keys,
-                recognizer.predict_batch(
-                    [loaded[k] for k in keys], multi=args.multi, min_confidence=args.min_confidence
-                ),
-                strict=True,
-            )
-        )
-        for offset, name in enumerate(names):
-            if offset in errors:
-                failed += 1
-                if args.json:
-                    print(json.dumps({"file": name, "error": errors[offset]}), flush=True)
-                else:
-                    print(f"digitrec predict: error: {errors[offset]}", file=sys.stderr, flush=True)
-                continue
-            prediction = predictions[offset]
-            if show_paths is not None:
-                _save_input(show_paths[start + offset], prediction)
-            if args.json:
-                row = {"file": name, **prediction.to_dict()}
-                if args.top_k and prediction.found and prediction.digits is None:
-                    ranked = sorted(range(10), key=lambda k: -prediction.probabilities[k])[: args.top_k]
-                    row["top_k"] = [{"digit": k, "probability": prediction.probabilities[k]} for k in ranked]
-                print(json.dumps(row), flush=True)
-            else:
-                print(_predict_line(name, prediction, args.top_k, args.multi), flush=True)
-    return EXIT_SOME_FAILED if failed else 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -745,6 +789,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         access_log=args.access_log,
     )
     return 0
+
+
+# --------------------------------------------------------------------------- main
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,8 +1,9 @@
-"""Training configuration and named recipes.
+"""Training configuration and named recipes; no torch, so the CLI can check them quickly.
 
 A recipe is a named bundle of model and hyper-parameters; ``--model mlp`` alone
 means the recipe ``tutorial-mlp``. Every field can be overridden afterwards.
-The whole :class:`TrainConfig` is saved in every run's ``config.json``.
+The whole :class:`TrainConfig` is saved in every run's ``config.json``; its
+``augment`` holds the fields of an :class:`AugmentConfig`.
 """
 
 from __future__ import annotations
@@ -12,6 +13,36 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import DigitrecError
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """The random distortions :func:`digitrec.augment.augment_batch` applies; all zero = off."""
+
+    rotate: float = 0.0  # max rotation, degrees (uniform in [-rotate, rotate])
+    translate: float = 0.0  # max shift, fraction of the image side (0.1 = 2.8 px)
+    scale: float = 0.0  # max relative zoom (0.1 = 0.9x .. 1.1x)
+    shear: float = 0.0  # max shear, degrees
+    elastic: float = 0.0  # elastic displacement strength, pixels (Simard et al. use ~ 34 * sigma / 28)
+    elastic_sigma: float = 4.0  # smoothness of the elastic field, pixels
+    stroke: float = 0.0  # probability of thickening, and again of thinning, the strokes (at most 0.5)
+
+    def __post_init__(self) -> None:
+        for name in ("rotate", "translate", "scale", "shear", "elastic", "stroke"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.stroke > 0.5:
+            raise ValueError(f"stroke is a probability of at most 0.5, got {self.stroke}")
+        if not self.elastic_sigma > 0:
+            raise ValueError(f"elastic_sigma must be positive, got {self.elastic_sigma}")
+
+    @property
+    def geometric(self) -> bool:
+        return any((self.rotate, self.translate, self.scale, self.shear, self.elastic))
+
+    @property
+    def enabled(self) -> bool:
+        return self.geometric or self.stroke > 0
 
 
 @dataclass
@@ -61,8 +92,6 @@ class TrainConfig:
             raise DigitrecError(f"label smoothing must lie in [0, 1), got {self.label_smoothing}")
         if not 0 <= self.ema < 1:
             raise DigitrecError(f"ema decay must lie in [0, 1), got {self.ema}")
-        from .augment import AugmentConfig
-
         try:
             AugmentConfig(**self.augment)
         except (TypeError, ValueError) as exc:

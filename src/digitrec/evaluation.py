@@ -1,7 +1,7 @@
 """Evaluation: accuracy, per-class precision and recall, confusion matrix.
 
 Training's ``val_accuracy`` and ``digitrec evaluate`` both go through
-:func:`predict`, with the same batch size, so they agree exactly.
+:func:`score`, with the same batch size, so they agree exactly.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ GPU_EVAL_BATCH_SIZE = 2000
 
 
 @torch.no_grad()
-def predict(model: nn.Module, images: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
+def score(model: nn.Module, images: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
     """Scores for uint8 images (N, 28, 28): returns (N, 10) float32 on the images' device.
 
     ``batch_size`` defaults to ``EVAL_BATCH_SIZE`` on the CPU and ``GPU_EVAL_BATCH_SIZE`` elsewhere."""
@@ -56,7 +56,7 @@ def predict_proba(model: nn.Module, images: torch.Tensor, tta: bool = False) -> 
     shifts = TTA_SHIFTS if tta else TTA_SHIFTS[:1]
     total = torch.zeros(len(images), 10, device=images.device)
     for dy, dx in shifts:
-        total += predict(model, _shift(images, dy, dx)).softmax(dim=1)
+        total += score(model, _shift(images, dy, dx)).softmax(dim=1)
     return total / len(shifts)
 
 
@@ -117,7 +117,7 @@ def evaluate(
     device = next(models[0].parameters()).device
     images = images.to(device)
     if len(models) == 1 and not tta:
-        return report_from_predictions(predict(models[0], images).argmax(1), labels)
+        return report_from_predictions(score(models[0], images).argmax(1), labels)
     probabilities = sum(predict_proba(m, images, tta=tta) for m in models)
     assert isinstance(probabilities, torch.Tensor)
     return report_from_predictions(probabilities.argmax(1), labels)

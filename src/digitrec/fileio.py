@@ -14,8 +14,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from .errors import DigitrecError
-
 
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[Any]]:
@@ -58,19 +56,3 @@ def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
 def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
     text = json.dumps(obj, indent=2, sort_keys=False) + "\n"
     write_bytes_atomic(path, text.encode("utf-8"))
-
-
-def replace_marked_block(path: str | os.PathLike[str], name: str, content: str) -> None:
-    """Replace the text between ``<!-- NAME:start -->`` and ``<!-- NAME:end -->`` in ``path`` (a
-    README) with ``content``, atomically. Raises DigitrecError if the markers are missing."""
-    target = Path(path)
-    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-    try:
-        text = target.read_text("utf-8")
-    except OSError as exc:
-        raise DigitrecError(f"{target}: cannot read ({exc.strerror})") from None
-    if start not in text or end not in text.split(start, 1)[1]:
-        raise DigitrecError(f"{target}: markers {start} ... {end} not found")
-    head, rest = text.split(start, 1)
-    _, tail = rest.split(end, 1)
-    write_bytes_atomic(target, f"{head}{start}\n{content}\n{end}{tail}".encode())

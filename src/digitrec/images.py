@@ -1,11 +1,9 @@
 """Images of handwriting in, MNIST-style 28x28 digits out.
 
-Three public functions, shared by the CLI, the server and the Python API:
+Two public functions, shared by the CLI, the server and the Python API; both take
+anything :func:`digitrec.image_io.load_image` accepts, and decode it through that
+function (the untrusted-input boundary, with its limits and :class:`ImageError`):
 
-- :func:`load_image` decodes a file, bytes, a PIL image or a NumPy array, safely:
-  decompression bombs, absurd sizes, empty, truncated and non-image files all raise
-  :class:`ImageError`. Animated images (GIF, WebP, APNG, multi-page TIFF) are read
-  from their **first frame**; JPEG EXIF orientation is applied.
 - :func:`normalize_digit` turns a picture of one digit into what an MNIST model
   expects (see its docstring for the steps), or ``None`` when there is no digit.
 - :func:`segment_digits` splits a row of digits (a postcode, a number) into
@@ -17,33 +15,15 @@ use the same normalization.
 
 from __future__ import annotations
 
-import io
 import itertools
-import os
-import struct
-import threading
-import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 from scipy import ndimage as ndi
 
-from .errors import DigitrecError
-
-# Limits on what load_image accepts. 40 megapixels is a 7300x5500 photo; a digit
-# needs far fewer. Pillow's own DecompressionBombWarning (at ~89 Mpx) is an error too.
-MAX_PIXELS = 40_000_000
-MAX_SIDE = 20_000
-# Longer side / shorter side. A row of ten digits is about 10:1; 1x10000 is absurd.
-MAX_ASPECT = 50.0
-MAX_FILE_BYTES = 100 * 1024 * 1024
-
-# Formats Pillow may try; anything else is "not an image" (a smaller attack surface).
-# (Phone JPEGs that Pillow reads as MPO come through the JPEG plugin.)
-FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF", "PPM")
+from .image_io import load_image
 
 # The MNIST geometry: the digit fits a 20x20 box, pasted into 28x28 so that its
 # centre of mass lands on pixel (14, 14) (measured on MNIST's training set: 13.99, 14.00).
@@ -74,125 +54,6 @@ TALL = 0.6
 CONSIDER_SPLIT = 1.1
 # A connected piece of ink with less than this fraction of the biggest piece's ink is a speck.
 SPECK_FRACTION = 0.06
-
-
-class ImageError(DigitrecError):
-    """The input is not a usable image: undecodable, empty, truncated, a bomb, absurd size."""
-
-
-# --------------------------------------------------------------------------- loading
-
-
-def _describe(source: Any) -> str:
-    if isinstance(source, (str, os.PathLike)):
-        return str(source)
-    return f"<{type(source).__name__}>"
-
-
-def _check_size(width: int, height: int, where: str) -> None:
-    if width < 1 or height < 1:
-        raise ImageError(f"{where}: image has no pixels ({width}x{height})")
-    if width > MAX_SIDE or height > MAX_SIDE or width * height > MAX_PIXELS:
-        raise ImageError(
-            f"{where}: image too large ({width}x{height}; at most {MAX_PIXELS // 1_000_000} megapixels "
-            f"and {MAX_SIDE} px a side)"
-        )
-    if max(width, height) / min(width, height) > MAX_ASPECT:
-        raise ImageError(f"{where}: absurd dimensions {width}x{height} (aspect ratio above {MAX_ASPECT:g}:1)")
-
-
-# warnings.catch_warnings changes process-wide state: two threads inside it at once can
-# leave the "error" filter installed for good. Opening (parsing the header, where Pillow
-# checks for bombs) is quick, so openers take turns; decoding runs in parallel.
-_OPEN_LOCK = threading.Lock()
-
-
-def _decode(data: bytes, where: str) -> Image.Image:
-    if not data:
-        raise ImageError(f"{where}: empty file")
-    try:
-        with _OPEN_LOCK, warnings.catch_warnings():
-            # Locally, not globally: Pillow's bomb warning is an error here only.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            Image.init()  # registers every plugin (WebP and TIFF are not preloaded)
-            image = Image.open(io.BytesIO(data), formats=FORMATS)
-        # Our own cap (40 Mpx) is below Pillow's warning (89 Mpx): checked before decoding.
-        _check_size(image.width, image.height, where)
-        # Animated images: the first frame (Pillow opens on frame 0). load() forces the
-        # full decode here, so a truncated file fails now and not later.
-        image.load()
-        transposed: Image.Image = ImageOps.exif_transpose(image) or image
-    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
-        raise ImageError(f"{where}: refused as a decompression bomb ({exc})") from None
-    except UnidentifiedImageError:
-        raise ImageError(f"{where}: not an image, or not a supported format ({', '.join(FORMATS)})") from None
-    except (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error) as exc:
-        raise ImageError(f"{where}: corrupt or truncated image ({exc})") from None
-    return transposed
-
-
-def _from_array(array: np.ndarray, where: str) -> Image.Image:
-    """A NumPy image: (H, W) gray or (H, W, C) with C in 1, 3, 4. uint8/uint16/bool as is;
-    floats are taken as [0, 1] (values outside are clipped)."""
-    array = np.asarray(array)
-    if array.ndim == 3 and array.shape[2] == 1:
-        array = array[:, :, 0]
-    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (3, 4)):
-        raise ImageError(f"{where}: expected an array (H, W), (H, W, 3) or (H, W, 4), got {array.shape}")
-    _check_size(array.shape[1], array.shape[0], where)
-    if array.dtype == np.bool_:
-        array = array.astype(np.uint8) * 255
-    elif np.issubdtype(array.dtype, np.floating):
-        if not np.isfinite(array).all():
-            raise ImageError(f"{where}: array has NaN or infinite values")
-        array = (np.clip(array, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-    elif array.dtype == np.uint16 and array.ndim == 2:
-        return Image.fromarray(array.astype(np.int32), mode="I")
-    elif np.issubdtype(array.dtype, np.integer):
-        if array.min() < 0 or array.max() > 255:
-            raise ImageError(f"{where}: integer pixel values must be in 0..255 (or a 2-D uint16 array)")
-        array = array.astype(np.uint8)
-    else:
-        raise ImageError(f"{where}: unsupported array dtype {array.dtype}")
-    return Image.fromarray(np.ascontiguousarray(array))
-
-
-def load_image(source: Any) -> Image.Image:
-    """Decode ``source`` (a path, bytes, a PIL image or a NumPy array) into a PIL image.
-
-    Raises :class:`ImageError` for anything that is not a usable image. Animated
-    images give their first frame. The image keeps its mode; :func:`normalize_digit`
-    handles every mode.
-    """
-    where = _describe(source)
-    if isinstance(source, Image.Image):
-        _check_size(source.width, source.height, where)
-        return source
-    if isinstance(source, np.ndarray):
-        return _from_array(source, where)
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        if len(source) > MAX_FILE_BYTES:
-            raise ImageError(f"{where}: file too large (over {MAX_FILE_BYTES // 2**20} MiB)")
-        return _decode(bytes(source), where)
-    if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        try:
-            size = path.stat().st_size
-            if path.is_dir():
-                raise ImageError(f"{where}: is a folder, not an image file")
-            if size > MAX_FILE_BYTES:
-                raise ImageError(
-                    f"{where}: file too large ({size} bytes; at most {MAX_FILE_BYTES // 2**20} MiB)"
-                )
-            data = path.read_bytes()
-        except FileNotFoundError:
-            raise ImageError(f"{where}: file not found") from None
-        except ImageError:
-            raise
-        except OSError as exc:
-            raise ImageError(f"{where}: cannot read ({exc.strerror or exc})") from None
-        return _decode(data, where)
-    raise ImageError(f"{where}: expected a path, bytes, a PIL image or a NumPy array")
 
 
 # --------------------------------------------------------------------------- to float

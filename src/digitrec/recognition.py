@@ -20,14 +20,14 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from importlib import resources
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .errors import DigitrecError
-from .images import ImageError, load_image, normalize_digit, segment_digits, segment_groups
+from .image_io import ImageError, load_image
+from .images import normalize_digit, segment_digits, segment_groups
+from .runs import CONFIG_FILE, MODEL_FILE, default_model_dir
 
 __all__ = [
     "ImageError",
@@ -41,7 +41,6 @@ __all__ = [
 # (N, 1, 28, 28) float32 in [0, 1] -> (N, 10) scores (logits, or any monotone scores).
 Scorer = Callable[[np.ndarray], np.ndarray]
 
-DEFAULT_MODEL_DIR = ("_data", "default_model")
 NO_PROBABILITIES = (0.0,) * 10
 
 
@@ -104,14 +103,6 @@ def _check_confidence(min_confidence: float | None) -> None:
         raise DigitrecError(f"min_confidence must be in [0, 1], got {min_confidence}")
 
 
-def default_model_dir() -> Path:
-    """Where the bundled default model lives (inside the installed package).
-
-    The same folder as ``digitrec.checkpoints.default_model_dir``, found without importing
-    torch (which that module does)."""
-    return Path(str(resources.files("digitrec").joinpath(*DEFAULT_MODEL_DIR)))
-
-
 def _torch_scorer(model: Any, device: Any) -> Scorer:
     import torch
 
@@ -148,8 +139,8 @@ class Recognizer:
     ) -> Recognizer:
         """The model of a run directory (config.json + model.safetensors), on ``device``."""
         from .checkpoints import load_model, read_metrics
+        from .distributed import resolve_device
         from .models import count_parameters, fold_batch_norms
-        from .training import resolve_device
 
         resolved = resolve_device(device)
         model, config = load_model(run_dir, resolved)
@@ -173,10 +164,10 @@ class Recognizer:
     def default(cls, device: str = "cpu") -> Recognizer:
         """The model bundled with digitrec (``digitrec/_data/default_model``)."""
         folder = default_model_dir()
-        if not (folder / "config.json").is_file() or not (folder / "model.safetensors").is_file():
+        if not (folder / CONFIG_FILE).is_file() or not (folder / MODEL_FILE).is_file():
             raise DigitrecError(
-                f"the bundled default model is missing ({folder} has no config.json and "
-                "model.safetensors); reinstall digitrec, or pass a run directory (--run DIR)"
+                f"the bundled default model is missing ({folder} has no {CONFIG_FILE} and "
+                f"{MODEL_FILE}); reinstall digitrec, or pass a run directory (--run DIR)"
             )
         return cls.from_run(folder, device, source="bundled")
 

@@ -30,7 +30,7 @@ from .checkpoints import load_model, read_metrics
 from .config import TrainConfig
 from .data import load_dataset
 from .errors import DigitrecError
-from .evaluation import EvalReport, predict, report_from_predictions
+from .evaluation import EvalReport, report_from_predictions, score
 from .fileio import write_bytes_atomic
 from .models import count_parameters
 
@@ -81,7 +81,7 @@ def analyze_run(
     run_dir = Path(run_dir)
     model, config = load_model(run_dir, device)
     dataset = load_dataset(config.dataset, data_dir=data_dir or config.data_dir)
-    scores = predict(model, dataset.test_images.to(device)).cpu()  # (N, 10)
+    scores = score(model, dataset.test_images.to(device)).cpu()  # (N, 10)
     return RunAnalysis(
         run_dir=run_dir,
         config=config,

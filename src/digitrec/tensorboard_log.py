@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from .errors import DigitrecError
-from .evaluation import predict
+from .evaluation import score
 
 TENSORBOARD_DIR = "tensorboard"
 # metrics.jsonl key -> TensorBoard scalar tag
@@ -94,7 +94,7 @@ def log_mistakes(
 
     from .reports import find_mistakes, mistakes_figure, png_bytes
 
-    probabilities = torch.softmax(predict(model, images), dim=1).cpu()
+    probabilities = torch.softmax(score(model, images), dim=1).cpu()
     mistakes = find_mistakes(probabilities, labels.cpu())
     png = png_bytes(mistakes_figure(images.cpu(), mistakes[:MISTAKE_COUNT], len(mistakes)))
     with Image.open(io.BytesIO(png)) as picture:

@@ -22,14 +22,13 @@ from __future__ import annotations
 import atexit
 import copy
 import dataclasses
-import json
 import math
 import os
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -38,11 +37,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import __version__
-from .augment import AugmentConfig, augment_batch
+from .augment import augment_batch
 from .checkpoints import (
-    CHECKPOINT_FILE,
-    CONFIG_FILE,
-    MODEL_FILE,
     load_checkpoint,
     read_config,
     read_metrics,
@@ -51,32 +47,21 @@ from .checkpoints import (
     write_config,
     write_metrics,
 )
-from .config import TrainConfig
+from .config import AugmentConfig, TrainConfig
 from .cuda_graphs import GraphedStep
 from .data import BatchIterator, Dataset, load_dataset
+from .distributed import (
+    join_process_group,
+    leave_process_group,
+    resolve_device,
+    restarted_by_torchrun,
+    shard_bounds,
+)
 from .errors import DigitrecError
-from .evaluation import predict
+from .evaluation import score
 from .fused import FusedMLPStep
 from .models import create_model, prefer_channels_last
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA, then MPS, then the CPU; anything else must be available."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise DigitrecError(f"unknown device {name!r} (use auto, cpu, cuda, cuda:N or mps)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise DigitrecError(f"device {name!r} requested but CUDA is not available")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise DigitrecError(f"device {name!r} requested but MPS is not available")
-    return device
+from .runs import CHECKPOINT_FILE, MODEL_FILE
 
 
 def make_optimizer(config: TrainConfig, model: nn.Module, capturable: bool = False) -> torch.optim.Optimizer:
@@ -164,89 +149,6 @@ class TrainResult:
     run_dir: Path | None
 
 
-def _init_process_group(backend: str, rank: int, world_size: int) -> None:
-    """Join the process group that torchrun set up in the environment.
-
-    torchrun's agent hosts one TCPStore for the whole job and hands it to every restart of the worker
-    group, but the workers' side of ``env://`` does not prefix keys per attempt
-    (``torch.distributed.rendezvous._create_c10d_store``). A restarted group then reads addresses its
-    dead predecessors published, and gloo fails to connect ("connectFullMesh ... Connection refused")
-    or waits on stale barrier counts. On one node every worker sees the same restart count, so a
-    per-attempt key prefix gives each restart a clean store. Across nodes restart counts can differ
-    (a node restarts without counting when another node failed), so there the README asks for
-    ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1``, which makes torchrun start a fresh store every round.
-    """
-    import torch.distributed as dist
-
-    # A bounded wait: if a peer never shows up (a dead machine), fail within minutes so that torchrun
-    # can restart the group, instead of hanging for torch's default 30.
-    timeout = timedelta(minutes=2)
-    one_node = os.environ.get("LOCAL_WORLD_SIZE") == str(world_size)
-    shared_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
-    if shared_store and one_node:
-        attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0))
-        agent_store = dist.TCPStore(
-            os.environ["MASTER_ADDR"],
-            int(os.environ["MASTER_PORT"]),
-            world_size,
-            is_master=False,
-            timeout=timeout,
-        )
-        store = dist.PrefixStore(f"digitrec/attempt_{attempt}", agent_store)
-        dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=timeout)
-    else:
-        dist.init_process_group(backend, timeout=timeout)
-    if (
-        shared_store
-        and not one_node
-        and int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", 0)) > 0
-        and rank == 0
-    ):
-        print(
-            "warning: restarts across machines need TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 set for torchrun "
-            "on every machine, or the restarted group may fail to connect (see the README)",
-            file=sys.stderr,
-        )
-
-
-def _restarted_by_torchrun(run_dir: Path, device: torch.device) -> bool:
-    """Whether this group is a torchrun restart of the job that wrote ``run_dir``; every rank agrees.
-
-    This process's ``TORCHELASTIC_RESTART_COUNT`` alone does not tell: across machines, an agent whose
-    own workers did not fail restarts them without counting, so after a failure on another machine its
-    workers saw 0, took the run directory for another run's, exited ("already holds a run") and spent
-    a restart of their own; under load the other machine's workers could then fail in turn, past
-    their restarts. The job's id (``TORCHELASTIC_RUN_ID``, recorded in config.json by the first
-    round) is the same on every machine, and the flag is all-reduced so that all ranks decide alike.
-    """
-    import torch.distributed as dist
-
-    counted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0)) > 0
-    run_id = os.environ.get("TORCHELASTIC_RUN_ID", "none")
-    same_job = run_id != "none" and _recorded_run_id(run_dir) == run_id
-    # Every rank reads config.json before this collective, and rank 0 rewrites it only after it.
-    flag = torch.tensor([int(counted or same_job)], device=device)
-    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    return bool(flag.item())
-
-
-def _recorded_run_id(run_dir: Path) -> str | None:
-    """The torchrun job id that config.json records, if any (None for a missing or unreadable file)."""
-    try:
-        value = json.loads((run_dir / CONFIG_FILE).read_text("utf-8")).get("torchelastic_run_id")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return value if isinstance(value, str) else None
-
-
-def _leave_process_group() -> None:
-    """Destroy the default process group if one is still up (idempotent; safe at exit)."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
-
-
 def train(
     config: TrainConfig,
     out_dir: str | os.PathLike[str] | None = None,
@@ -289,11 +191,11 @@ def train(
             torch.cuda.set_device(device)
         owns_process_group = not dist.is_initialized()
         if owns_process_group:
-            _init_process_group("nccl" if device.type == "cuda" else "gloo", rank, world_size)
+            join_process_group("nccl" if device.type == "cuda" else "gloo", rank, world_size)
             # Left for interpreter shutdown, gloo's worker threads can abort the process ("terminate
             # called without an active exception", exit -6) after a run that succeeded; an error
             # that ends the run early leaves the group behind too, so atexit covers that path.
-            atexit.register(_leave_process_group)
+            atexit.register(leave_process_group)
     else:
         rank, world_size, device = 0, 1, resolve_device(config.device)
         owns_process_group = False
@@ -313,7 +215,7 @@ def train(
             run_dir = default_run_dir(config)
         # torchrun --max-restarts restarts the whole group after a failure: the restarted group goes on
         # from the last checkpoint, or from scratch if the failure came before the first one.
-        restarted = ddp and _restarted_by_torchrun(run_dir, device)
+        restarted = ddp and restarted_by_torchrun(run_dir, device)
         has_checkpoint = (run_dir / CHECKPOINT_FILE).exists()
         if (resume or restarted) and not has_checkpoint:
             if resume:
@@ -343,7 +245,7 @@ def train(
         world_size=world_size,
     )
     # Validation is sharded too and the counts all-reduced: every image counted once.
-    val_slice = slice(*_shard_bounds(len(dataset.test_images), rank, world_size))
+    val_slice = slice(*shard_bounds(len(dataset.test_images), rank, world_size))
     val_images, val_labels = dataset.test_images[val_slice], dataset.test_labels[val_slice]
 
     # --- model and optimizer; the same seed gives the same initial weights on every rank ---
@@ -385,8 +287,8 @@ def train(
         f"batch {config.batch_size}, lr {config.lr}, {config.epochs} epochs, seed {config.seed}"
         + (", bf16 autocast" if config.precision == "bf16" else "")
     )
-    augment = AugmentConfig(**config.augment)
-    eval_model = ema_model if ema_model is not None else raw_model
+
+    # --- the step, chosen once: a replayed CUDA graph, the fused MLP step, or plain autograd ---
     # Plain SGD on a ReLU MLP in one process: the same math as autograd in fewer operations (fused.py).
     plain_sgd = config.optimizer == "sgd" and config.momentum == 0 and config.weight_decay == 0
     exact_fp32 = config.label_smoothing == 0 and config.precision == "fp32"
@@ -421,6 +323,10 @@ def train(
         # One process: the global batch is this batch (the last one of an epoch is smaller).
         GraphedStep(lambda x, y: autograd_step(x, y, len(y)), config.batch_size) if use_graphs else None
     )
+
+    # --- the epochs: train this rank's share, validate, all-reduce the counts, log, checkpoint ---
+    augment = AugmentConfig(**config.augment)
+    eval_model = ema_model if ema_model is not None else raw_model
     steps_per_epoch = len(train_batches)
     total_steps = steps_per_epoch * config.epochs
     for epoch in range(start_epoch, config.epochs):
@@ -470,7 +376,7 @@ def train(
             torch.cuda.synchronize(device)
         epoch_seconds = time.perf_counter() - started
 
-        val_correct = (predict(eval_model, val_images).argmax(1) == val_labels).sum()
+        val_correct = (score(eval_model, val_images).argmax(1) == val_labels).sum()
         totals = torch.stack(
             [
                 loss_sum.double(),
@@ -503,6 +409,7 @@ def train(
         if tb_writer is not None:
             tensorboard_log.log_epoch(tb_writer, row)
 
+    # --- shutdown: the last TensorBoard figures, a summary, and the process group this call started ---
     if tb_writer is not None:
         tensorboard_log.log_mistakes(
             tb_writer, eval_model, dataset.test_images, dataset.test_labels, config.epochs
@@ -516,14 +423,8 @@ def train(
     if ddp:
         torch.distributed.barrier()
         if owns_process_group:
-            _leave_process_group()
+            leave_process_group()
     return TrainResult(model=eval_model.eval(), config=config, metrics=metrics, run_dir=run_dir)
-
-
-def _shard_bounds(count: int, rank: int, world_size: int) -> tuple[int, int]:
-    per_rank, extra = divmod(count, world_size)
-    start = rank * per_rank + min(rank, extra)
-    return start, start + per_rank + (1 if rank < extra else 0)
 
 
 def _program_name() -> str:

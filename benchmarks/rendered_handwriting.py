@@ -3,7 +3,7 @@
 Every generator is deterministic (seeded numpy Generator). Run as a script to print the
 per-condition table for a model::
 
-    OMP_NUM_THREADS=1 PYTHONPATH=src python -m tests.handwriting [--run DIR] [--per-condition N]
+    OMP_NUM_THREADS=1 PYTHONPATH=src python -m benchmarks.rendered_handwriting [--run DIR] [--per-condition N]
 """
 
 from __future__ import annotations

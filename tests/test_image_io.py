@@ -1,0 +1,127 @@
+"""The untrusted-input boundary: bad image input to ``load_image``, one test each."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from digitrec.image_io import MAX_PIXELS, ImageError, load_image
+from digitrec.images import normalize_digit
+
+from .recognition_support import encode
+
+
+def _png_chunk(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+
+def bilevel_png(width: int, height: int) -> bytes:
+    """A valid all-black 1-bit PNG of any size, built row by row: a few KB for 100 megapixels."""
+    row = b"\x00" + bytes((width + 7) // 8)  # filter byte + packed bits
+    compressor = zlib.compressobj(9)
+    body = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", header)
+        + _png_chunk(b"IDAT", body)
+        + _png_chunk(b"IEND", b"")
+    )
+
+
+def test_empty_file(tmp_path):
+    path = tmp_path / "empty.png"
+    path.write_bytes(b"")
+    with pytest.raises(ImageError, match="empty file"):
+        load_image(path)
+
+
+def test_not_an_image(tmp_path):
+    path = tmp_path / "notes.png"
+    path.write_text("these are not pixels\n" * 10)
+    with pytest.raises(ImageError, match="not an image"):
+        load_image(path)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_truncated_image(seven, fmt):
+    data = encode(Image.fromarray(seven), fmt)
+    with pytest.raises(ImageError, match="corrupt or truncated"):
+        load_image(data[: len(data) // 2])
+
+
+def test_decompression_bomb_is_refused():
+    """100 megapixels in 13 KB: Pillow warns (above ~89 Mpx); the warning is an error here."""
+    data = bilevel_png(10_000, 10_000)
+    assert len(data) < 100_000
+    with pytest.raises(ImageError, match="decompression bomb"):
+        load_image(data)
+    # Only inside load_image: elsewhere Pillow's warning stays a warning.
+    with pytest.warns(Image.DecompressionBombWarning):
+        Image.open(io.BytesIO(data))
+
+
+def test_bomb_check_leaves_no_global_warning_filter(seven):
+    """Many threads loading at once (as a server does): the filters are the same afterwards."""
+    import warnings
+    from concurrent.futures import ThreadPoolExecutor
+
+    before = list(warnings.filters)
+    data = [encode(Image.fromarray(seven), "PNG"), bilevel_png(10_000, 10_000)] * 16
+
+    def attempt(blob: bytes) -> str:
+        try:
+            return load_image(blob).mode
+        except ImageError as exc:
+            return str(exc)
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(attempt, data))
+    assert results[0] == "L" and "decompression bomb" in results[1]
+    assert len(set(results)) == 2
+    assert warnings.filters == before
+
+
+def test_pixel_cap_below_pillows_limit():
+    """48 megapixels: under Pillow's bomb threshold, over ours (40 Mpx), refused before decoding."""
+    assert MAX_PIXELS < 8000 * 6000
+    with pytest.raises(ImageError, match="too large"):
+        load_image(bilevel_png(8000, 6000))
+
+
+def test_absurd_dimensions():
+    with pytest.raises(ImageError, match="absurd dimensions 1x10000"):
+        load_image(bilevel_png(1, 10_000))
+    with pytest.raises(ImageError, match="absurd dimensions"):
+        load_image(np.zeros((2, 5000), np.uint8))
+
+
+def test_animated_image_reads_its_first_frame(seven):
+    """An animated GIF (and APNG): the first frame is read, the others ignored (documented)."""
+    first = Image.fromarray(seven)
+    other = Image.fromarray(np.full_like(seven, 255))  # a blank second frame
+    for fmt in ("GIF", "PNG"):
+        data = encode(first, fmt, save_all=True, append_images=[other, first.rotate(90)], duration=100)
+        opened = Image.open(io.BytesIO(data))
+        assert getattr(opened, "n_frames", 1) == 3  # really animated
+        out = normalize_digit(data)
+        assert out is not None
+        np.testing.assert_array_equal(out, normalize_digit(encode(first, fmt)))
+
+
+def test_other_bad_sources(tmp_path):
+    with pytest.raises(ImageError, match="file not found"):
+        load_image(tmp_path / "missing.png")
+    with pytest.raises(ImageError, match="is a folder"):
+        load_image(tmp_path)
+    with pytest.raises(ImageError, match="expected an array"):
+        load_image(np.zeros((4, 4, 2)))
+    with pytest.raises(ImageError, match="NaN"):
+        load_image(np.full((8, 8), np.nan))
+    with pytest.raises(ImageError, match="expected a path"):
+        load_image(12345)
