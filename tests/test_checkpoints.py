@@ -1,4 +1,7 @@
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -15,6 +18,8 @@ from digitrec.config import recipe_config
 from digitrec.errors import DigitrecError
 from digitrec.fileio import atomic_write
 from digitrec.models import create_model
+
+from .conftest import cli_exit_code
 
 
 def _run_dir(tmp_path, momentum=0.9):
@@ -107,3 +112,107 @@ def test_a_tensor_learning_rate_is_saved_as_a_number_and_restored_in_place(tmp_p
     assert graphed.param_groups[0]["lr"] is held and held.item() == pytest.approx(0.004)
     # how the optimizer executes stays this process's choice
     assert graphed.param_groups[0]["foreach"] is False
+
+
+# ---- broken run directories: one line and exit 2 from the CLI, never a traceback ----------------------
+
+
+def _edit_config(run, edit):
+    data = json.loads((run / "config.json").read_text())
+    edit(data)
+    (run / "config.json").write_text(json.dumps(data))
+
+
+def _replace_with_folder(path):
+    path.unlink()
+    path.mkdir()
+
+
+def _symlink_loop(path):
+    path.unlink()
+    path.symlink_to(path.name)  # config.json -> config.json
+
+
+def _weights(run, change):
+    from safetensors.torch import load_file, save_file
+
+    path = run / "model.safetensors"
+    tensors = load_file(path)
+    save_file({name: change(name, tensor) for name, tensor in tensors.items()}, path)
+
+
+BROKEN_RUNS = {
+    "model file is a folder": (
+        lambda run: _replace_with_folder(run / "model.safetensors"),
+        "not a regular file",
+    ),
+    "config file is a folder": (lambda run: _replace_with_folder(run / "config.json"), "not a regular file"),
+    "config symlink loop": (lambda run: _symlink_loop(run / "config.json"), "cannot read"),
+    "model symlink loop": (lambda run: _symlink_loop(run / "model.safetensors"), "cannot read"),
+    "config nested 100,000 deep": (
+        lambda run: (run / "config.json").write_text('{"train": ' + "[" * 100_000 + "]" * 100_000 + "}"),
+        "nested too deeply",
+    ),
+    "train is a string": (
+        lambda run: (run / "config.json").write_text('{"train": "mlp"}'),
+        '"train" must be a JSON object',
+    ),
+    "model is a list": (
+        lambda run: _edit_config(run, lambda d: d["train"].update(model=["mlp"])),
+        "model must be a string",
+    ),
+    "model_args a string": (
+        lambda run: _edit_config(run, lambda d: d["train"].update(model_args="big")),
+        "model_args must be a JSON object",
+    ),
+    "negative size": (
+        lambda run: _edit_config(run, lambda d: d["train"].update(model_args={"hidden": [-5]})),
+        "bad options for model 'mlp'",
+    ),
+    "huge size": (
+        lambda run: _edit_config(run, lambda d: d["train"].update(model_args={"hidden": [10**9, 10**9]})),
+        "over the limit",
+    ),
+    "10 GB model file": (
+        lambda run: os.truncate(run / "model.safetensors", 10 * 2**30),  # sparse: no disk used
+        "over this file's limit",
+    ),
+    "float16 weights of the right shapes": (
+        lambda run: _weights(run, lambda _, t: t.half()),
+        "torch.float16",
+    ),
+    "NaN weights": (
+        lambda run: _weights(run, lambda name, t: t.fill_(float("nan")) if name.endswith("bias") else t),
+        "NaN or infinite",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BROKEN_RUNS))
+def test_a_broken_run_directory_gets_one_line_and_exit_2(tmp_path, capsys, case):
+    break_run, message = BROKEN_RUNS[case]
+    run = tmp_path / "run"
+    run.mkdir()
+    _run_dir(run)
+    break_run(run)
+    for command in (["evaluate", str(run)], ["predict", "--run", str(run), "-"]):
+        assert cli_exit_code(command) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1, err
+        assert err.startswith(f"digitrec {command[0]}: error: {run}") and message in err, err
+
+
+def test_serve_refuses_a_broken_run_with_one_line(tmp_path):
+    """The server loads the model before it listens: a nested config.json is one line and exit 2."""
+    run = tmp_path / "run"
+    run.mkdir()
+    _run_dir(run)
+    (run / "config.json").write_text('{"train": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    proc = subprocess.run(
+        [sys.executable, "-m", "digitrec", "serve", "--run", str(run), "--port", "0"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"digitrec serve: error: {run}/config.json: corrupt run configuration (JSON nested too deeply)"
+    ]

@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -237,3 +238,43 @@ def test_cuda_graphs_option_is_recorded_and_harmless_on_the_cpu(tmp_path, small_
     _, config = load_model(run)
     assert config.cuda_graphs is False
     assert recipe_config("tutorial-mlp").cuda_graphs is True  # on by default; only CUDA uses it
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 1.2 MB filesystem (tmpfs): room for a run's first checkpoint, not for its second."""
+    mount = tmp_path / "small-disk"
+    mount.mkdir()
+    proc = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1200k", "tmpfs", str(mount)], capture_output=True, text=True
+    )
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {proc.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_a_full_disk_is_one_line_and_leaves_the_run_resumable(small_disk, tmp_path, small_mnist_dir):
+    from safetensors import safe_open
+
+    run = small_disk / "run"
+    command = [sys.executable, "-m", "digitrec", "train", "--model", "mlp", "--data-dir",
+               str(small_mnist_dir), "--epochs", "4", "--out", str(run), "--no-progress"]  # fmt: skip
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"digitrec train: error: {run}/checkpoint.safetensors: no space left on the device; nothing was "
+        f"written; once fixed: digitrec train --resume {run}"
+    ]
+    with safe_open(run / "checkpoint.safetensors", "pt") as checkpoint:
+        saved_epoch = int(checkpoint.metadata()["epoch"])
+    assert saved_epoch == 1
+    assert [row["epoch"] for row in read_metrics(run)] == [1]  # no row for the epoch that was not saved
+    assert not list(run.glob(".*.tmp"))
+    # Space found (here: the run moved to a roomy disk), --resume finishes the job.
+    moved = tmp_path / "moved"
+    shutil.copytree(run, moved)
+    assert main(["train", "--resume", str(moved), "--no-progress"]) == 0
+    assert [row["epoch"] for row in read_metrics(moved)] == [1, 2, 3, 4]

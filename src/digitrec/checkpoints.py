@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -23,19 +24,63 @@ from .fileio import write_bytes_atomic, write_json_atomic
 from .models import create_model, prefer_channels_last
 from .runs import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, MODEL_FILE
 
+# Far above anything digitrec writes (config.json is a few KB; the largest checkpoint, weights plus
+# AdamW state of `best-mlp`, about 25 MB), so that a wrong or hostile file is refused by its size
+# before a byte of it is read into memory.
+MAX_CONFIG_BYTES = 1 << 20
+MAX_WEIGHTS_BYTES = 1 << 30
 
-def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+
+def read_run_file(path: Path, limit: int) -> bytes:
+    """A run directory's file, read whole: one clear error for anything but a regular file of at
+    most ``limit`` bytes (missing, a folder, a symlink loop, unreadable, too large)."""
     try:
-        raw = path.read_bytes()
+        info = path.stat()  # follows symlinks: a loop raises ELOOP here
+        if not stat.S_ISREG(info.st_mode):
+            raise DigitrecError(f"{path}: not a regular file")
+        if info.st_size > limit:
+            raise DigitrecError(f"{path}: {info.st_size:,} bytes, over this file's limit of {limit:,}")
+        with path.open("rb") as handle:
+            return handle.read(limit + 1)[:limit]
     except FileNotFoundError:
         raise DigitrecError(f"{path}: file not found") from None
+    except OSError as exc:
+        raise DigitrecError(f"{path}: cannot read ({exc.strerror or exc})") from None
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    raw = read_run_file(path, MAX_WEIGHTS_BYTES)
     try:
         tensors = load_safetensors(raw)
         header_len = int.from_bytes(raw[:8], "little")
         metadata = json.loads(raw[8 : 8 + header_len]).get("__metadata__") or {}
-    except (SafetensorError, ValueError, UnicodeDecodeError) as exc:
+    except (SafetensorError, ValueError, UnicodeDecodeError, RecursionError, AttributeError) as exc:
         raise DigitrecError(f"{path}: not a valid safetensors file ({exc})") from None
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise DigitrecError(f"{path}: not a valid safetensors file (metadata is not a string map)")
+    for name, tensor in tensors.items():
+        # NaN weights would answer every image with "confidence nan"; a run that diverged is no model.
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise DigitrecError(f"{path}: tensor {name!r} holds NaN or infinite values")
     return tensors, metadata
+
+
+def _check_fits(path: Path, model: nn.Module, tensors: dict[str, torch.Tensor], prefix: str = "") -> None:
+    """Names, shapes and dtypes as the model has them: load_state_dict would cast another dtype
+    silently (float16 weights into a float32 model load "fine" and read differently)."""
+    expected = model.state_dict()
+    given = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+    missing, unexpected = sorted(set(expected) - set(given)), sorted(set(given) - set(expected))
+    if missing or unexpected:
+        detail = f"missing {', '.join(missing[:3])}" if missing else f"unexpected {', '.join(unexpected[:3])}"
+        raise DigitrecError(f"{path}: weights do not fit the model ({detail})")
+    for name, want in expected.items():
+        got = given[name]
+        if got.shape != want.shape or got.dtype != want.dtype:
+            raise DigitrecError(
+                f"{path}: weights do not fit the model ({prefix}{name}: {got.dtype} {tuple(got.shape)}, "
+                f"the model has {want.dtype} {tuple(want.shape)})"
+            )
 
 
 def write_config(run_dir: Path, config: TrainConfig, extra: dict[str, Any]) -> None:
@@ -47,12 +92,21 @@ def read_config(run_dir: str | os.PathLike[str]) -> TrainConfig:
     if not run_dir.is_dir():
         raise DigitrecError(f"{run_dir}: run directory not found")
     path = run_dir / CONFIG_FILE
+    if not path.exists() and not path.is_symlink():
+        raise DigitrecError(f"{path}: missing; is {run_dir} a digitrec run directory?")
+    raw = read_run_file(path, MAX_CONFIG_BYTES)
     try:
-        data = json.loads(path.read_text("utf-8"))
-        return TrainConfig.from_dict(data["train"])
-    except FileNotFoundError:
-        raise DigitrecError(f"{path}: missing; is {run_dir} a digitrec run directory?") from None
-    except (ValueError, KeyError, TypeError) as exc:
+        data = json.loads(raw.decode("utf-8"))
+    except RecursionError:
+        raise DigitrecError(f"{path}: corrupt run configuration (JSON nested too deeply)") from None
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise DigitrecError(f"{path}: corrupt run configuration ({exc})") from None
+    train = data.get("train") if isinstance(data, dict) else None
+    if not isinstance(train, dict):
+        raise DigitrecError(f'{path}: corrupt run configuration ("train" must be a JSON object)')
+    try:
+        return TrainConfig.from_dict(train)
+    except DigitrecError as exc:
         raise DigitrecError(f"{path}: corrupt run configuration ({exc})") from None
 
 
@@ -64,6 +118,7 @@ def save_model(path: Path, model: nn.Module, config: TrainConfig, epoch: int) ->
 
 def load_weights(model: nn.Module, path: Path) -> dict[str, str]:
     tensors, metadata = _read_safetensors(path)
+    _check_fits(path, model, tensors)
     try:
         model.load_state_dict(tensors)
     except RuntimeError as exc:
@@ -78,7 +133,10 @@ def load_model(
     """Rebuild a run's model from config.json and model.safetensors, in eval mode."""
     run_dir = Path(run_dir)
     config = read_config(run_dir)
-    model = create_model(config.model, **config.model_args)
+    try:
+        model = create_model(config.model, **config.model_args)
+    except DigitrecError as exc:
+        raise DigitrecError(f"{run_dir / CONFIG_FILE}: {exc}") from None
     load_weights(model, run_dir / MODEL_FILE)
     return prefer_channels_last(model.to(device)).eval(), config
 
@@ -134,6 +192,9 @@ def load_checkpoint(
         scalars = json.loads(metadata["optim_scalars"])
     except (KeyError, ValueError) as exc:
         raise DigitrecError(f"{path}: checkpoint metadata is incomplete ({exc})") from None
+    for prefix, target in (("model.", model), ("ema.", ema_model)):
+        if target is not None:
+            _check_fits(path, target, tensors, prefix)
     try:
         for prefix, target in (("model.", model), ("ema.", ema_model)):
             if target is not None:

@@ -9,6 +9,7 @@ The whole :class:`TrainConfig` is saved in every run's ``config.json``; its
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -107,11 +108,38 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
+        """A config from JSON, each value of its field's kind (a string where a string belongs, ...)."""
+        if not isinstance(data, dict):
+            raise DigitrecError(f"a configuration must be a JSON object, got {_json_kind(data)}")
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - set(fields))
         if unknown:
-            raise DigitrecError(f"unknown configuration keys: {', '.join(unknown)}")
+            raise DigitrecError(f"unknown configuration keys: {', '.join(map(str, unknown))}")
+        for name, value in data.items():
+            field_ = fields[name]
+            factory: Any = field_.default_factory  # MISSING where the field has a plain default
+            default = factory() if field_.default is dataclasses.MISSING else field_.default
+            expected = _KINDS[type(default)]
+            if not expected[0](value):
+                raise DigitrecError(f"{name} must be {expected[1]}, got {_json_kind(value)}")
         return cls(**data)
+
+
+# For each kind of default value: what a JSON value must be to take its place, and its name.
+_KINDS: dict[type, tuple[Callable[[Any], bool], str]] = {
+    type(None): (lambda v: v is None or isinstance(v, str), "a string or null"),
+    bool: (lambda v: isinstance(v, bool), "true or false"),
+    int: (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+    float: (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), "a number"),
+    str: (lambda v: isinstance(v, str), "a string"),
+    dict: (lambda v: isinstance(v, dict), "a JSON object"),
+}
+
+
+def _json_kind(value: Any) -> str:
+    names = {bool: "true/false", int: "an integer", float: "a number", str: "a string", list: "a list",
+             dict: "an object", type(None): "null"}  # fmt: skip
+    return names.get(type(value), type(value).__name__)
 
 
 OPTIMIZERS = ("sgd", "adamw")

@@ -7,6 +7,7 @@ either. Everything digitrec writes to disk goes through :func:`atomic_write`.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
@@ -14,13 +15,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from .errors import DigitrecError
+
 
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[Any]]:
     """Open a temp file beside ``path``; on success fsync it and move it into place."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as exc:
+        raise _write_error(target, exc) from None
     try:
         # mkstemp creates 0600 files; give the result the permissions a plain open() would (umask).
         umask = os.umask(0o022)
@@ -31,11 +37,20 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, target)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
+            os.unlink(tmp_name)  # nothing half-written stays behind, and its space comes back
+        if isinstance(exc, OSError):
+            raise _write_error(target, exc) from None
         raise
     _fsync_dir(target.parent)
+
+
+def _write_error(target: Path, exc: OSError) -> DigitrecError:
+    """One line naming the file: a full disk is a user's problem to solve, not a traceback."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DigitrecError(f"{target}: no space left on the device; nothing was written")
+    return DigitrecError(f"{target}: cannot write ({exc.strerror or exc}); nothing was written")
 
 
 def _fsync_dir(folder: Path) -> None:

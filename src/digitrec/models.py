@@ -36,6 +36,10 @@ def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
+# 50x digitrec's largest model (best-mlp, 1.9 M): room for experiments, none for a typo's 10^12.
+MAX_PARAMETERS = 100_000_000
+
+
 def create_model(name: str, **cfg: Any) -> nn.Module:
     """Build a registered model; unknown names and unknown options raise DigitrecError."""
     try:
@@ -43,9 +47,22 @@ def create_model(name: str, **cfg: Any) -> nn.Module:
     except KeyError:
         raise DigitrecError(f"unknown model {name!r} (known: {', '.join(list_models())})") from None
     try:
+        if cfg:
+            # Options (from a recipe or a run's config.json) are sized on the meta device first, with
+            # no memory and no arithmetic: negative or absurd sizes are refused here, instead of failing
+            # deep in torch or exhausting the memory. Not for the defaults, which are known: a meta
+            # normal_ imports torch._dynamo, about 2 s once per process.
+            with torch.device("meta"):
+                parameters = sum(p.numel() for p in fn(**cfg).parameters())
+            if parameters > MAX_PARAMETERS:
+                raise DigitrecError(
+                    f"bad options for model {name!r}: {parameters:,} parameters, "
+                    f"over the limit of {MAX_PARAMETERS:,}"
+                )
         return fn(**cfg)
-    except TypeError as exc:
-        raise DigitrecError(f"bad options for model {name!r}: {exc}") from None
+    except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise DigitrecError(f"bad options for model {name!r}: {first_line}") from None
 
 
 def xavier_init_(module: nn.Module, magnitude: float = 2.24) -> nn.Module:

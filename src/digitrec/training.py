@@ -20,6 +20,7 @@ over the global batch, exactly as in one process.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import copy
 import dataclasses
 import math
@@ -403,9 +404,19 @@ def train(
         )
         if run_dir is not None and master_process:
             # Metrics first, then the checkpoint: a kill in between is healed by resume.
-            write_metrics(run_dir, metrics)
-            save_checkpoint(run_dir, raw_model, optimizer, config, epoch + 1, ema_model)
-            save_model(run_dir / MODEL_FILE, eval_model, config, epoch + 1)
+            checkpointed = False
+            try:
+                write_metrics(run_dir, metrics)
+                save_checkpoint(run_dir, raw_model, optimizer, config, epoch + 1, ema_model)
+                checkpointed = True
+                save_model(run_dir / MODEL_FILE, eval_model, config, epoch + 1)
+            except DigitrecError as exc:  # a full disk, say: the last checkpoint is intact
+                if not checkpointed:
+                    # Take this epoch's row back, so the metrics end where the checkpoint does (the
+                    # failed write's temp file is gone, so the few bytes this needs are usually there).
+                    with contextlib.suppress(DigitrecError):
+                        write_metrics(run_dir, metrics[:-1])
+                raise DigitrecError(f"{exc}; once fixed: digitrec train --resume {run_dir}") from None
         if tb_writer is not None:
             tensorboard_log.log_epoch(tb_writer, row)
 
