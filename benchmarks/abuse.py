@@ -39,24 +39,19 @@ import json
 import os
 import platform
 import select
-import signal
 import socket
-import subprocess
-import sys
-import tempfile
 import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks.load_serve import free_port, make_png, wait_ready
+from benchmarks.load_serve import HOST, ServeProcess, ServerNotReady, make_png, started_server
 
 RESULTS = Path(__file__).resolve().parent / "results"
-HOST = "127.0.0.1"
 SLACK = 10.0  # seconds past a deadline before a connection still open counts as failed
 
 
@@ -127,34 +122,19 @@ class Probe:
 
 
 @dataclass
-class Target:
-    port: int
-    pid: int
-    log_path: Path
+class Target(ServeProcess):
+    """The server under probe, and the picture (and its digit) that ordinary clients send it."""
+
     png: bytes
     label: int
-
-    def request(
-        self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
-    ) -> tuple[int, dict[str, str], bytes]:
-        conn = http.client.HTTPConnection(HOST, self.port, timeout=30)
-        try:
-            conn.request(method, path, body=body, headers=headers or {})
-            response = conn.getresponse()
-            return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
-        finally:
-            conn.close()
 
     def rss_mb(self) -> float | None:
         """The server's resident memory (Linux /proc), MB."""
         with contextlib.suppress(OSError, ValueError):
-            for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
                     return int(line.split()[1]) / 1024
         return None
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
 
 
 def is_json_error(headers: dict[str, str], body: bytes) -> bool:
@@ -180,6 +160,32 @@ def ordinary_predictions(target: Target, probe: Probe, count: int) -> None:
             continue
         good = status == 200 and json.loads(body).get("digit") == target.label
         probe.check(good, f"ordinary prediction: HTTP {status} {body[:120]!r}")
+
+
+class KeepAlive:
+    """A client's keep-alive connection to the target; after a failure, the next request goes on a
+    new one."""
+
+    def __init__(self, target: Target, probe: Probe):
+        self.target, self.probe = target, probe
+        self.conn = http.client.HTTPConnection(HOST, target.port, timeout=30)
+
+    def send(
+        self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, dict[str, str], bytes] | None:
+        """(status, lower-cased headers, body), or None for a failure, counted in the probe."""
+        try:
+            self.conn.request(method, path, body=body, headers=headers or {})
+            response = self.conn.getresponse()
+            return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+        except (OSError, http.client.HTTPException) as exc:
+            self.probe.fail(describe(exc))
+            self.conn.close()
+            self.conn = http.client.HTTPConnection(HOST, self.target.port, timeout=30)
+            return None
+
+    def close(self) -> None:
+        self.conn.close()
 
 
 def read_until_closed(sock: socket.socket, timeout: float) -> tuple[bytes, bool]:
@@ -221,20 +227,13 @@ def probe_method_flood(target: Target, settings: Settings) -> Probe:
     per_client = settings.flood // 4
 
     def client(offset: int) -> None:
-        conn = http.client.HTTPConnection(HOST, target.port, timeout=30)
+        conn = KeepAlive(target, probe)
         for i in range(offset, offset + per_client):
-            try:
-                conn.request(f"X{i:06d}", "/healthz")
-                response = conn.getresponse()
-                headers = {k.lower(): v for k, v in response.getheaders()}
-                body = response.read()
-            except (OSError, http.client.HTTPException) as exc:
-                probe.fail(describe(exc))
-                conn.close()
-                conn = http.client.HTTPConnection(HOST, target.port, timeout=30)
+            answer = conn.send(f"X{i:06d}", "/healthz")
+            if answer is None:
                 continue
-            good = response.status == 405 and is_json_error(headers, body)
-            probe.check(good, f"X{i:06d} /healthz: HTTP {response.status}")
+            status, headers, body = answer
+            probe.check(status == 405 and is_json_error(headers, body), f"X{i:06d} /healthz: HTTP {status}")
         conn.close()
 
     threads = [threading.Thread(target=client, args=(k * per_client,)) for k in range(4)]
@@ -335,26 +334,20 @@ def probe_retry_storm(target: Target, settings: Settings) -> Probe:
     health: list[float] = []
 
     def client() -> None:
-        conn = http.client.HTTPConnection(HOST, target.port, timeout=30)
+        conn = KeepAlive(target, probe)
         while time.monotonic() < stop:
-            try:
-                conn.request("POST", "/v1/predict", body=target.png, headers={"Content-Type": "image/png"})
-                response = conn.getresponse()
-                headers = {k.lower(): v for k, v in response.getheaders()}
-                body = response.read()
-            except (OSError, http.client.HTTPException) as exc:
-                probe.fail(describe(exc))
-                conn.close()
-                conn = http.client.HTTPConnection(HOST, target.port, timeout=30)
+            answer = conn.send("POST", "/v1/predict", target.png, {"Content-Type": "image/png"})
+            if answer is None:
                 continue
-            if response.status == 200 and json.loads(body).get("digit") == target.label:
+            status, headers, body = answer
+            if status == 200 and json.loads(body).get("digit") == target.label:
                 good = True
             else:  # shed load: 503, JSON, Retry-After; the client ignores it and sends again at once
-                good = response.status == 503 and "retry-after" in headers and is_json_error(headers, body)
-            probe.check(good, f"HTTP {response.status} {body[:120]!r}")
+                good = status == 503 and "retry-after" in headers and is_json_error(headers, body)
+            probe.check(good, f"HTTP {status} {body[:120]!r}")
             if good:
                 with probe.lock:
-                    counts[str(response.status)] += 1
+                    counts[str(status)] += 1
         conn.close()
 
     def monitor() -> None:  # /healthz must keep answering, fast, through the storm
@@ -442,6 +435,31 @@ def probe_idle(target: Target, settings: Settings) -> Probe:
     return probe
 
 
+def expect_408(
+    target: Target,
+    probe: Probe,
+    what: str,
+    socks: list[socket.socket],
+    timeout: float,
+    feed: Callable[[socket.socket], None],
+    ordinary: int,
+) -> None:
+    """Feed each of ``socks`` a little more every quarter second while a well-behaved client sends
+    ``ordinary`` predictions: the server must answer each 408 and close it within ``timeout``."""
+    try:
+        start = time.monotonic()
+        side = threading.Thread(target=ordinary_predictions, args=(target, probe, ordinary))
+        side.start()
+        closed = watch_closing(socks, start + timeout + SLACK, feed)
+        side.join()
+        for sock in socks:
+            status = parse_raw(closed[sock])[0] if sock in closed else None
+            probe.check(status == 408, f"{what}: {'still open' if status is None else f'HTTP {status}'}")
+    finally:
+        for sock in socks:
+            sock.close()
+
+
 def probe_slow_headers(target: Target, settings: Settings) -> Probe:
     probe = Probe("slow_headers")
     head = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"a" * 10_000
@@ -453,18 +471,7 @@ def probe_slow_headers(target: Target, settings: Settings) -> Probe:
         sent[sock] = n + 1
 
     socks = connect_many(target, settings.slow_headers, head[:1])
-    try:
-        start = time.monotonic()
-        side = threading.Thread(target=ordinary_predictions, args=(target, probe, 3))
-        side.start()
-        closed = watch_closing(socks, start + settings.header_timeout + SLACK, feed)
-        side.join()
-        for sock in socks:
-            status = parse_raw(closed[sock])[0] if sock in closed else None
-            probe.check(status == 408, f"slow head: {'still open' if status is None else f'HTTP {status}'}")
-    finally:
-        for sock in socks:
-            sock.close()
+    expect_408(target, probe, "slow head", socks, settings.header_timeout, feed, 3)
     probe.detail = (
         f"{settings.slow_headers} slowloris heads, 408 and closed after {settings.header_timeout:g} s"
     )
@@ -482,18 +489,7 @@ def probe_slow_uploads(target: Target, settings: Settings) -> Probe:
         sock.sendall(b"\0")
 
     socks = connect_many(target, settings.slow_uploads, head + target.png[:100])
-    try:
-        start = time.monotonic()
-        side = threading.Thread(target=ordinary_predictions, args=(target, probe, 5))
-        side.start()
-        closed = watch_closing(socks, start + settings.body_timeout + SLACK, feed)
-        side.join()
-        for sock in socks:
-            status = parse_raw(closed[sock])[0] if sock in closed else None
-            probe.check(status == 408, f"slow upload: {'still open' if status is None else f'HTTP {status}'}")
-    finally:
-        for sock in socks:
-            sock.close()
+    expect_408(target, probe, "slow upload", socks, settings.body_timeout, feed, 5)
     probe.detail = (
         f"{settings.slow_uploads} trickled bodies (408 after {settings.body_timeout:g} s); "
         "5 ordinary predictions meanwhile"
@@ -512,26 +508,6 @@ PROBES: list[Callable[[Target, Settings], Probe]] = [
 
 
 # ---- running ---------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def started_server(args: list[str]) -> Iterator[tuple[int, subprocess.Popen[bytes], Path]]:
-    port = free_port()
-    command = [sys.executable, "-m", "digitrec", "serve", "--host", HOST, "--port", str(port), *args]
-    with tempfile.TemporaryDirectory() as folder:
-        log_path = Path(folder) / "serve.log"
-        with open(log_path, "wb") as log:  # a file, not a pipe nobody reads
-            proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            wait_ready(HOST, port, 120, proc)
-            yield port, proc, log_path
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
 
 
 def format_table(probes: list[Probe]) -> str:
@@ -559,18 +535,21 @@ def main(argv: list[str] | None = None) -> int:
     server_args = [*settings.server_args(), *(["--run", args.run] if args.run else []), *args.server_arg]
     probes: list[Probe] = []
     started = time.monotonic()
-    with started_server(server_args) as (port, proc, log_path):
-        target = Target(port, proc.pid, log_path, png, label)
-        for run_probe in PROBES:
-            t0 = time.monotonic()
-            probe = run_probe(target, settings)
-            print(f"abuse: {probe.name}: {probe.held} held, {probe.failed} failed "
-                  f"({time.monotonic() - t0:.1f} s)", flush=True)  # fmt: skip
-            probes.append(probe)
-            if proc.poll() is not None:
-                probe.fail(f"the server exited with code {proc.returncode}")
-                break
-        log = target.log()
+    try:
+        with started_server(server_args, stop_timeout=60) as server:
+            target = Target(server.port, server.proc, server.log_path, server.command, png, label)
+            for run_probe in PROBES:
+                t0 = time.monotonic()
+                probe = run_probe(target, settings)
+                print(f"abuse: {probe.name}: {probe.held} held, {probe.failed} failed "
+                      f"({time.monotonic() - t0:.1f} s)", flush=True)  # fmt: skip
+                probes.append(probe)
+                if target.proc.poll() is not None:
+                    probe.fail(f"the server exited with code {target.proc.returncode}")
+                    break
+            log = target.log()
+    except ServerNotReady as exc:
+        raise SystemExit(f"abuse: {exc}") from None
     # One more check across all probes: no request made the server log a traceback.
     log_probe = Probe("server_log", detail="no traceback, no 'Exception in ASGI application'")
     log_probe.check(

@@ -13,6 +13,9 @@ Latency is measured in the client: from sending the request to having read the
 whole response. Warm-up requests (--warmup) are not counted. The JSON result
 goes to benchmarks/results/load_serve-<timestamp>.json (or --out). Exit code 1
 if any request failed (a non-200 answer or a broken connection).
+
+Its server side (started_server, ServeProcess, wait_ready) also starts the server
+for benchmarks/abuse.py and tests/serve; this file stays runnable by its path.
 """
 
 from __future__ import annotations
@@ -33,10 +36,12 @@ import threading
 import time
 import urllib.parse
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
+HOST = "127.0.0.1"
 
 
 def make_png(index: int, size: int) -> tuple[bytes, int]:
@@ -55,15 +60,19 @@ def make_png(index: int, size: int) -> tuple[bytes, int]:
 
 def free_port() -> int:
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((HOST, 0))
         return int(sock.getsockname()[1])
+
+
+class ServerNotReady(RuntimeError):
+    """The server exited, or did not answer GET /readyz with 200 in time."""
 
 
 def wait_ready(host: str, port: int, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise SystemExit(f"load_serve: the server exited with code {proc.returncode} before it was ready")
+            raise ServerNotReady(f"the server exited with code {proc.returncode} before it was ready")
         with contextlib.suppress(OSError, http.client.HTTPException):
             conn = http.client.HTTPConnection(host, port, timeout=2)
             conn.request("GET", "/readyz")
@@ -71,30 +80,75 @@ def wait_ready(host: str, port: int, timeout: float, proc: subprocess.Popen[byte
                 conn.close()
                 return
             conn.close()
-        time.sleep(0.2)
-    raise SystemExit(f"load_serve: server on {host}:{port} not ready within {timeout:g} s")
+        time.sleep(0.1)
+    raise ServerNotReady(f"server on {host}:{port} not ready within {timeout:g} s")
+
+
+@dataclass
+class ServeProcess:
+    """A ``digitrec serve`` subprocess on a loopback port, its output in a log file."""
+
+    port: int
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    command: list[str]
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def request(
+        self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, dict[str, str], bytes]:
+        """One request on a fresh connection: (status, lower-cased headers, body)."""
+        conn = http.client.HTTPConnection(HOST, self.port, timeout=30)
+        try:
+            conn.request(method, path, body=body, headers=headers or {})
+            response = conn.getresponse()
+            return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+        finally:
+            conn.close()
 
 
 @contextlib.contextmanager
-def started_server(run: str | None, extra: list[str]) -> Iterator[tuple[str, list[str]]]:
-    """``python -m digitrec serve`` on a free loopback port; SIGTERM and wait on exit."""
+def started_server(
+    args: Sequence[str],
+    log_dir: Path | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    ready_timeout: float = 120.0,
+    stop_timeout: float = 30.0,
+) -> Iterator[ServeProcess]:
+    """``python -m digitrec serve ARGS`` on a free loopback port, ready (GET /readyz answered 200)
+    when it yields; SIGTERM on exit, killed if still running after ``stop_timeout`` seconds. Its
+    output goes to ``serve-PORT.log`` in ``log_dir`` (default: a temporary folder), a file: a pipe
+    nobody reads would fill up and block the server. Raises ServerNotReady, with the log, if it
+    exits or is not ready within ``ready_timeout`` seconds."""
     port = free_port()
-    command = [sys.executable, "-m", "digitrec", "serve", "--host", "127.0.0.1", "--port", str(port), *extra]
-    if run:
-        command += ["--run", run]
-    # The server logs to a file: a pipe nobody reads would fill up and block it.
-    with tempfile.TemporaryFile() as log:
-        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    command = [sys.executable, "-m", "digitrec", "serve", "--host", HOST, "--port", str(port), *args]
+    with contextlib.ExitStack() as stack:
+        folder = log_dir if log_dir is not None else Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        log_path = folder / f"serve-{port}.log"
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+        server = ServeProcess(port, proc, log_path, command)
         try:
-            wait_ready("127.0.0.1", port, 120, proc)
-            yield f"http://127.0.0.1:{port}", command
-        finally:
-            proc.send_signal(signal.SIGTERM)
             try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+                wait_ready(HOST, port, ready_timeout, proc)
+            except ServerNotReady as exc:
+                raise ServerNotReady(f"{exc}; its log:\n{server.log()}") from None
+            yield server
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=stop_timeout)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
@@ -107,7 +161,7 @@ def percentile(sorted_values: list[float], q: float) -> float:
 
 def run_load(url: str, body: bytes, requests: int, concurrency: int, warmup: int) -> dict[str, object]:
     parts = urllib.parse.urlsplit(url)
-    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    host, port = parts.hostname or HOST, parts.port or 80
     path = (parts.path.rstrip("/") or "") + "/v1/predict"
     headers = {"Content-Type": "image/png"}
     lock = threading.Lock()
@@ -208,15 +262,21 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--url must be a loopback address (this tool only loads local servers)")
 
     body, label = make_png(args.digit_index, args.size)
-    with contextlib.ExitStack() as stack:
-        if args.url:
-            url, command = args.url, None
-            wait_ready(
-                urllib.parse.urlsplit(url).hostname or "127.0.0.1", urllib.parse.urlsplit(url).port or 80, 30
-            )
-        else:
-            url, command = stack.enter_context(started_server(args.run, args.server_arg))
-        result = run_load(url, body, args.requests, args.concurrency, args.warmup)
+    command: list[str] | None = None
+    try:
+        with contextlib.ExitStack() as stack:
+            if args.url:
+                url = args.url
+                wait_ready(
+                    urllib.parse.urlsplit(url).hostname or HOST, urllib.parse.urlsplit(url).port or 80, 30
+                )
+            else:
+                server_args = [*args.server_arg, *(["--run", args.run] if args.run else [])]
+                server = stack.enter_context(started_server(server_args))
+                url, command = server.url, server.command
+            result = run_load(url, body, args.requests, args.concurrency, args.warmup)
+    except ServerNotReady as exc:
+        raise SystemExit(f"load_serve: {exc}") from None
 
     result = {
         "benchmark": "load_serve",

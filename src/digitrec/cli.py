@@ -3,7 +3,8 @@
 torch is imported inside the command functions, never at module level, so
 ``digitrec --help`` answers in a fraction of a second. Each command's arguments
 (``_add_NAME``) stand just above its handler (``cmd_NAME``); ``digitrec train``'s
-flags that override a recipe come from one table, :data:`TRAIN_OPTIONS`.
+flags that override a recipe come from one table, :data:`TRAIN_OPTIONS`, and
+``digitrec serve``'s limits from another, :data:`SERVE_LIMITS`.
 """
 
 from __future__ import annotations
@@ -661,6 +662,77 @@ def cmd_predict(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- serve
 
 
+@dataclass(frozen=True)
+class ServeLimit:
+    """A flag of ``digitrec serve``'s "limits" group that sets the ServeConfig field of the same name
+    (``--queue-timeout`` sets ``queue_timeout``; ``--graceful-timeout`` alone is serve()'s own
+    argument). The table of them, :data:`SERVE_LIMITS`, makes the parser's flags and cmd_serve's
+    ServeConfig: a new limit is a ServeConfig field plus one line there. A count (an int default)
+    must be >= 1, a time in seconds (a float default) > 0, as ServeConfig checks."""
+
+    field: str
+    metavar: str
+    default: int | float
+    help: str  # without the default, which is added
+    shown: str = ""  # the default as --help states it; "": the default itself
+    name: str = ""  # the flag without its dashes, where it is not the field's name
+
+    @property
+    def flag(self) -> str:
+        return "--" + (self.name or self.field.replace("_", "-"))
+
+
+SERVE_LIMITS = (
+    ServeLimit(
+        "max_body_bytes",
+        "BYTES",
+        2 * 1024 * 1024,
+        "largest request body; more is answered 413 before decoding",
+        shown="2097152, 2 MiB",
+        name="max-body",
+    ),
+    ServeLimit(
+        "max_inflight",
+        "N",
+        32,
+        "prediction requests admitted at once per process, counted once the body is in; "
+        "one more is answered 503",
+    ),
+    ServeLimit(
+        "max_uploads",
+        "N",
+        128,
+        "prediction bodies being received at once per process; one more is answered 503",
+    ),
+    ServeLimit("threads", "N", 2, "inference threads per process, off the event loop"),
+    ServeLimit(
+        "queue_timeout",
+        "SECONDS",
+        5.0,
+        "longest wait of an admitted request for an inference thread before 503",
+    ),
+    ServeLimit(
+        "header_timeout",
+        "SECONDS",
+        10.0,
+        "longest time from a request's first byte to the end of its headers; then 408 and close",
+    ),
+    ServeLimit(
+        "body_timeout",
+        "SECONDS",
+        10.0,
+        "longest time to receive a request body after its headers before 408",
+    ),
+    ServeLimit(
+        "idle_timeout",
+        "SECONDS",
+        5.0,
+        "a connection with no request in progress is closed after this long",
+    ),
+    ServeLimit("graceful_timeout", "SECONDS", 30.0, "on SIGTERM, longest wait for requests in flight"),
+)
+
+
 def _add_serve(commands: argparse._SubParsersAction[_Parser]) -> None:
     serve = commands.add_parser(
         "serve",
@@ -684,71 +756,15 @@ def _add_serve(commands: argparse._SubParsersAction[_Parser]) -> None:
         help="server processes, each with the model (default: 1)",
     )
     limits = serve.add_argument_group("limits")
-    limits.add_argument(
-        "--max-body",
-        type=_bounded(int, 1),
-        default=2 * 1024 * 1024,
-        metavar="BYTES",
-        help="largest request body; more is answered 413 before decoding (default: 2097152, 2 MiB)",
-    )
-    limits.add_argument(
-        "--max-inflight",
-        type=_bounded(int, 1),
-        default=32,
-        metavar="N",
-        help="prediction requests admitted at once per process, counted once the body is in; "
-        "one more is answered 503 (default: 32)",
-    )
-    limits.add_argument(
-        "--max-uploads",
-        type=_bounded(int, 1),
-        default=128,
-        metavar="N",
-        help="prediction bodies being received at once per process; one more is answered 503 (default: 128)",
-    )
-    limits.add_argument(
-        "--threads",
-        type=_bounded(int, 1),
-        default=2,
-        metavar="N",
-        help="inference threads per process, off the event loop (default: 2)",
-    )
-    limits.add_argument(
-        "--queue-timeout",
-        type=_bounded(float, 0, inclusive=False),
-        default=5.0,
-        metavar="SECONDS",
-        help="longest wait of an admitted request for an inference thread before 503 (default: 5)",
-    )
-    limits.add_argument(
-        "--header-timeout",
-        type=_bounded(float, 0, inclusive=False),
-        default=10.0,
-        metavar="SECONDS",
-        help="longest time from a request's first byte to the end of its headers; "
-        "then 408 and close (default: 10)",
-    )
-    limits.add_argument(
-        "--body-timeout",
-        type=_bounded(float, 0, inclusive=False),
-        default=10.0,
-        metavar="SECONDS",
-        help="longest time to receive a request body after its headers before 408 (default: 10)",
-    )
-    limits.add_argument(
-        "--idle-timeout",
-        type=_bounded(float, 0, inclusive=False),
-        default=5.0,
-        metavar="SECONDS",
-        help="a connection with no request in progress is closed after this long (default: 5)",
-    )
-    limits.add_argument(
-        "--graceful-timeout",
-        type=_bounded(float, 0, inclusive=False),
-        default=30.0,
-        metavar="SECONDS",
-        help="on SIGTERM, longest wait for requests in flight (default: 30)",
-    )
+    for option in SERVE_LIMITS:
+        limits.add_argument(
+            option.flag,
+            dest=option.field,
+            type=_bounded(int, 1) if isinstance(option.default, int) else _bounded(float, 0, inclusive=False),
+            default=option.default,
+            metavar=option.metavar,
+            help=f"{option.help} (default: {option.shown or f'{option.default:g}'})",
+        )
     serve.add_argument(
         "--show-run-path",
         action="store_true",
@@ -768,24 +784,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     if args.port > 65535:
         raise DigitrecError(f"--port must be <= 65535, got {args.port}")
-    config = ServeConfig(
-        run=args.run,
-        max_body_bytes=args.max_body,
-        max_inflight=args.max_inflight,
-        max_uploads=args.max_uploads,
-        threads=args.threads,
-        queue_timeout=args.queue_timeout,
-        header_timeout=args.header_timeout,
-        body_timeout=args.body_timeout,
-        idle_timeout=args.idle_timeout,
-        show_run_path=args.show_run_path,
-    )
+    limits = {option.field: getattr(args, option.field) for option in SERVE_LIMITS}
+    graceful_timeout = limits.pop("graceful_timeout")
+    config = ServeConfig(run=args.run, show_run_path=args.show_run_path, **limits)
     serve(
         config,
         host=args.host,
         port=args.port,
         workers=args.workers,
-        graceful_timeout=args.graceful_timeout,
+        graceful_timeout=graceful_timeout,
         access_log=args.access_log,
     )
     return 0

@@ -7,27 +7,26 @@ The server serves the bundled default model, as ``digitrec serve`` does with no
 from __future__ import annotations
 
 import contextlib
-import http.client
 import io
+import json
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from benchmarks.load_serve import ServeProcess, started_server
 from PIL import Image
 
 import digitrec
 
 MODEL_ENV = "DIGITREC_TEST_SERVE_RUN"
 SRC = Path(digitrec.__file__).resolve().parent.parent  # the code under test, for the subprocess
+ROOT = Path(__file__).resolve().parents[2]  # the repository: benchmarks/ runs from here
+Server = ServeProcess  # a started server: port, proc, log_path, url, log(), request()
 
 
 def model_args() -> list[str]:
@@ -43,38 +42,6 @@ def load_test_recognizer() -> Any:
     return Recognizer.from_run(run) if run else Recognizer.default()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@dataclass
-class Server:
-    port: int
-    proc: subprocess.Popen[bytes]
-    log_path: Path
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def request(
-        self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
-    ) -> tuple[int, dict[str, str], bytes]:
-        """One request on a fresh connection: (status, lower-cased headers, body)."""
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-        try:
-            conn.request(method, path, body=body, headers=headers or {})
-            response = conn.getresponse()
-            return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
-        finally:
-            conn.close()
-
-
 def server_env() -> dict[str, str]:
     path = os.environ.get("PYTHONPATH")
     return {
@@ -87,38 +54,24 @@ def server_env() -> dict[str, str]:
 @contextlib.contextmanager
 def run_server(folder: Path, *extra: str, ready_timeout: float = 120.0) -> Iterator[Server]:
     """Start ``python -m digitrec serve`` on 127.0.0.1, wait for /readyz, SIGTERM it at the end."""
-    port = free_port()
-    command = [
-        sys.executable, "-m", "digitrec", "serve", "--host", "127.0.0.1", "--port", str(port),
-        *model_args(), *extra,
-    ]  # fmt: skip
-    log_path = folder / f"serve-{port}.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=server_env())
-    server = Server(port, proc, log_path)
-    try:
-        wait_ready(server, ready_timeout)
+    args = [*model_args(), *extra]
+    with started_server(args, folder, env=server_env(), ready_timeout=ready_timeout) as server:
         yield server
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
 
 
-def wait_ready(server: Server, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.proc.poll() is not None:
-            raise AssertionError(f"server exited with {server.proc.returncode}:\n{server.log()}")
-        with contextlib.suppress(OSError, http.client.HTTPException):
-            if server.request("GET", "/readyz")[0] == 200:
-                return
-        time.sleep(0.1)
-    raise AssertionError(f"server not ready within {timeout} s:\n{server.log()}")
+def run_benchmark(command: list[str], out: Path) -> tuple[dict[str, Any], str]:
+    """``python COMMAND --out OUT`` from the repository's root, with the server's environment: (the
+    JSON it wrote to OUT, its stdout). Fails unless it exits 0."""
+    result = subprocess.run(
+        [sys.executable, *command, "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=server_env(),
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return json.loads(out.read_text()), result.stdout
 
 
 @pytest.fixture(scope="session")

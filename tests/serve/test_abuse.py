@@ -2,35 +2,20 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from .conftest import server_env
-
-ROOT = Path(__file__).resolve().parents[2]
+from .conftest import run_benchmark
 
 
 @pytest.mark.slow  # a server, 64 storming clients, 200 idle connections, slowloris: about 20-40 s
 def test_abuse_benchmark_quick_holds(tmp_path: Path) -> None:
-    out = tmp_path / "abuse.json"
-    result = subprocess.run(
-        [sys.executable, "-m", "benchmarks.abuse", "--quick", "--out", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env=server_env(),
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    report = json.loads(out.read_text())
+    report, stdout = run_benchmark(["-m", "benchmarks.abuse", "--quick"], tmp_path / "abuse.json")
     probes = {p["probe"]: p for p in report["probes"]}
     assert set(probes) == {
         "method_flood", "bad_bodies", "retry_storm", "idle_connections", "slow_headers", "slow_uploads",
         "server_log",
     }  # fmt: skip
     assert report["failed"] == 0 and all(p["failed"] == 0 and p["held"] > 0 for p in probes.values())
-    assert "| retry_storm |" in result.stdout
+    assert "| retry_storm |" in stdout
