@@ -237,3 +237,49 @@ def test_evaluate_images_rejects_ensembles_and_report_alone(tmp_path, capsys):
     assert cli_exit_code(["evaluate", "a", "b", "--images", str(tmp_path)]) == 2
     assert cli_exit_code(["evaluate", "--report", str(tmp_path)]) == 2
     assert "--report needs --images" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- the benchmark
+
+
+@pytest.mark.slow
+def test_handwriting_benchmark_quick_keeps_a_floor(tmp_path, capsys):
+    """``python -m benchmarks.handwriting --quick`` on the shared sets: every set, presentation and
+    the 4-digit numbers stay above a floor (the bundled model scores about 0.95-0.98 on single
+    digits), so the benchmark never rots."""
+    needs(USPS)
+    needs(OPTDIGITS)
+    from benchmarks.handwriting import NUMBERS, PRESENTATIONS, main
+
+    out = tmp_path / "handwriting.json"
+    assert main(["--quick", "--data-dir", str(SHARED), "--out", str(out)]) == 0
+    results = json.loads(out.read_text())
+    assert set(results["sets"]) == {"optdigits-orig", "USPS test"}
+    for name, entry in results["sets"].items():
+        rows = entry["results"]
+        assert set(rows) == {*PRESENTATIONS, NUMBERS}
+        singles = [rows[p] for p in PRESENTATIONS]
+        assert all(row["total"] == 60 for row in singles)
+        rate = sum(row["correct"] for row in singles) / sum(row["total"] for row in singles)
+        assert rate >= 0.85, (name, rows)
+        assert all(row["correct"] / row["total"] >= 0.75 for row in singles), (name, rows)
+        assert rows[NUMBERS]["correct"] / rows[NUMBERS]["total"] >= 0.6, (name, rows)
+    assert "| **4-digit numbers (exact)** |" in capsys.readouterr().out
+
+
+def test_benchmark_refuses_a_quick_run_for_the_readme(tmp_path, capsys):
+    from benchmarks.handwriting import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["--quick", "--readme", str(tmp_path / "README.md")])
+    assert info.value.code == 2 and "smoke test" in capsys.readouterr().err
+
+
+def test_benchmark_table_format():
+    from benchmarks.handwriting import NUMBERS, PRESENTATIONS, format_table
+
+    rows = {p: {"correct": 9, "total": 10} for p in PRESENTATIONS} | {NUMBERS: {"correct": 1, "total": 2}}
+    table = format_table({"sets": {"A": {"results": rows}}})
+    assert table.splitlines()[0] == "| presentation | A |"
+    assert "| **4-digit numbers (exact)** | 50.0% (1/2) |" in table
+    assert "| scan, 8x with a margin | 90.0% (9/10) |" in table

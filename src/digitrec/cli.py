@@ -307,14 +307,8 @@ def _add_evaluate(commands: argparse._SubParsersAction[_Parser]) -> None:
     evaluate.add_argument(
         "--report",
         metavar="OUT",
-        help="with --images: write confusion_matrix.png, per_class_accuracy.png, mistakes.png and "
-        "mistakes.json (every mistake, most confident first) into the folder OUT (default: off)",
-    )
-    evaluate.add_argument(
-        "--mistakes",
-        type=_bounded(int, 0),
-        default=40,
-        help="with --report: how many mistakes mistakes.png shows (default: 40)",
+        help="with --images: write confusion_matrix.png, per_class_accuracy.png, mistakes.png (the 40 "
+        "most confident mistakes) and mistakes.json (all of them) into the folder OUT (default: off)",
     )
     evaluate.add_argument("--device", default="cpu", help="device to evaluate on (default: cpu)")
     evaluate.set_defaults(handler=cmd_evaluate)
@@ -333,7 +327,7 @@ def _evaluate_images(args: argparse.Namespace) -> int:
     result = evaluate_images(recognizer, labelled)
     model = recognizer.info()["name"]
     if args.report:
-        for path in _write_images_report(args.report, labelled, result, args.mistakes):
+        for path in _write_images_report(args.report, labelled, result):
             print(f"wrote {path}", file=sys.stderr if args.json else sys.stdout)
     if args.json:
         header = {"run": run or "default", "model": model, "images": args.images, "no_digit": result.no_digit}
@@ -348,13 +342,14 @@ def _evaluate_images(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_images_report(out: str, labelled: Any, result: Any, limit: int) -> list[Any]:
+def _write_images_report(out: str, labelled: Any, result: Any) -> list[Any]:
     from pathlib import Path
 
     import torch
 
     from .fileio import write_bytes_atomic
     from .reports import (
+        DEFAULT_MISTAKES,
         FIGURE_FILES,
         confusion_matrix_figure,
         find_mistakes,
@@ -378,7 +373,9 @@ def _write_images_report(out: str, labelled: Any, result: Any, limit: int) -> li
             result.report.confusion, title=f"Confusion matrix: {source}"
         ),
         "per_class_accuracy": per_class_accuracy_figure(result.report, title=f"Accuracy per digit: {source}"),
-        "mistakes": mistakes_figure(torch.from_numpy(result.inputs), mistakes[:limit], len(mistakes)),
+        "mistakes": mistakes_figure(
+            torch.from_numpy(result.inputs), mistakes[:DEFAULT_MISTAKES], len(mistakes)
+        ),
     }
     written = []
     for key, figure in figures.items():
