@@ -277,7 +277,8 @@ def _add_evaluate(commands: argparse._SubParsersAction[_Parser]) -> None:
     evaluate = commands.add_parser(
         "evaluate",
         help="accuracy, per-class precision/recall and confusion matrix of a run",
-        description="Evaluate a run's model on its dataset's test set.",
+        description="Evaluate a run's model on its dataset's test set, or with --images on labelled "
+        "images read as digitrec predict reads them.",
     )
     evaluate.add_argument(
         "runs",

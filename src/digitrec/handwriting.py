@@ -64,8 +64,8 @@ def _find(folder: str | os.PathLike[str], stem: str) -> Path:
 
 
 def _read_lines(path: Path) -> list[str]:
-    """The file's text lines (gunzipped when it ends in .gz), after its format is parsed the
-    caller checks :func:`_check_sha256`."""
+    """The file's text lines, gunzipped when it ends in .gz. Callers parse them first and then
+    :func:`_check_sha256`, so a damaged copy is named by its first bad line."""
     try:
         raw = path.read_bytes()
     except OSError as exc:
@@ -312,7 +312,8 @@ class _Rendered(Sequence[Any]):
 
 
 def default_shared_data() -> Path:
-    """The shared data folder: ``$DIGITREC_SHARED_DATA``, else ``<repo>/../shared/data``."""
+    """The shared data folder: ``$DIGITREC_SHARED_DATA``, else ``<repo>/../shared/data`` (for the
+    benchmark and the tests, which run from a source checkout)."""
     override = os.environ.get(SHARED_DATA_ENV)
     if override:
         return Path(override)
