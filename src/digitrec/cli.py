@@ -278,7 +278,8 @@ def _add_evaluate(commands: argparse._SubParsersAction[_Parser]) -> None:
     evaluate = commands.add_parser(
         "evaluate",
         help="accuracy, per-class precision/recall and confusion matrix of a run",
-        description="Evaluate a run's model on its dataset's test set.",
+        description="Evaluate a run's model on its dataset's test set, or with --images on labelled "
+        "images read as digitrec predict reads them.",
     )
     evaluate.add_argument(
         "runs",
@@ -298,11 +299,114 @@ def _add_evaluate(commands: argparse._SubParsersAction[_Parser]) -> None:
     evaluate.add_argument(
         "--data-dir", help="evaluate on the IDX files in this folder (default: the run's dataset)"
     )
+    evaluate.add_argument(
+        "--images",
+        metavar="SOURCE",
+        help="evaluate on labelled images instead, each read as digitrec predict reads it: a folder "
+        "DIR/<digit>/*.png, a CSV file of file,label rows, or a named set usps:DIR (USPS test split), "
+        "usps-train:DIR or optdigits-orig:DIR (default: off, the run's test set)",
+    )
+    evaluate.add_argument(
+        "--report",
+        metavar="OUT",
+        help="with --images: write confusion_matrix.png, per_class_accuracy.png, mistakes.png (the 40 "
+        "most confident mistakes) and mistakes.json (all of them) into the folder OUT (default: off)",
+    )
     evaluate.add_argument("--device", default="cpu", help="device to evaluate on (default: cpu)")
     evaluate.set_defaults(handler=cmd_evaluate)
 
 
+def _evaluate_images(args: argparse.Namespace) -> int:
+    """digitrec evaluate --images: the user's labelled images, read as digitrec predict reads them."""
+    from .handwriting import evaluate_images, open_source
+    from .recognition import Recognizer
+
+    if len(args.runs) > 1 or args.tta or args.data_dir:
+        raise DigitrecError("--images evaluates one model without --tta or --data-dir")
+    run = args.runs[0] if args.runs else None
+    labelled = open_source(args.images)
+    recognizer = Recognizer.from_run(run, args.device) if run else Recognizer.default(args.device)
+    result = evaluate_images(recognizer, labelled)
+    model = recognizer.info()["name"]
+    if args.report:
+        for path in _write_images_report(args.report, labelled, result):
+            print(f"wrote {path}", file=sys.stderr if args.json else sys.stdout)
+    if args.json:
+        header = {"run": run or "default", "model": model, "images": args.images, "no_digit": result.no_digit}
+        print(json.dumps({**header, **result.report.to_dict()}))
+    else:
+        from .evaluation import format_report
+
+        print(f"{run or 'bundled default model'}: model {model}, images {args.images}")
+        if result.no_digit:
+            print(f"no digit found in {result.no_digit} images (counted as wrong, not in the matrix)")
+        print(format_report(result.report))
+    return 0
+
+
+def _write_images_report(out: str, labelled: Any, result: Any) -> list[Any]:
+    from pathlib import Path
+
+    import torch
+
+    from .fileio import write_bytes_atomic
+    from .reports import (
+        DEFAULT_MISTAKES,
+        FIGURE_FILES,
+        confusion_matrix_figure,
+        find_mistakes,
+        mistakes_figure,
+        per_class_accuracy_figure,
+        png_bytes,
+    )
+
+    folder = Path(out)
+    if folder.exists() and not folder.is_dir():
+        raise DigitrecError(f"{folder}: exists and is not a folder")
+    found = [guess is not None for guess in result.predicted]
+    mistakes = [
+        m
+        for m in find_mistakes(torch.from_numpy(result.probabilities), torch.tensor(labelled.labels))
+        if found[m.index]
+    ]
+    source = labelled.source
+    figures = {
+        "confusion_matrix": confusion_matrix_figure(
+            result.report.confusion, title=f"Confusion matrix: {source}"
+        ),
+        "per_class_accuracy": per_class_accuracy_figure(result.report, title=f"Accuracy per digit: {source}"),
+        "mistakes": mistakes_figure(
+            torch.from_numpy(result.inputs), mistakes[:DEFAULT_MISTAKES], len(mistakes)
+        ),
+    }
+    written = []
+    for key, figure in figures.items():
+        write_bytes_atomic(folder / FIGURE_FILES[key], png_bytes(figure))
+        written.append(folder / FIGURE_FILES[key])
+    rows = [
+        {
+            "file": labelled.names[m.index],
+            "true": m.true,
+            "predicted": m.predicted,
+            "confidence": m.confidence,
+        }
+        for m in mistakes
+    ]
+    rows += [
+        {"file": labelled.names[i], "true": labelled.labels[i], "predicted": None, "confidence": 0.0}
+        for i, ok in enumerate(found)
+        if not ok
+    ]
+    write_bytes_atomic(folder / "mistakes.json", (json.dumps(rows, indent=1) + "\n").encode())
+    written.append(folder / "mistakes.json")
+    return written
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    if args.images:
+        return _evaluate_images(args)
+    if args.report:
+        raise DigitrecError("--report needs --images (digitrec report DIR writes a run's report)")
     from .checkpoints import load_model
     from .data import load_dataset
     from .distributed import resolve_device

@@ -1,0 +1,192 @@
+"""Other writers' handwriting: real digit sets MNIST never saw, rendered as people present them.
+
+Each set (optdigits-orig's 2,880 digits of 30 writers, USPS's 2,007 test digits from envelopes)
+is drawn as an image a person would give digitrec -- dark ink on paper at several scales, with
+a fine pen and a marker, as a photo with uneven light, noise and JPEG -- and read through
+``Recognizer.predict_batch``, the same path as ``digitrec predict``. Rows of 4 digits from each
+set are read with ``multi=True`` and count only when the whole number is right. Numbers, not
+timed tests::
+
+    PYTHONPATH=src python -m benchmarks.handwriting [--per-set N] [--quick] [--readme README.md]
+
+The sets are read from ``../shared/data`` beside the repository (or ``--data-dir``, or
+``$DIGITREC_SHARED_DATA``); results go to ``benchmarks/results/handwriting-<time>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import time
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from benchmarks import rendered_handwriting as rendered
+from benchmarks.readme import replace_marked_block
+from digitrec.handwriting import DigitSet, default_shared_data, load_optdigits_orig, load_usps, render_digit
+
+README_BLOCK = "handwriting"
+SETS: dict[str, Callable[[Path], DigitSet]] = {
+    "optdigits-orig": lambda root: load_optdigits_orig(root / "optdigits-orig"),
+    "USPS test": lambda root: load_usps(root / "usps", "test"),
+}
+
+
+def photo(ink: np.ndarray, rng: np.random.Generator) -> Image.Image:
+    """A phone photo: uneven light and a shadow, sensor noise (sigma 6..12), JPEG quality 40..70."""
+    lit = np.asarray(rendered.uneven_light(ink, rng), np.float32)
+    noisy = np.clip(lit + rng.normal(0, rng.uniform(6, 12), lit.shape) + 0.5, 0, 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(noisy, "L").convert("RGB").save(buffer, "JPEG", quality=int(rng.integers(40, 71)))
+    return Image.open(io.BytesIO(buffer.getvalue()))
+
+
+PRESENTATIONS: dict[str, Callable[[np.ndarray, np.random.Generator], Image.Image]] = {
+    "scan, 8x with a margin": lambda ink, rng: render_digit(ink, 8),
+    "small, 2x": lambda ink, rng: render_digit(ink, 2),
+    "large canvas 64-2000 px": rendered.large_canvas,
+    "fine pen (thin strokes)": rendered.thin,
+    "marker (thick strokes)": rendered.thick,
+    "photo: uneven light, noise, JPEG": photo,
+}
+NUMBERS = "4-digit numbers (exact)"
+
+
+def sample(digits: DigitSet, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``count`` digits drawn without replacement (all of them when count is 0 or more than the set)."""
+    rng = np.random.default_rng([seed, len(digits.labels)])
+    if 0 < count < len(digits.labels):
+        pick = np.sort(rng.choice(len(digits.labels), size=count, replace=False))
+        return digits.images[pick], digits.labels[pick]
+    return digits.images, digits.labels
+
+
+def evaluate_set(
+    recognizer: Any, digits: DigitSet, per_set: int, numbers: int, seed: int = 0
+) -> dict[str, tuple[int, int]]:
+    """Per presentation and for 4-digit numbers: (read correctly, total)."""
+    images, labels = sample(digits, per_set, seed)
+    results: dict[str, tuple[int, int]] = {}
+    for k, (name, draw) in enumerate(PRESENTATIONS.items()):
+        rng = np.random.default_rng([seed, k])
+        correct = 0
+        for start in range(0, len(labels), 256):
+            chunk = range(start, min(start + 256, len(labels)))
+            predictions = recognizer.predict_batch([draw(images[i], rng) for i in chunk])
+            correct += sum(p.digit == labels[i] for p, i in zip(predictions, chunk, strict=True))
+        results[name] = (int(correct), len(labels))
+    if numbers:
+        samples = rendered.render_numbers(digits.images, digits.labels, numbers, seed)
+        predictions = recognizer.predict_batch([image for image, _ in samples], multi=True)
+        correct = sum(p.number == truth for p, (_, truth) in zip(predictions, samples, strict=True))
+        results[NUMBERS] = (int(correct), len(samples))
+    return results
+
+
+def run(
+    data_root: Path, per_set: int, numbers: int, seed: int = 0, run_dir: str | None = None
+) -> dict[str, Any]:
+    from digitrec.recognition import Recognizer
+
+    recognizer = Recognizer.from_run(run_dir) if run_dir else Recognizer.default()
+    started = time.perf_counter()
+    out: dict[str, Any] = {
+        "date": datetime.now().isoformat(timespec="seconds"),
+        "model": recognizer.info()["name"],
+        "source": str(recognizer.info()["source"]),
+        "per_set": per_set,
+        "numbers": numbers,
+        "seed": seed,
+        "sets": {},
+    }
+    for name, load in SETS.items():
+        digits = load(data_root)
+        scores = evaluate_set(recognizer, digits, per_set, numbers, seed)
+        out["sets"][name] = {
+            "size": len(digits.labels),
+            "results": {key: {"correct": c, "total": t} for key, (c, t) in scores.items()},
+        }
+    out["seconds"] = round(time.perf_counter() - started, 1)
+    return out
+
+
+def format_table(results: dict[str, Any]) -> str:
+    """Markdown: one row per presentation, one column per set (rate and counts)."""
+    sets = list(results["sets"])
+    lines = [
+        "| presentation | " + " | ".join(sets) + " |",
+        "|---|" + "---|" * len(sets),
+    ]
+    rows = [*PRESENTATIONS, NUMBERS]
+    for row in rows:
+        cells = []
+        for name in sets:
+            entry = results["sets"][name]["results"].get(row)
+            cells.append(
+                f"{entry['correct'] / entry['total']:.1%} ({entry['correct']}/{entry['total']})"
+                if entry
+                else ""
+            )
+        label = f"**{row}**" if row == NUMBERS else row
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.handwriting",
+        description="Accuracy on other writers' real handwriting (optdigits-orig, USPS test), "
+        "rendered in several presentations and read as digitrec predict reads images.",
+    )
+    options: list[tuple[str, dict[str, Any], str]] = [
+        (
+            "--data-dir",
+            {},
+            "folder holding usps/ and optdigits-orig/ (default: $DIGITREC_SHARED_DATA or ../shared/data)",
+        ),
+        ("--run", {}, "run directory (default: the bundled default model)"),
+        (
+            "--per-set",
+            {"type": int, "default": 500},
+            "digits per set and presentation, 0 = all (default: 500)",
+        ),
+        ("--numbers", {"type": int, "default": 200}, "4-digit numbers per set (default: 200)"),
+        ("--seed", {"type": int, "default": 0}, "sampling and rendering seed (default: 0)"),
+        ("--quick", {"action": "store_true"}, "a smoke run: 60 digits and 20 numbers per set (default: off)"),
+        ("--out", {}, "JSON file to write (default: benchmarks/results/handwriting-<time>.json)"),
+        (
+            "--readme",
+            {"metavar": "FILE"},
+            "write the table between the handwriting markers in FILE (default: off)",
+        ),
+    ]
+    for flag, extra, text in options:
+        parser.add_argument(flag, help=text, **extra)
+    args = parser.parse_args(argv)
+    if args.readme and args.quick:
+        parser.error("--readme: a --quick run is a smoke test, not figures for the README")
+    per_set, numbers = (60, 20) if args.quick else (args.per_set, args.numbers)
+    root = Path(args.data_dir) if args.data_dir else default_shared_data()
+    results = run(root, per_set, numbers, args.seed, args.run)
+    results["quick"] = args.quick
+    from digitrec.fileio import write_json_atomic
+
+    stamp = datetime.fromisoformat(results["date"]).strftime("%Y%m%d-%H%M%S")
+    out = Path(args.out) if args.out else Path("benchmarks/results") / f"handwriting-{stamp}.json"
+    write_json_atomic(out, results)
+    table = format_table(results)
+    print(f"model: {results['model']} from {results['source']}; {results['seconds']} s; wrote {out}")
+    print(table)
+    if args.readme:
+        replace_marked_block(args.readme, README_BLOCK, table)
+        print(f"updated {args.readme}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
