@@ -41,11 +41,14 @@ def read_run_file(path: Path, limit: int) -> bytes:
         if info.st_size > limit:
             raise DigitrecError(f"{path}: {info.st_size:,} bytes, over this file's limit of {limit:,}")
         with path.open("rb") as handle:
-            return handle.read(limit + 1)[:limit]
+            data = handle.read(limit + 1)  # bounded even if the file grows after the stat
     except FileNotFoundError:
         raise DigitrecError(f"{path}: file not found") from None
     except OSError as exc:
         raise DigitrecError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if len(data) > limit:
+        raise DigitrecError(f"{path}: over this file's limit of {limit:,} bytes")
+    return data
 
 
 def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

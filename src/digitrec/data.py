@@ -12,7 +12,6 @@ one ``index_select`` and one conversion to float, with no per-sample Python.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import os
 import urllib.error
 import urllib.request
@@ -25,7 +24,7 @@ import numpy as np
 import torch
 
 from .errors import DigitrecError
-from .fileio import atomic_write, write_bytes_atomic
+from .fileio import atomic_write, find_data_file, sha256_hex, write_bytes_atomic
 from .idx import parse_idx, read_idx_bytes
 
 DATA_DIR_ENV = "DIGITREC_DATA_DIR"
@@ -124,17 +123,6 @@ def default_cache_dir() -> Path:
     return Path(base) / "digitrec"
 
 
-def sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def _find_file(folder: Path, stem: str) -> Path:
-    for candidate in (folder / stem, folder / f"{stem}.gz"):
-        if candidate.is_file():
-            return candidate
-    raise DigitrecError(f"{folder}: missing {stem} (or {stem}.gz)")
-
-
 def _load_array(path: Path, expected_sha256: str | None, cache_dir: Path | None) -> np.ndarray:
     """Read one IDX file; verify its content hash; cache the verified array as .npy."""
     cached = cache_dir / f"{expected_sha256}.npy" if (cache_dir and expected_sha256) else None
@@ -200,7 +188,7 @@ def load_idx_folder(
     arrays = {}
     for role, stem in SPLIT_FILES.items():
         expected = checksums.get(stem) if checksums else None
-        arrays[role] = _load_array(_find_file(folder, stem), expected, cache_dir)
+        arrays[role] = _load_array(find_data_file(folder, stem), expected, cache_dir)
     return _assemble(name or folder.name, arrays, folder, source=str(folder))
 
 

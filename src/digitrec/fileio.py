@@ -1,4 +1,5 @@
-"""Atomic file writes: a temp file in the same folder, fsync, ``os.replace``.
+"""Files: atomic writes (a temp file in the same folder, fsync, ``os.replace``), and finding and
+hashing the data files that datasets are read from.
 
 A kill at any moment leaves either the old file or the new one, never half of
 either. Everything digitrec writes to disk goes through :func:`atomic_write`.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import tempfile
@@ -71,3 +73,15 @@ def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
 def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
     text = json.dumps(obj, indent=2, sort_keys=False) + "\n"
     write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def find_data_file(folder: Path, stem: str) -> Path:
+    """``folder/stem``, or its gzipped ``stem.gz``; one clear error when neither is there."""
+    for candidate in (folder / stem, folder / f"{stem}.gz"):
+        if candidate.is_file():
+            return candidate
+    raise DigitrecError(f"{folder}: missing {stem} (or {stem}.gz)")

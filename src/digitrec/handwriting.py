@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import csv
 import gzip
-import hashlib
 import os
 import zlib
 from collections.abc import Sequence
@@ -29,6 +28,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import DigitrecError
+from .fileio import find_data_file, sha256_hex
 
 # SHA-256 of the files as distributed (see each set's README); a file under one of these
 # names must match, decompressed or not.
@@ -55,17 +55,10 @@ class DigitSet:
     labels: np.ndarray
 
 
-def _find(folder: str | os.PathLike[str], stem: str) -> Path:
-    base = Path(folder)
-    for candidate in (base / f"{stem}.gz", base / stem):
-        if candidate.is_file():
-            return candidate
-    raise DigitrecError(f"{base}: missing {stem}.gz (or {stem})")
-
-
-def _read_lines(path: Path) -> list[str]:
-    """The file's text lines, gunzipped when it ends in .gz. Callers parse them first and then
-    :func:`_check_sha256`, so a damaged copy is named by its first bad line."""
+def _read_lines(path: Path) -> tuple[bytes, list[str]]:
+    """The file's bytes as read, and its text lines (gunzipped when it ends in .gz). Parsers check the
+    lines first and the SHA-256 of those same bytes last, so a damaged copy is named by its first
+    bad line, and the file is read once."""
     try:
         raw = path.read_bytes()
     except OSError as exc:
@@ -77,16 +70,16 @@ def _read_lines(path: Path) -> list[str]:
         except (OSError, EOFError, zlib.error) as exc:
             raise DigitrecError(f"{path}: not a complete gzip file ({exc})") from None
     try:
-        return content.decode("ascii").splitlines()
+        return raw, content.decode("ascii").splitlines()
     except UnicodeDecodeError as exc:
         raise DigitrecError(f"{path}: not a text file (byte {exc.start} is not ASCII)") from None
 
 
-def _check_sha256(path: Path) -> None:
+def _check_sha256(path: Path, raw: bytes) -> None:
     expected = KNOWN_SHA256.get(path.name)
     if expected is None:
         return
-    actual = hashlib.sha256(path.read_bytes()).hexdigest()
+    actual = sha256_hex(raw)
     if actual != expected:
         raise DigitrecError(f"{path}: checksum mismatch: SHA-256 is {actual}, expected {expected}")
 
@@ -104,8 +97,9 @@ def _label(text: str, where: str) -> int:
 def parse_usps(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
     """One USPS text file: per line a label then 256 values in [-1, 1] (16x16, -1 = paper)."""
     path = Path(path)
+    raw, lines = _read_lines(path)
     images, labels = [], []
-    for number, line in enumerate(_read_lines(path), start=1):
+    for number, line in enumerate(lines, start=1):
         fields = line.split()
         if not fields:
             continue
@@ -122,6 +116,7 @@ def parse_usps(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
         images.append(np.rint((np.clip(values, -1, 1) + 1) * 127.5).astype(np.uint8).reshape(16, 16))
     if not images:
         raise DigitrecError(f"{path}: no digits")
+    _check_sha256(path, raw)
     return np.stack(images), np.array(labels, dtype=np.int64)
 
 
@@ -129,16 +124,14 @@ def load_usps(folder: str | os.PathLike[str], split: str = "test") -> DigitSet:
     """USPS's ``zip.<split>.gz`` (or ``zip.<split>``) from ``folder``: 16x16 digits."""
     if split not in USPS_SPLITS:
         raise DigitrecError(f"USPS split must be one of {', '.join(USPS_SPLITS)}, got {split!r}")
-    path = _find(folder, f"zip.{split}")
-    images, labels = parse_usps(path)
-    _check_sha256(path)
+    images, labels = parse_usps(find_data_file(Path(folder), f"zip.{split}"))
     return DigitSet(f"usps-{split}", images, labels)
 
 
 def parse_optdigits_orig(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
     """One optdigits-orig file: a count line, then per digit 32 lines of 32 ``0``/``1`` and a label line."""
     path = Path(path)
-    lines = _read_lines(path)
+    raw, lines = _read_lines(path)
     while lines and not lines[-1].strip():
         lines.pop()
     if not lines:
@@ -162,6 +155,7 @@ def parse_optdigits_orig(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.n
                 raise DigitrecError(f"{path} line {first + row + 1}: expected 32 characters 0 or 1")
             images[index, row] = np.frombuffer(line.encode(), np.uint8) == ord("1")
         labels[index] = _label(lines[first + 32].strip(), f"{path} line {first + 33}")
+    _check_sha256(path, raw)
     return images * np.uint8(255), labels
 
 
@@ -169,9 +163,7 @@ def load_optdigits_orig(folder: str | os.PathLike[str]) -> DigitSet:
     """optdigits-orig's training-writer files (``.tra`` then ``.cv``) from ``folder``: 32x32 bitmaps."""
     parts = []
     for stem in OPTDIGITS_FILES:
-        path = _find(folder, stem)
-        parts.append(parse_optdigits_orig(path))
-        _check_sha256(path)
+        parts.append(parse_optdigits_orig(find_data_file(Path(folder), stem)))
     return DigitSet(
         "optdigits-orig", np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
     )
