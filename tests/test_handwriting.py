@@ -205,14 +205,6 @@ def test_evaluate_images_csv_and_text_output(labelled_folder, tmp_path, capsys):
     assert f"accuracy: {expected:.4f} (10 images)" in out and "confusion matrix" in out
 
 
-@pytest.mark.slow
-def test_evaluate_named_set_usps(capsys):
-    needs(USPS)
-    assert cli_exit_code(["evaluate", "--images", f"usps:{USPS}", "--json"]) == 0
-    out = json.loads(capsys.readouterr().out)
-    assert out["num_examples"] == 2007 and out["accuracy"] >= 0.95  # 0.9796 with the bundled model
-
-
 @pytest.mark.parametrize(
     ("make", "message"),
     [
