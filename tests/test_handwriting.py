@@ -183,11 +183,16 @@ def test_evaluate_images_folder_agrees_with_predict(labelled_folder, tmp_path, c
     assert out["accuracy"] == pytest.approx(expected) and out["num_examples"] == 24
     assert out["no_digit"] == 0 and len(out["per_class"]) == 10
     assert sum(map(sum, out["confusion_matrix"])) == 24
+    # Coverage at the default setting and calibration (README "Not a digit").
+    assert 0.9 <= out["coverage"] <= 1.0 and 0 <= out["ece"] <= 1
+    assert out["answered_accuracy"] >= out["accuracy"] - 1e-9
+    assert sum(out["rejected"].values()) == round(24 * (1 - out["coverage"]))
     assert {p.name for p in (tmp_path / "r").iterdir()} == {
         "confusion_matrix.png",
         "per_class_accuracy.png",
         "mistakes.png",
         "mistakes.json",
+        "accuracy_coverage.png",
     }
     mistakes = json.loads((tmp_path / "r" / "mistakes.json").read_text())
     assert len(mistakes) == round(24 * (1 - expected))

@@ -9,16 +9,19 @@ import pytest
 import torch
 
 from digitrec.checkpoints import _read_safetensors, load_model
-from digitrec.config import TrainConfig, list_recipes, recipe_config
+from digitrec.config import RECIPES, TrainConfig, list_recipes, recipe_config
 from digitrec.errors import DigitrecError
 from digitrec.evaluation import evaluate, predict_proba
 from digitrec.runs import CHECKPOINT_FILE
 from digitrec.training import learning_rate, train
 
+# The default recipe's mixture, shrunk: each kind of ingredient, a few hundred samples drawn.
+SMALL_MIX = {"usps-train": 200, "drawn-digits": 200, "not-digits": 200, "fashion-mnist": 100}
+
 
 @pytest.mark.parametrize("recipe", list_recipes())
 def test_recipe_starts_and_learns(recipe, small_mnist):
-    config = recipe_config(recipe, epochs=2)
+    config = recipe_config(recipe, epochs=2, mix=SMALL_MIX if RECIPES[recipe].get("mix") else None)
     result = train(config, dataset=small_mnist, save=False, log=None)
     first, last = result.metrics
     assert math.isfinite(last["train_loss"])
@@ -27,7 +30,7 @@ def test_recipe_starts_and_learns(recipe, small_mnist):
 
 
 def test_augmented_ema_recipe_is_reproducible(small_mnist):
-    config = recipe_config("default", epochs=1, model_args={"width": 8})
+    config = recipe_config("default", epochs=1, model_args={"width": 8}, mix={}, calibrate=False)
     a = train(config, dataset=small_mnist, save=False, log=None)
     b = train(config, dataset=small_mnist, save=False, log=None)
     assert [r["val_accuracy"] for r in a.metrics] == [r["val_accuracy"] for r in b.metrics]
@@ -38,7 +41,7 @@ def test_augmented_ema_recipe_is_reproducible(small_mnist):
 
 
 def test_ema_is_what_is_saved_and_differs_from_the_raw_weights(tmp_path, small_mnist):
-    config = recipe_config("default", epochs=1, model_args={"width": 8})
+    config = recipe_config("default", epochs=1, model_args={"width": 8}, mix={}, calibrate=False)
     result = train(config, dataset=small_mnist, out_dir=tmp_path / "r", log=None)
     tensors, _ = _read_safetensors(tmp_path / "r" / CHECKPOINT_FILE)
     raw = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
@@ -87,7 +90,8 @@ def test_schedules():
 @pytest.mark.parametrize(
     "overrides",
     [{"schedule": "sawtooth"}, {"optimizer": "lion"}, {"ema": 1.0}, {"label_smoothing": -0.1},
-     {"augment": {"twirl": 3}}, {"warmup": 1.5}],
+     {"augment": {"twirl": 3}}, {"warmup": 1.5}, {"mix": {"usps-train": -1}}, {"not_digit_weight": -1.0},
+     {"mix": {}}],
 )  # fmt: skip
 def test_bad_settings_are_refused(overrides):
     with pytest.raises(DigitrecError):

@@ -137,6 +137,9 @@ def _figures(analysis):
         "confusion_matrix": reports.confusion_matrix_figure(analysis.evaluation.confusion),
         "per_class_accuracy": reports.per_class_accuracy_figure(analysis.evaluation),
         "mistakes": reports.mistakes_figure(analysis.test_images, mistakes[:40], len(mistakes)),
+        "accuracy_coverage": reports.accuracy_coverage_figure(
+            analysis.probabilities, analysis.test_labels, title="Accuracy against coverage: mlp", marked=0.9
+        ),
     }
 
 
@@ -152,6 +155,15 @@ def test_no_text_overlaps_or_leaves_the_figure(analysis):
             overlap_x = min(a.x1, b.x1) - max(a.x0, b.x0)
             overlap_y = min(a.y1, b.y1) - max(a.y0, b.y0)
             assert overlap_x <= 1 or overlap_y <= 1, (name, text_a, text_b)
+
+
+def test_accuracy_coverage_curve_rises_as_coverage_falls(analysis):
+    from digitrec.calibration import accuracy_coverage_curve
+
+    coverage, accuracy = accuracy_coverage_curve(analysis.probabilities.numpy(), analysis.test_labels.numpy())
+    assert coverage[-1] == 1.0 and accuracy[-1] == pytest.approx(analysis.evaluation.accuracy)
+    # Answering only the most confident tenth is at least as accurate as answering everything.
+    assert accuracy[len(accuracy) // 10] >= accuracy[-1]
 
 
 def test_confusion_matrix_shows_every_nonzero_count(analysis):

@@ -113,6 +113,26 @@ def read_config(run_dir: str | os.PathLike[str]) -> TrainConfig:
         raise DigitrecError(f"{path}: corrupt run configuration ({exc})") from None
 
 
+def read_calibration(run_dir: str | os.PathLike[str]) -> dict[str, float]:
+    """config.json's "calibration" (temperature, not_digit_below), checked; {} for a run without one."""
+    path = Path(run_dir) / CONFIG_FILE
+    try:
+        data = json.loads(read_run_file(path, MAX_CONFIG_BYTES).decode("utf-8"))
+    except (ValueError, RecursionError):
+        raise DigitrecError(f"{path}: corrupt run configuration") from None
+    calibration = data.get("calibration", {}) if isinstance(data, dict) else {}
+    if not isinstance(calibration, dict):
+        raise DigitrecError(f'{path}: corrupt run configuration ("calibration" must be a JSON object)')
+    out: dict[str, float] = {}
+    for key, low, high in (("temperature", 0.0, float("inf")), ("not_digit_below", 0.0, 1.0)):
+        if key in calibration:
+            value = calibration[key]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+                raise DigitrecError(f"{path}: corrupt run configuration (calibration {key} {value!r})")
+            out[key] = float(value)
+    return out
+
+
 def save_model(path: Path, model: nn.Module, config: TrainConfig, epoch: int) -> None:
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     metadata = {"digitrec_config": json.dumps(config.to_dict()), "epoch": str(epoch)}

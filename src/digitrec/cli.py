@@ -125,6 +125,12 @@ TRAIN_OPTIONS = (
         "folder with the four IDX files, raw or .gz; overrides --dataset",
         default="$DIGITREC_DATA_DIR, else the bundled MNIST",
     ),
+    TrainOption(
+        "usps_dir",
+        WHAT,
+        "folder of USPS's zip.train.gz, which the default recipe's mix trains on",
+        default="$DIGITREC_SHARED_DATA/usps, else ../shared/data/usps beside a source checkout",
+    ),
     TrainOption("epochs", HYPER, "passes over the training set", _bounded(int, 1)),
     TrainOption("batch_size", HYPER, "global batch size", _bounded(int, 1)),
     TrainOption("lr", HYPER, "learning rate", _bounded(float, 0, inclusive=False)),
@@ -333,7 +339,7 @@ def _evaluate_images(args: argparse.Namespace) -> int:
             print(f"wrote {path}", file=sys.stderr if args.json else sys.stdout)
     if args.json:
         header = {"run": run or "default", "model": model, "images": args.images, "no_digit": result.no_digit}
-        print(json.dumps({**header, **result.report.to_dict()}))
+        print(json.dumps({**header, **result.report.to_dict(), **result.selective}))
     else:
         from .evaluation import format_report
 
@@ -341,18 +347,28 @@ def _evaluate_images(args: argparse.Namespace) -> int:
         if result.no_digit:
             print(f"no digit found in {result.no_digit} images (counted as wrong, not in the matrix)")
         print(format_report(result.report))
+        selective = result.selective
+        reasons = ", ".join(f"{count} {reason}" for reason, count in selective["rejected"].items())
+        print(
+            f"\nat the default setting: {selective['coverage']:.2%} answered"
+            + (f" (not answered: {reasons})" if reasons else "")
+            + f", {selective['answered_accuracy']:.2%} of those right; "
+            f"expected calibration error {selective['ece']:.2%}"
+        )
     return 0
 
 
 def _write_images_report(out: str, labelled: Any, result: Any) -> list[Any]:
     from pathlib import Path
 
+    import numpy as np
     import torch
 
     from .fileio import write_bytes_atomic
     from .reports import (
         DEFAULT_MISTAKES,
         FIGURE_FILES,
+        accuracy_coverage_figure,
         confusion_matrix_figure,
         find_mistakes,
         mistakes_figure,
@@ -375,6 +391,12 @@ def _write_images_report(out: str, labelled: Any, result: Any) -> list[Any]:
             result.report.confusion, title=f"Confusion matrix: {source}"
         ),
         "per_class_accuracy": per_class_accuracy_figure(result.report, title=f"Accuracy per digit: {source}"),
+        "accuracy_coverage": accuracy_coverage_figure(
+            result.probabilities[found],
+            np.asarray(labelled.labels)[found],
+            title=f"Accuracy against coverage: {source}",
+            marked=result.selective["coverage"] * len(found) / max(sum(found), 1),
+        ),
         "mistakes": mistakes_figure(
             torch.from_numpy(result.inputs), mistakes[:DEFAULT_MISTAKES], len(mistakes)
         ),
@@ -420,15 +442,39 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     dataset = load_dataset(config.dataset, data_dir=args.data_dir or config.data_dir)
     report = evaluate([model for model, _ in loaded], dataset.test_images, dataset.test_labels, tta=args.tta)
     names = [c.model for _, c in loaded]
+    selective = _selective_on_test_set([model for model, _ in loaded], runs, dataset, args.tta)
     if args.json:
         header = {"runs": runs, "models": names, "dataset": dataset.name, "tta": args.tta}
-        print(json.dumps({**header, **report.to_dict()}))
+        print(json.dumps({**header, **report.to_dict(), **selective}))
     else:
         what = f"ensemble of {', '.join(runs)}" if len(runs) > 1 else f"run {runs[0]}"
         tta = ", test-time augmentation" if args.tta else ""
         print(f"{what}: model {', '.join(names)}, dataset {dataset.name} (test set{tta})")
         print(format_report(report))
+        print(
+            f"\nat the default setting: {selective['coverage']:.2%} answered, "
+            f"{selective['answered_accuracy']:.2%} of those right; "
+            f"expected calibration error {selective['ece']:.2%}"
+        )
     return 0
+
+
+def _selective_on_test_set(models: list[Any], runs: list[str], dataset: Any, tta: bool) -> dict[str, Any]:
+    """Coverage at the (first) run's not-a-digit threshold, accuracy of the answered, and ECE."""
+    import numpy as np
+    import torch
+
+    from .calibration import selective_summary, top_two_mass
+    from .checkpoints import read_calibration
+    from .evaluation import predict_proba
+
+    device = next(models[0].parameters()).device
+    images = dataset.test_images.to(device)
+    averaged = torch.stack([predict_proba(m, images, tta=tta) for m in models]).mean(dim=0)
+    probabilities = np.asarray(averaged.cpu().numpy(), dtype=np.float64)
+    below = read_calibration(runs[0]).get("not_digit_below", 0.0)
+    rejected = ["not_a_digit" if mass < below else None for mass in top_two_mass(probabilities)]
+    return selective_summary(probabilities, dataset.test_labels.numpy(), rejected)
 
 
 # --------------------------------------------------------------------------- report
@@ -625,12 +671,16 @@ def _predict_line(name: str, prediction: Any, top_k: int | None, multi: bool) ->
         if not prediction.digits:
             return f"{name}: no digit found"
         detail = ", ".join(
-            f"{'?' if d['digit'] is None else d['digit']} ({d['confidence']:.3f})" for d in prediction.digits
-        )
+            "not a digit" if d.get("rejected") == "not_a_digit"
+            else f"{'?' if d['digit'] is None else d['digit']} ({d['confidence']:.3f})"
+            for d in prediction.digits
+        )  # fmt: skip
         return f"{name}: {prediction.number} [{detail}]"
     if not prediction.found:
         return f"{name}: no digit found"
-    if prediction.digit is None:
+    if prediction.rejected == "not_a_digit":
+        text = f"{name}: not a digit"
+    elif prediction.digit is None:
         best = max(range(10), key=lambda k: prediction.probabilities[k])
         text = f"{name}: unknown (best guess {best}, confidence {prediction.confidence:.3f})"
     else:
@@ -760,6 +810,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 print(json.dumps(row), flush=True)
             else:
                 print(_predict_line(name, prediction, args.top_k, args.multi), flush=True)
+            if prediction.several_digits:
+                print(
+                    f"digitrec predict: {name}: looks like {prediction.several_digits} digits; "
+                    "pass --multi to read them all",
+                    file=sys.stderr,
+                    flush=True,
+                )
     return EXIT_SOME_FAILED if failed else 0
 
 

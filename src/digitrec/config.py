@@ -65,6 +65,16 @@ class TrainConfig:
     label_smoothing: float = 0.0
     ema: float = 0.0  # decay of the weight average per step; 0 = off. The average is what is saved.
     augment: dict[str, float] = field(default_factory=dict)  # AugmentConfig fields; empty = off
+    # Samples added to the training set per ingredient (mixture.py): usps-train, drawn-digits,
+    # not-digits, fashion-mnist. Empty = the dataset alone.
+    mix: dict[str, int] = field(default_factory=dict)
+    # Weight of the loss that teaches "not a digit": cross-entropy of a non-digit's scores against the
+    # uniform distribution (outlier exposure, Hendrycks et al. 2019). Used only when the mix has some.
+    not_digit_weight: float = 0.5
+    usps_dir: str | None = None  # folder of USPS's zip.train.gz, for the mix's usps-train
+    # Fit a temperature on held-out digits after training and fold it into the last layer, so the
+    # confidences are calibrated (and pick the not-a-digit threshold there). Needs a mix.
+    calibrate: bool = False
     seed: int = 42
     device: str = "auto"
     # fp32, or bf16: the forward pass and loss under torch.autocast (weights, gradients and optimizer
@@ -99,6 +109,15 @@ class TrainConfig:
             raise DigitrecError(f"bad augmentation settings: {exc}") from None
         if self.precision not in PRECISIONS:
             raise DigitrecError(f"unknown precision {self.precision!r} (known: {', '.join(PRECISIONS)})")
+        if not self.not_digit_weight >= 0:
+            raise DigitrecError(f"not_digit_weight must be >= 0, got {self.not_digit_weight}")
+        for name, count in self.mix.items():
+            if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+                raise DigitrecError(f"mix: {name} must be a count >= 0, got {count!r}")
+        if self.calibrate and not self.mix:
+            raise DigitrecError(
+                "calibrate needs a mix (its held-out digits come from MNIST train and USPS train)"
+            )
         if self.optimizer not in OPTIMIZERS:
             raise DigitrecError(f"unknown optimizer {self.optimizer!r} (known: {', '.join(OPTIMIZERS)})")
         return self
@@ -171,6 +190,9 @@ RECIPES: dict[str, dict[str, Any]] = {
             "elastic": 2.0,
             "stroke": 0.15,
         },
+        # Other writers (USPS), drawn digits in other traditions, and things that are not digits.
+        "mix": {"usps-train": 6291, "drawn-digits": 30000, "not-digits": 24000, "fashion-mnist": 6000},
+        "calibrate": True,
     },
     # Seconds to 99%: a small CNN with batch norm, one epoch, AdamW with a one-cycle schedule.
     "fast": {

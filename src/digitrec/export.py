@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from . import __version__
-from .checkpoints import load_model, read_metrics
+from .checkpoints import load_model, read_calibration, read_metrics
 from .errors import DigitrecError
 from .fileio import write_bytes_atomic
 
@@ -120,6 +120,8 @@ def export_onnx(
         "digitrec_version": __version__,
         "epoch": str(metrics[-1]["epoch"]) if metrics else "",
         "val_accuracy": str(metrics[-1]["val_accuracy"]) if metrics else "",
+        # The temperature is already folded into the weights; the rejection threshold travels here.
+        "not_digit_below": str(read_calibration(run_dir).get("not_digit_below", 0.0)),
     }
     proto = model_to_onnx(model, opset=opset, metadata=metadata)
     write_bytes_atomic(target, proto.SerializeToString())

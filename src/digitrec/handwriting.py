@@ -328,20 +328,25 @@ class ImagesEvaluation:
     predicted: list[int | None]
     probabilities: np.ndarray
     inputs: np.ndarray
+    rejected: list[str | None]  # per image: why no answer was given (None: answered)
+    selective: dict[str, Any]  # coverage, answered_accuracy, rejected counts, ece (calibration.py)
 
 
 def evaluate_images(recognizer: Any, labelled: LabelledImages, chunk: int = READ_CHUNK) -> ImagesEvaluation:
     """Read every image through ``recognizer.predict_batch`` (as ``digitrec predict`` does) and score
     it against its label. A bad image raises ImageError naming it."""
+    from .calibration import selective_summary
     from .evaluation import EvalReport
 
     predicted: list[int | None] = []
+    rejected: list[str | None] = []
     probabilities = np.zeros((len(labelled.labels), 10), np.float32)
     inputs = np.zeros((len(labelled.labels), 28, 28), np.uint8)
     for start in range(0, len(labelled.labels), chunk):
         batch = labelled.images[start : start + chunk]
         for offset, prediction in enumerate(recognizer.predict_batch(list(batch))):
             index = start + offset
+            rejected.append(prediction.rejected)
             if prediction.input_image is None:
                 predicted.append(None)
                 continue
@@ -357,4 +362,8 @@ def evaluate_images(recognizer: Any, labelled: LabelledImages, chunk: int = READ
     report = EvalReport(
         accuracy=correct / total if total else 0.0, num_examples=total, confusion=confusion.tolist()
     )
-    return ImagesEvaluation(report, predicted.count(None), predicted, probabilities, inputs)
+    found = np.array([guess is not None for guess in predicted], dtype=bool)
+    selective = selective_summary(probabilities, np.asarray(labelled.labels), rejected, found)
+    return ImagesEvaluation(
+        report, predicted.count(None), predicted, probabilities, inputs, rejected, selective
+    )

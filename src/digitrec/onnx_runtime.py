@@ -88,6 +88,11 @@ def _model_info(metadata: dict[str, str], path: Path) -> dict[str, Any]:
         info["epoch"] = int(metadata["epoch"])
     if metadata.get("val_accuracy"):
         info["val_accuracy"] = float(metadata["val_accuracy"])
+    try:
+        below = float(metadata.get("not_digit_below", "0") or 0)
+    except ValueError:
+        below = 0.0
+    info["not_digit_below"] = below if 0.0 <= below <= 1.0 else 0.0
     if config:
         info["config"] = config
     return info

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from .calibration import top_two_mass
 from .errors import DigitrecError
 from .image_io import ImageError, load_image
 from .images import normalize_digit, segment_digits, segment_groups
@@ -42,6 +43,8 @@ __all__ = [
 Scorer = Callable[[np.ndarray], np.ndarray]
 
 NO_PROBABILITIES = (0.0,) * 10
+# Single mode looks for several digits in an image read below this confidence (or rejected).
+SEVERAL_DIGITS_BELOW = 0.9
 
 
 @dataclass
@@ -62,6 +65,13 @@ class Prediction:
     digits: multi mode only: per digit {"digit", "confidence", "bbox": [x, y, w, h],
         "probabilities"}, left to right.
     input_images: multi mode only: each digit's (28, 28) uint8 input, left to right.
+    rejected: why ``digit`` is None although an image was read: "blank" (no ink found),
+        "not_a_digit" (the model spreads its belief over many digits: a letter, a scribble,
+        a picture), "low_confidence" (below ``min_confidence``); None for an answer. In
+        multi mode, "not_a_digit" or "low_confidence" when any piece was, and per piece in
+        ``digits``.
+    several_digits: single mode only: how many digits the image seems to hold when that is
+        two or more (read it with multi mode); else None.
     """
 
     digit: int | None
@@ -71,6 +81,8 @@ class Prediction:
     number: str | None = None
     digits: list[dict[str, Any]] | None = None
     input_images: list[np.ndarray] | None = field(default=None, repr=False)
+    rejected: str | None = None
+    several_digits: int | None = None
 
     @property
     def found(self) -> bool:
@@ -83,7 +95,10 @@ class Prediction:
             "digit": self.digit,
             "confidence": self.confidence,
             "probabilities": list(self.probabilities),
+            "rejected": self.rejected,
         }
+        if self.several_digits is not None:
+            out["several_digits"] = self.several_digits
         if self.digits is not None:
             out["number"] = self.number
             out["digits"] = [dict(d) for d in self.digits]
@@ -122,7 +137,9 @@ class Recognizer:
     Thread-safe: predictions share no mutable state.
     """
 
-    def __init__(self, scorer: Scorer, info: dict[str, Any]) -> None:
+    def __init__(self, scorer: Scorer, info: dict[str, Any], not_digit_below: float = 0.0) -> None:
+        # The model's own threshold for "not a digit" (calibration.py); 0 = never reject.
+        self._not_digit_below = float(not_digit_below)
         self._scorer = scorer
         self._info = dict(info)
 
@@ -130,15 +147,17 @@ class Recognizer:
 
     @classmethod
     def from_scorer(cls, scorer: Scorer, info: dict[str, Any]) -> Recognizer:
-        """Any backend: ``scorer`` maps (N, 1, 28, 28) float32 in [0, 1] to (N, 10) scores."""
-        return cls(scorer, info)
+        """Any backend: ``scorer`` maps (N, 1, 28, 28) float32 in [0, 1] to (N, 10) scores.
+
+        ``info["not_digit_below"]``, if given, is the model's not-a-digit threshold (calibration.py)."""
+        return cls(scorer, info, float(info.get("not_digit_below", 0.0) or 0.0))
 
     @classmethod
     def from_run(
         cls, run_dir: str | os.PathLike[str], device: str = "cpu", *, source: str | None = None
     ) -> Recognizer:
         """The model of a run directory (config.json + model.safetensors), on ``device``."""
-        from .checkpoints import load_model, read_metrics
+        from .checkpoints import load_model, read_calibration, read_metrics
         from .distributed import resolve_device
         from .models import count_parameters, fold_batch_norms
 
@@ -158,7 +177,10 @@ class Recognizer:
         }
         if metrics and "val_accuracy" in metrics[-1]:
             info["val_accuracy"] = metrics[-1]["val_accuracy"]
-        return cls(_torch_scorer(scoring_model, resolved), info)
+        calibration = read_calibration(run_dir)
+        info["temperature"] = calibration.get("temperature", 1.0)
+        info["not_digit_below"] = calibration.get("not_digit_below", 0.0)
+        return cls(_torch_scorer(scoring_model, resolved), info, info["not_digit_below"])
 
     @classmethod
     def default(cls, device: str = "cpu") -> Recognizer:
@@ -189,29 +211,41 @@ class Recognizer:
             )
         return softmax(scores)
 
-    @staticmethod
     def _single(
-        pixels: np.ndarray | None, probs: np.ndarray | None, min_confidence: float | None
+        self, pixels: np.ndarray | None, probs: np.ndarray | None, min_confidence: float | None
     ) -> Prediction:
         if pixels is None or probs is None:
-            return Prediction(None, 0.0, list(NO_PROBABILITIES), None)
+            return Prediction(None, 0.0, list(NO_PROBABILITIES), None, rejected="blank")
         best = int(probs.argmax())
         confidence = float(probs[best])
-        rejected = min_confidence is not None and confidence < min_confidence
-        return Prediction(None if rejected else best, confidence, [float(p) for p in probs], pixels)
+        rejected = None
+        if top_two_mass(probs[None])[0] < self._not_digit_below:
+            rejected = "not_a_digit"
+        elif min_confidence is not None and confidence < min_confidence:
+            rejected = "low_confidence"
+        return Prediction(
+            None if rejected else best, confidence, [float(p) for p in probs], pixels, rejected=rejected
+        )
 
-    @staticmethod
     def _multi(
+        self,
         segments: list[tuple[np.ndarray, tuple[int, int, int, int]]],
         probs: np.ndarray,
         min_confidence: float | None,
     ) -> Prediction:
         if not segments:
             return Prediction(
-                None, 0.0, list(NO_PROBABILITIES), None, number=None, digits=[], input_images=[]
+                None,
+                0.0,
+                list(NO_PROBABILITIES),
+                None,
+                number=None,
+                digits=[],
+                input_images=[],
+                rejected="blank",
             )
         reads = [
-            Recognizer._single(pixels, row, min_confidence)
+            self._single(pixels, row, min_confidence)
             for (pixels, _), row in zip(segments, probs, strict=True)
         ]
         digits: list[dict[str, Any]] = [
@@ -220,15 +254,21 @@ class Recognizer:
                 "confidence": read.confidence,
                 "bbox": list(box),
                 "probabilities": read.probabilities,
+                "rejected": read.rejected,
             }
             for read, (_, box) in zip(reads, segments, strict=True)
         ]
+        # A piece that is not a digit, or one read below min_confidence, is a "?" in the number.
         text = "".join("?" if read.digit is None else str(read.digit) for read in reads)
         inputs = [pixels for pixels, _ in segments]
         total = float(np.prod([read.confidence for read in reads]))
+        reasons = {read.rejected for read in reads}
+        rejected = next((r for r in ("not_a_digit", "low_confidence") if r in reasons), None)
         if len(reads) == 1:
-            return Prediction(reads[0].digit, total, reads[0].probabilities, inputs[0], text, digits, inputs)
-        return Prediction(None, total, list(NO_PROBABILITIES), None, text, digits, inputs)
+            return Prediction(
+                reads[0].digit, total, reads[0].probabilities, inputs[0], text, digits, inputs, rejected
+            )
+        return Prediction(None, total, list(NO_PROBABILITIES), None, text, digits, inputs, rejected)
 
     # ----------------------------------------------------------------- public
 
@@ -243,13 +283,22 @@ class Recognizer:
         _check_confidence(min_confidence)
         if multi:
             return self._predict_rows(images, min_confidence)
-        inputs = [normalize_digit(load_image(image)) for image in images]
+        loaded = [load_image(image) for image in images]
+        inputs = [normalize_digit(image) for image in loaded]
         found = [pixels for pixels in inputs if pixels is not None]
         rows = iter(self._probabilities(found))
-        return [
+        predictions = [
             self._single(pixels, next(rows) if pixels is not None else None, min_confidence)
             for pixels in inputs
         ]
+        for image, prediction in zip(loaded, predictions, strict=True):
+            if prediction.found and (prediction.rejected or prediction.confidence < SEVERAL_DIGITS_BELOW):
+                # A row of digits squeezed into one 28x28 reads as nothing in particular: look for
+                # several digits only then (segmenting costs as much as normalizing).
+                count = len(segment_digits(image))
+                if count >= 2:
+                    prediction.several_digits = count
+        return predictions
 
     def _predict_rows(self, images: Sequence[Any], min_confidence: float | None) -> list[Prediction]:
         """Multi mode: every candidate reading of every group, scored in one forward pass.

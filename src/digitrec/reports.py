@@ -43,6 +43,7 @@ FIGURE_FILES = {
     "confusion_matrix": "confusion_matrix.png",
     "per_class_accuracy": "per_class_accuracy.png",
     "mistakes": "mistakes.png",
+    "accuracy_coverage": "accuracy_coverage.png",
 }
 INDEX_FILE = "index.html"
 DEFAULT_MISTAKES = 40
@@ -281,6 +282,41 @@ def per_class_accuracy_figure(report: EvalReport, title: str = "") -> Figure:
     return figure
 
 
+def accuracy_coverage_figure(
+    probabilities: Any, labels: Any, title: str = "", marked: float | None = None
+) -> Figure:
+    """Accuracy against coverage: answer only the most confident share of the images, how many are right?
+
+    ``marked``: the coverage of the chosen setting (a dot on the curve), if any.
+    """
+    import numpy as np
+
+    from .calibration import accuracy_coverage_curve
+
+    coverage, accuracy = accuracy_coverage_curve(np.asarray(probabilities), np.asarray(labels))
+    with figure_style():
+        figure = _figure(7, 4.8)
+        ax = figure.subplots()
+        ax.plot(coverage, accuracy, color=_TRAIN_COLOR, linewidth=2)
+        if marked is not None and len(coverage):
+            index = min(len(coverage) - 1, max(0, round(marked * len(coverage)) - 1))
+            ax.plot([coverage[index]], [accuracy[index]], "o", color=_VAL_COLOR)
+            ax.annotate(
+                f"chosen setting: {coverage[index]:.1%} answered, {accuracy[index]:.2%} right",
+                (coverage[index], accuracy[index]),
+                textcoords="offset points", xytext=(-10, -28), ha="right",
+            )  # fmt: skip
+        floor = float(accuracy[len(accuracy) // 10 :].min()) if len(accuracy) else 0.9
+        floor = max(0.0, np.floor((floor - 0.01) * 100) / 100)
+        ax.set_ylim(floor, 1.0 + (1.0 - floor) * 0.05)
+        ax.set_xlim(0.0, 1.0)
+        ax.set_xlabel("coverage (share of images answered, most confident first)")
+        ax.set_ylabel(f"accuracy of the answered (axis starts at {floor:.2f})" if floor > 0 else "accuracy")
+        ax.grid(alpha=0.3)
+        ax.set_title(title or "Accuracy against coverage")
+    return figure
+
+
 def mistakes_figure(
     images: torch.Tensor, mistakes: list[Mistake], total_mistakes: int | None = None, columns: int = 8
 ) -> Figure:
@@ -400,6 +436,9 @@ _CAPTIONS = {
     "mistakes": "The model's most confident mistakes: test images it got wrong, ordered by the "
     "softmax probability it gave its (wrong) answer. A model whose scores are bounded (the tutorial's "
     "LeNet ends in tanh, so its scores lie in [-1, 1]) never gets above about 45 %.",
+    "accuracy_coverage": "Accuracy against coverage: if the model answered only its most confident "
+    'share of the test images and said "not sure" for the rest, how many answers would be right. '
+    "A curve that stays high to the right means its confidence tells right answers from wrong ones.",
 }
 
 
@@ -447,6 +486,9 @@ def write_report(
         "confusion_matrix": confusion_matrix_figure(analysis.evaluation.confusion),
         "per_class_accuracy": per_class_accuracy_figure(analysis.evaluation),
         "mistakes": mistakes_figure(analysis.test_images, everything[:max_mistakes], len(everything)),
+        "accuracy_coverage": accuracy_coverage_figure(
+            analysis.probabilities, analysis.test_labels, title=f"Accuracy against coverage: {name}"
+        ),
     }
     written = []
     for key, figure in figures.items():

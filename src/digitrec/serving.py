@@ -57,7 +57,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import anyio
 import anyio.to_thread
@@ -454,7 +454,11 @@ def prediction_json(prediction: Any, *, multi: bool, include_input: bool) -> dic
         "digit": None if prediction.digit is None else int(prediction.digit),
         "confidence": float(prediction.confidence),
         "probabilities": [float(p) for p in prediction.probabilities],
+        "rejected": getattr(prediction, "rejected", None),
     }
+    several = getattr(prediction, "several_digits", None)
+    if several:
+        out["several_digits"] = int(several)
     if multi:
         out["number"] = prediction.number
         out["digits"] = _jsonable(prediction.digits or [])
@@ -537,15 +541,26 @@ class PredictResponse(BaseModel):
     probabilities: list[float] = Field(
         description="10 probabilities for the digits 0-9; all 0 when there is no single digit to score"
     )
+    rejected: Literal["blank", "not_a_digit", "low_confidence"] | None = Field(
+        None,
+        description="why digit is null although an image was read: blank (no ink found), not_a_digit "
+        "(a letter, a scribble, a picture: the model spreads its belief over many digits), "
+        "low_confidence (below min_confidence); null for an answer. multi=true: set when any piece was",
+    )
+    several_digits: int | None = Field(
+        None,
+        description="multi=false only: the image seems to hold this many digits (two or more); "
+        "send it with multi=true to read them all",
+    )
     number: str | None = Field(
         None,
-        description="with multi=true: the digits read left to right, '?' for one below min_confidence; "
-        "null when none is found",
+        description="with multi=true: the digits read left to right, '?' for a piece that is not a "
+        "digit or below min_confidence; null when none is found",
     )
     digits: list[dict[str, Any]] | None = Field(
         None,
         description="with multi=true: per digit, left to right: digit, confidence, "
-        "bbox [x, y, width, height] in the image, probabilities",
+        "bbox [x, y, width, height] in the image, probabilities, rejected",
     )
     input_image: str | None = Field(
         None, description="with include_input=true: the 28x28 image the model saw, a PNG data URL"

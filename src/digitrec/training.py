@@ -61,6 +61,7 @@ from .distributed import (
 from .errors import DigitrecError
 from .evaluation import score
 from .fused import FusedMLPStep
+from .mixture import build_mixture
 from .models import create_model, prefer_channels_last
 from .runs import CHECKPOINT_FILE, MODEL_FILE
 
@@ -235,6 +236,17 @@ def train(
     # --- data: resident in memory (and on the GPU when there is one) ---
     if dataset is None:
         dataset = load_dataset(config.dataset, data_dir=config.data_dir)
+    holdout: tuple[torch.Tensor, torch.Tensor] | None = None
+    if config.mix:
+        # Other writers, drawn digits and non-digits (label -1) added to the training set; the test set
+        # stays the dataset's. With calibrate, some training digits are held out for the temperature.
+        mixture = build_mixture(
+            dataset, config.mix, config.seed, usps_dir=config.usps_dir, calibrate=config.calibrate, log=say
+        )
+        dataset = mixture.dataset
+        if mixture.holdout_images is not None and mixture.holdout_labels is not None:
+            holdout = (mixture.holdout_images, mixture.holdout_labels)
+    has_not_digits = bool(config.mix) and bool((dataset.train_labels < 0).any())
     dataset = dataset.to(device)
     train_batches = BatchIterator(
         dataset.train_images,
@@ -309,7 +321,12 @@ def train(
         over this rank's samples and the number it got right, both as tensors (no host sync)."""
         with autocast:
             scores = model(x)
-            batch_loss = F.cross_entropy(scores, y, reduction="sum", label_smoothing=config.label_smoothing)
+            if has_not_digits:
+                batch_loss = loss_with_not_digits(scores, y, config.label_smoothing, config.not_digit_weight)
+            else:
+                batch_loss = F.cross_entropy(
+                    scores, y, reduction="sum", label_smoothing=config.label_smoothing
+                )
         # Mean over the global batch after DDP averages over world_size ranks.
         loss = batch_loss * (world_size / global_size)
         optimizer.zero_grad(set_to_none=True)
@@ -372,7 +389,8 @@ def train(
                 update_ema(ema_model, raw_model, 1.0 - ema_decay(config, step))
             loss_sum += batch_loss
             correct += batch_correct
-            seen += len(y)
+            # Training accuracy counts digits only (a non-digit has no right answer among 0-9).
+            seen += int((y >= 0).sum()) if has_not_digits else len(y)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         epoch_seconds = time.perf_counter() - started
@@ -420,6 +438,18 @@ def train(
         if tb_writer is not None:
             tensorboard_log.log_epoch(tb_writer, row)
 
+    # --- calibration: a temperature fitted on held-out digits, folded into the last layer ---
+    if config.calibrate and holdout is not None and master_process:
+        calibration = calibrate(eval_model, holdout[0].to(device), holdout[1].to(device))
+        say(
+            f"calibrated on {len(holdout[1])} held-out digits: temperature {calibration['temperature']:.3f}, "
+            f"ECE {calibration['ece_before']:.4f} -> {calibration['ece_after']:.4f}, "
+            f"not a digit below a top-two mass of {calibration['not_digit_below']:.4f}"
+        )
+        if run_dir is not None:
+            save_model(run_dir / MODEL_FILE, eval_model, config, config.epochs)
+            write_config(run_dir, config, _run_info(dataset, world_size) | {"calibration": calibration})
+
     # --- shutdown: the last TensorBoard figures, a summary, and the process group this call started ---
     if tb_writer is not None:
         tensorboard_log.log_mistakes(
@@ -436,6 +466,53 @@ def train(
         if owns_process_group:
             leave_process_group()
     return TrainResult(model=eval_model.eval(), config=config, metrics=metrics, run_dir=run_dir)
+
+
+def loss_with_not_digits(
+    scores: torch.Tensor, y: torch.Tensor, label_smoothing: float, not_digit_weight: float
+) -> torch.Tensor:
+    """Summed loss of a batch whose label -1 means "not a digit".
+
+    A digit: cross-entropy with label smoothing (as F.cross_entropy computes it). A non-digit:
+    ``not_digit_weight`` times the cross-entropy against the uniform distribution over the ten
+    digits (outlier exposure): the model learns to spread its belief, never to pick a digit.
+    Masks, not indexing, so the shapes stay fixed.
+    """
+    log_p = scores.float().log_softmax(dim=1)  # (B, 10)
+    spread = -log_p.mean(dim=1)  # (B,) cross-entropy against uniform
+    picked = -log_p.gather(1, y.clamp(min=0).unsqueeze(1)).squeeze(1)  # (B,)
+    digit_loss = (1.0 - label_smoothing) * picked + label_smoothing * spread
+    return torch.where(y >= 0, digit_loss, not_digit_weight * spread).sum()
+
+
+def calibrate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
+    """Fit the temperature on held-out digits, fold it into ``model`` and pick the not-a-digit
+    threshold there (calibration.py). Returns what config.json records."""
+    import numpy as np
+
+    from .calibration import (
+        KEEP_HELD_OUT,
+        expected_calibration_error,
+        fit_temperature,
+        fold_temperature,
+        not_digit_threshold,
+    )
+    from .recognition import softmax
+
+    model.eval()
+    logits = score(model, images).double().cpu().numpy()
+    truth = labels.cpu().numpy()
+    temperature = fit_temperature(logits, truth)
+    fold_temperature(model, temperature)
+    calibrated = softmax(logits / temperature)
+    return {
+        "temperature": round(temperature, 6),
+        "held_out_digits": len(truth),
+        "ece_before": round(expected_calibration_error(softmax(logits), truth), 6),
+        "ece_after": round(expected_calibration_error(calibrated, truth), 6),
+        "held_out_accuracy": round(float((np.argmax(logits, axis=1) == truth).mean()), 6),
+        "not_digit_below": round(not_digit_threshold(calibrated, KEEP_HELD_OUT), 6),
+    }
 
 
 def _program_name() -> str:

@@ -160,6 +160,27 @@ def test_draw_digits_and_read_them(tab: Page, tmp_path: Path) -> None:
             save_screenshot(tab.page, tmp_path, "serve-screenshot.png")
 
 
+# Not digits: a letter A (the drawing a new user tried first) and a five-pointed star.
+LETTER_A: Strokes = [[(0.3, 0.8), (0.5, 0.2), (0.7, 0.8)], [(0.38, 0.6), (0.62, 0.6)]]
+STAR: Strokes = [
+    [
+        (0.5 + 0.3 * math.sin(k * 4 * math.pi / 5), 0.52 - 0.3 * math.cos(k * 4 * math.pi / 5))
+        for k in range(6)
+    ]
+]
+
+
+@pytest.mark.parametrize("strokes", [LETTER_A, STAR], ids=["letter A", "star"])
+def test_the_page_says_when_a_drawing_is_not_a_digit(tab: Page, strokes: Strokes) -> None:
+    tab.draw(strokes)
+    assert tab.text("#confidence") == "That doesn't look like a digit"
+    assert tab.text("#digit") == "?" and tab.winner() == []
+    assert tab.text("#announce") == "That doesn't look like a digit."
+    tab.page.click("#clear-button")
+    tab.draw(DIGITS[7])  # and a digit after it is read as before
+    assert tab.text("#digit") == "7"
+
+
 def test_undo_clear_and_keyboard(tab: Page) -> None:
     assert tab.page.is_disabled("#undo-button")
     tab.draw(DIGITS[4])  # two strokes

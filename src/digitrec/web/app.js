@@ -345,6 +345,12 @@
         digitOut.dataset.state = "value";
         confidenceOut.replaceChildren(strongText(percent(data.confidence)), " sure");
         spoken = `Read ${data.digit}, ${Math.round(data.confidence * 100)} percent sure.`;
+      } else if (data.rejected === "not_a_digit") {
+        // The model spread its belief over many digits: a letter, a scribble, a drawing.
+        digitOut.textContent = "?";
+        digitOut.dataset.state = "none";
+        confidenceOut.textContent = "That doesn't look like a digit";
+        spoken = "That doesn't look like a digit.";
       } else {
         digitOut.textContent = "?";
         digitOut.dataset.state = "none";
@@ -352,6 +358,9 @@
           ? `Too unsure to say (best guess ${best}, ${percent(probabilities[best])})`
           : "No digit found";
         spoken = anyInk ? "Too unsure to say." : "No digit found.";
+      }
+      if (data.several_digits) {
+        confidenceOut.append(` (it looks like ${data.several_digits} digits: switch to "A number" to read them all)`);
       }
       showBars(anyInk ? probabilities : null, data.digit != null ? best : -1);
       showSeen(data.input_image);
@@ -388,7 +397,7 @@
       chip.type = "button";
       chip.className = "chip";
       chip.dataset.low = String(d.digit == null);
-      const label = d.digit == null ? "?" : String(d.digit);
+      const label = d.rejected === "not_a_digit" ? "\u2715" : d.digit == null ? "?" : String(d.digit);
       chip.setAttribute("aria-label", `Digit ${i + 1}: ${label}, ${percent(d.confidence)} sure`);
       chip.append(Object.assign(document.createElement("b"), { textContent: label }), percent(d.confidence));
       chip.addEventListener("click", () => select(i));

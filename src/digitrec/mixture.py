@@ -1,0 +1,277 @@
+"""The training mixture: MNIST plus other writers, drawn digits and things that are not digits.
+
+A recipe's ``mix`` names each ingredient and how many samples of it to add to MNIST's
+training set (README "Training data")::
+
+    usps-train      USPS's zip.train (real handwriting from U.S. mail), read from --usps-dir
+    drawn-digits    digits from fonts, Hershey strokes and hand-made styles (synthetic.py)
+    not-digits      letters, scribbles, shapes, smileys, hatching, textures (label -1)
+    fashion-mnist   Fashion-MNIST training images (label -1), from Debian's dataset-fashion-mnist
+
+Every image passes through :func:`digitrec.images.normalize_digit`, as ``predict`` would
+read it. Drawn samples are cached (``$DIGITREC_CACHE_DIR/mixture``), keyed by seed, count,
+generator version and the installed font files, so the second run starts at once.
+
+With ``calibrate``, a held-out slice (the last 5,000 of a fixed permutation of MNIST train
+and 1,000 USPS train digits) is kept out of training for fitting the temperature.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .data import Dataset, default_cache_dir, load_idx_folder
+from .errors import DigitrecError
+from .fileio import atomic_write
+
+INGREDIENTS = ("usps-train", "drawn-digits", "not-digits", "fashion-mnist")
+NOT_A_DIGIT = -1  # the label of a training image that is no digit (outlier exposure)
+GENERATOR_VERSION = 2  # bump when synthetic.py draws differently: old cache entries then go unused
+FASHION_DIRS = (Path("/usr/share/datasets/fashion-mnist"),)
+HOLDOUT_MNIST = 5_000
+HOLDOUT_USPS = 1_000
+_BLAS_THREADS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+USPS_URL = "https://hastie.su.domains/ElemStatLearn/datasets/zip.train.gz"
+
+
+@dataclass(frozen=True)
+class Mixture:
+    """The training set with the mixture added, and the held-out digits for calibration (or None)."""
+
+    dataset: Dataset
+    holdout_images: torch.Tensor | None  # (N, 28, 28) uint8
+    holdout_labels: torch.Tensor | None  # (N,) int64
+
+
+def _fixed_permutation(count: int) -> np.ndarray:
+    return np.random.default_rng(20261201).permutation(count)
+
+
+def _normalize_all(images: Sequence[object]) -> np.ndarray:
+    """Each image through normalize_digit; an image with no ink becomes all zeros."""
+    from .images import normalize_digit
+
+    out = np.zeros((len(images), 28, 28), np.uint8)
+    for index, image in enumerate(images):
+        digit = normalize_digit(image)
+        if digit is not None:
+            out[index] = digit
+    return out
+
+
+def _draw_chunk(kind: str, seed: int, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+    """Samples start..stop-1 of ``kind`` ("drawn-digits" or "not-digits"), normalized: images, labels."""
+    from . import synthetic
+
+    images, labels = [], []
+    for index in range(start, stop):
+        rng = synthetic.sample_rng(seed, kind, index)
+        if kind == "drawn-digits":
+            label = index % 10
+            images.append(synthetic.draw_digit(label, rng))
+        else:
+            label = NOT_A_DIGIT
+            what = synthetic.NOT_DIGIT_KINDS[index % len(synthetic.NOT_DIGIT_KINDS)]
+            # Letters are the largest and hardest kind: half of all samples.
+            if index % 2 == 0:
+                what = "letter"
+            images.append(synthetic.draw_not_digit(what, rng))
+        labels.append(label)
+    return _normalize_all(images), np.asarray(labels, np.int64)
+
+
+def _usps_chunk(inks: np.ndarray) -> np.ndarray:
+    from .handwriting import render_digit
+
+    return _normalize_all([render_digit(ink, scale=4) for ink in inks])
+
+
+def _parallel(jobs: list[tuple[object, ...]], function: object) -> list[tuple[np.ndarray, ...] | np.ndarray]:
+    workers = max(1, min(len(os.sched_getaffinity(0)), len(jobs)))
+    if workers == 1:
+        return [function(*job) for job in jobs]  # type: ignore[operator]
+    # forkserver: the workers import only numpy, PIL and scipy, never this process's torch threads.
+    # One BLAS thread each: the background fit's small least-squares problems run 5-10x slower when
+    # every worker's BLAS spreads over all cores (the server inherits the environment it starts with).
+    saved = {name: os.environ.get(name) for name in _BLAS_THREADS}
+    os.environ.update(dict.fromkeys(_BLAS_THREADS, "1"))
+    try:
+        with ProcessPoolExecutor(workers, mp_context=get_context("forkserver")) as pool:
+            return list(pool.map(function, *zip(*jobs, strict=True)))  # type: ignore[arg-type]
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _cache_key(kind: str, seed: int, count: int) -> str:
+    from . import synthetic
+
+    fonts = "\n".join(p.name for p in synthetic.font_files())
+    hershey = ",".join(sorted(synthetic.hershey_glyphs()))
+    text = f"{kind}|{seed}|{count}|{GENERATOR_VERSION}|{fonts}|{hershey}"
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def drawn(kind: str, count: int, seed: int, cache_dir: Path | None) -> tuple[np.ndarray, np.ndarray]:
+    """``count`` normalized samples of ``kind``, from the cache or drawn now (on every core)."""
+    from . import synthetic
+
+    synthetic.check_sources()
+    path = cache_dir / "mixture" / f"{kind}-{_cache_key(kind, seed, count)}.npz" if cache_dir else None
+    if path is not None and path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as saved:
+                return saved["images"], saved["labels"]
+        except (OSError, ValueError, KeyError):
+            pass  # a damaged entry is drawn again
+    step = 500
+    parts = _parallel([(kind, seed, a, min(a + step, count)) for a in range(0, count, step)], _draw_chunk)
+    images = np.concatenate([p[0] for p in parts]) if parts else np.zeros((0, 28, 28), np.uint8)
+    labels = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.int64)
+    # A drawing that normalization finds no ink in (a glyph lost at 8x8, say) never reaches a model.
+    inked = images.reshape(len(images), -1).max(axis=1) > 0
+    images, labels = images[inked], labels[inked]
+    if path is not None:
+        try:
+            with atomic_write(path) as handle:
+                np.savez_compressed(handle, images=images, labels=labels)
+        except OSError:
+            pass  # an unwritable cache costs time, not correctness
+    return images, labels
+
+
+def _usps(
+    usps_dir: str | None, cache_dir: Path | None, count: int, calibrate: bool
+) -> tuple[np.ndarray, ...]:
+    """USPS train digits normalized as predict reads them: (train images, labels, held-out images,
+    labels). The whole set is cached (by content) once a build has normalized all of it."""
+    from .handwriting import default_shared_data, load_usps
+
+    folder = Path(usps_dir) if usps_dir else default_shared_data() / "usps"
+    if not folder.is_dir():
+        raise DigitrecError(
+            f"{folder}: USPS folder not found; the mixture's usps-train reads zip.train.gz from --usps-dir "
+            f"(download: {USPS_URL})"
+        )
+    digits = load_usps(folder, split="train")  # checks the file's SHA-256
+    order = _fixed_permutation(len(digits.labels))
+    held = order[len(order) - HOLDOUT_USPS :] if calibrate else order[:0]
+    chosen = order[: min(count, len(order) - len(held))]
+    needed = np.concatenate([chosen, held])
+    path = cache_dir / "mixture" / f"usps-train-v{GENERATOR_VERSION}.npz" if cache_dir else None
+    images: np.ndarray | None = None
+    if path is not None and path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as saved:
+                if np.array_equal(saved["labels"], digits.labels):
+                    images = saved["images"]
+        except (OSError, ValueError, KeyError):
+            pass  # a damaged entry is normalized again
+    if images is None:
+        images = np.zeros((len(digits.labels), 28, 28), np.uint8)
+        step = 500
+        jobs = [(digits.images[needed[a : a + step]],) for a in range(0, len(needed), step)]
+        if jobs:
+            images[needed] = np.concatenate(_parallel(jobs, _usps_chunk))  # type: ignore[arg-type]
+        if path is not None and len(needed) == len(order):
+            try:
+                with atomic_write(path) as handle:
+                    np.savez_compressed(handle, images=images, labels=digits.labels)
+            except OSError:
+                pass  # an unwritable cache costs time, not correctness
+    return images[chosen], digits.labels[chosen], images[held], digits.labels[held]
+
+
+def _fashion(count: int) -> np.ndarray:
+    from PIL import Image
+
+    for folder in FASHION_DIRS:
+        if folder.is_dir():
+            break
+    else:
+        raise DigitrecError(
+            f"the mixture's fashion-mnist needs Debian's dataset-fashion-mnist ({FASHION_DIRS[0]} not found):"
+            " "
+            "apt-get install dataset-fashion-mnist"
+        )
+    train = load_idx_folder(folder, "fashion-mnist").train_images.numpy()
+    chosen = train[_fixed_permutation(len(train))[:count]]
+    return _normalize_all([Image.fromarray(image, mode="L") for image in chosen])
+
+
+def build_mixture(
+    base: Dataset,
+    mix: dict[str, int],
+    seed: int,
+    *,
+    usps_dir: str | None = None,
+    calibrate: bool = False,
+    cache_dir: Path | None = None,
+    log: object = None,
+) -> Mixture:
+    """MNIST's training set (``base``) plus each ingredient of ``mix``; the test set is unchanged."""
+    unknown = sorted(set(mix) - set(INGREDIENTS))
+    if unknown:
+        raise DigitrecError(
+            f"unknown mixture ingredients: {', '.join(unknown)} (known: {', '.join(INGREDIENTS)})"
+        )
+    cache = cache_dir if cache_dir is not None else default_cache_dir()
+    say = log if callable(log) else (lambda _line: None)
+    train_images = base.train_images.numpy()
+    train_labels = base.train_labels.numpy()
+    held_images: list[np.ndarray] = []
+    held_labels: list[np.ndarray] = []
+    if calibrate:
+        order = _fixed_permutation(len(train_images))
+        held_count = min(HOLDOUT_MNIST, len(order) // 12)  # 5,000 of MNIST's 60,000
+        keep, held = order[: len(order) - held_count], order[len(order) - held_count :]
+        held_images.append(train_images[held])
+        held_labels.append(train_labels[held])
+        train_images, train_labels = train_images[np.sort(keep)], train_labels[np.sort(keep)]
+    parts_images, parts_labels = [train_images], [train_labels]
+    for name in INGREDIENTS:
+        count = int(mix.get(name, 0))
+        if count <= 0:
+            continue
+        say(f"mixture: adding {count} {name}")
+        if name == "usps-train":
+            images, labels, usps_held, usps_held_labels = _usps(usps_dir, cache, count, calibrate)
+            parts_images.append(images)
+            parts_labels.append(labels.astype(np.int64))
+            if calibrate:
+                held_images.append(usps_held)
+                held_labels.append(usps_held_labels.astype(np.int64))
+        elif name == "fashion-mnist":
+            parts_images.append(_fashion(count))
+            parts_labels.append(np.full(count, NOT_A_DIGIT, np.int64))
+        else:
+            images, labels = drawn(name, count, seed, cache)
+            parts_images.append(images)
+            parts_labels.append(labels)
+    dataset = Dataset(
+        name=base.name,
+        train_images=torch.from_numpy(np.ascontiguousarray(np.concatenate(parts_images))),
+        train_labels=torch.from_numpy(np.concatenate(parts_labels).astype(np.int64)),
+        test_images=base.test_images,
+        test_labels=base.test_labels,
+        source=base.source,
+    )
+    if not held_images:
+        return Mixture(dataset, None, None)
+    return Mixture(
+        dataset,
+        torch.from_numpy(np.concatenate(held_images)),
+        torch.from_numpy(np.concatenate(held_labels).astype(np.int64)),
+    )

@@ -1,0 +1,123 @@
+"""Knowing when it is not a digit, with the bundled model, through the predict path.
+
+Floors well under the benchmark's figures (python -m benchmarks.rejection; README "Not a digit"),
+so that a regression fails and noise does not.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from digitrec import synthetic
+from digitrec.cli import main
+from digitrec.handwriting import default_shared_data, load_usps, render_digit
+from digitrec.recognition import Recognizer
+
+from .recognition_support import encode
+
+
+@pytest.fixture(scope="module")
+def recognizer() -> Recognizer:
+    return Recognizer.default()
+
+
+def _letters(count: int, seed: int) -> list[Image.Image]:
+    """Letters from font families training never saw, drawn 280 px as ink on paper."""
+    fonts = synthetic.letter_fonts(held_out=True)
+    rng = np.random.default_rng(seed)
+    out = []
+    for index in range(count):
+        char = synthetic.LETTERS[index % len(synthetic.LETTERS)]
+        ink = synthetic.letter_ink(char, rng, fonts, synthetic.HELD_OUT_HERSHEY)
+        out.append(synthetic.to_paper(ink, rng, stretch=0, size=280, low_resolution=0, binarize=0))
+    return out
+
+
+def test_the_bundled_model_carries_its_calibration(recognizer: Recognizer) -> None:
+    info = recognizer.info()
+    assert 0.05 < info["not_digit_below"] < 0.9
+    assert info["temperature"] > 0 and info["temperature"] != 1.0
+
+
+def test_letters_in_unseen_fonts_are_not_digits(recognizer: Recognizer) -> None:
+    predictions = recognizer.predict_batch(_letters(96, seed=11))
+    flagged = [p for p in predictions if p.digit is None]
+    assert len(flagged) >= 0.85 * len(predictions)
+    assert all(p.rejected in ("not_a_digit", "blank") for p in flagged)
+
+
+@pytest.mark.parametrize("kind", ["scribble", "shape", "hatching", "texture"])
+def test_scribbles_shapes_hatching_textures_are_not_digits(recognizer: Recognizer, kind: str) -> None:
+    rng = np.random.default_rng([5, len(kind)])
+    images = [
+        synthetic.to_paper(synthetic.not_digit_ink(kind, rng), rng, stretch=0, size=280, low_resolution=0)
+        for _ in range(40)
+    ]
+    flagged = sum(p.digit is None for p in recognizer.predict_batch(images))
+    assert flagged >= 0.8 * len(images)
+
+
+def test_real_digits_are_still_answered(recognizer: Recognizer, mnist) -> None:
+    inks = mnist.test_images[:600].numpy()
+    predictions = recognizer.predict_batch([render_digit(ink, 8) for ink in inks])
+    answered = [p for p in predictions if p.rejected is None]
+    assert len(answered) >= 0.99 * len(predictions)
+    right = sum(
+        p.digit == label for p, label in zip(predictions, mnist.test_labels[:600].tolist(), strict=True)
+    )
+    assert right >= 0.985 * len(predictions)
+    usps = load_usps(default_shared_data() / "usps", "test")
+    kept = recognizer.predict_batch([render_digit(ink, 8) for ink in usps.images[:400]])
+    assert sum(p.rejected is None for p in kept) >= 0.96 * 400
+
+
+def test_predict_json_says_why_and_hints_at_several_digits(tmp_path, mnist, capsys) -> None:
+    letter = _letters(48, seed=3)[list(synthetic.LETTERS).index("K")]
+    letter.save(tmp_path / "letter.png")
+    blank = Image.new("L", (100, 100), 255)
+    blank.save(tmp_path / "blank.png")
+    # A row of three MNIST digits on paper, read without --multi.
+    row = np.hstack([255 - mnist.test_images[i].numpy() for i in (0, 1, 2)])
+    Image.fromarray(np.pad(row, 20, constant_values=255)).resize((84 * 4, 68 * 4)).save(tmp_path / "row.png")
+    files = [str(tmp_path / name) for name in ("letter.png", "blank.png", "row.png")]
+    assert main(["predict", *files, "--json"]) == 0
+    captured = capsys.readouterr()
+    rows = {r["file"].rsplit("/", 1)[-1]: r for r in map(json.loads, captured.out.splitlines())}
+    assert rows["letter.png"]["digit"] is None and rows["letter.png"]["rejected"] == "not_a_digit"
+    assert rows["blank.png"]["rejected"] == "blank"
+    assert rows["row.png"]["several_digits"] == 3
+    assert f"{files[2]}: looks like 3 digits; pass --multi to read them all" in captured.err
+    # Text output names it too; an accepted digit keeps its fields and gets "rejected": null.
+    assert main(["predict", files[0]]) == 0
+    assert capsys.readouterr().out.strip() == f"{files[0]}: not a digit"
+    seven = tmp_path / "seven.png"
+    seven.write_bytes(encode(Image.fromarray(255 - mnist.test_images[0].numpy()), "PNG"))
+    assert main(["predict", str(seven), "--json"]) == 0
+    answer = json.loads(capsys.readouterr().out)
+    assert answer["digit"] == 7 and answer["rejected"] is None and "several_digits" not in answer
+
+
+def test_multi_marks_a_piece_that_is_not_a_digit(recognizer: Recognizer, mnist) -> None:
+    star = synthetic.to_paper(
+        synthetic.not_digit_ink("shape", np.random.default_rng(2)),
+        np.random.default_rng(2),
+        stretch=0,
+        size=84,
+        low_resolution=0,
+        binarize=0,
+    )
+    digits = [255 - mnist.test_images[i].numpy() for i in (0, 1)]
+    row = np.hstack(
+        [np.pad(d, 28, constant_values=255) for d in digits] + [np.asarray(star.resize((84, 84)))]
+    )
+    prediction = recognizer.predict(
+        Image.fromarray(row).resize((row.shape[1] * 3, row.shape[0] * 3)), multi=True
+    )
+    assert prediction.number is not None and len(prediction.number) == 3
+    assert prediction.number[:2] == "72" and prediction.number[2] == "?"
+    assert prediction.digits is not None and prediction.digits[2]["rejected"] == "not_a_digit"
+    assert prediction.rejected == "not_a_digit"

@@ -1,0 +1,114 @@
+"""Drawn training data (synthetic.py) and the training mixture (mixture.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from digitrec import synthetic
+from digitrec.data import Dataset, load_dataset
+from digitrec.errors import DigitrecError
+from digitrec.handwriting import default_shared_data
+from digitrec.images import normalize_digit
+from digitrec.mixture import NOT_A_DIGIT, build_mixture, drawn
+
+
+def test_fonts_and_stroke_fonts_are_installed() -> None:
+    # .ci/run installs them (README, "Testing"); training's default recipe needs them.
+    synthetic.check_sources()
+    assert len(synthetic.font_files()) >= 20
+    glyphs = synthetic.hershey_glyphs()
+    assert all(len(glyphs[str(d)]) >= 6 for d in range(10))
+
+
+def test_missing_fonts_are_one_line_naming_the_packages(tmp_path) -> None:
+    with pytest.raises(DigitrecError, match=r"found none: apt-get install fonts-dejavu-core") as error:
+        synthetic.check_sources(roots=(tmp_path,))
+    assert "\n" not in str(error.value)
+    with pytest.raises(DigitrecError, match="apt-get install hershey-fonts-data"):
+        synthetic.check_sources(hershey_dir=tmp_path)
+
+
+def test_hershey_glyphs_parse_to_strokes_in_ascii_order() -> None:
+    one = synthetic.hershey_glyphs()["1"][0]  # futural's 1: one stroke up and one down
+    points = np.concatenate([np.asarray(s) for s in one])
+    assert points[:, 1].max() - points[:, 1].min() > 15  # a tall glyph, y in Hershey units
+    dot = synthetic.hershey_glyphs()["."][0]
+    assert np.ptp(np.concatenate([np.asarray(s) for s in dot])[:, 1]) < 4  # a full stop is small
+
+
+@pytest.mark.parametrize("label", range(10))
+def test_every_digit_is_drawn_and_normalizes(label: int) -> None:
+    for index in range(6):
+        image = synthetic.draw_digit(label, synthetic.sample_rng(7, "drawn-digits", index))
+        assert image.mode == "L" and image.size == (synthetic.OUT, synthetic.OUT)
+        pixels = normalize_digit(image)
+        assert pixels is not None and pixels.max() == 255
+
+
+def test_drawing_is_deterministic_per_sample() -> None:
+    first = np.asarray(synthetic.draw_digit(4, synthetic.sample_rng(1, "drawn-digits", 3)))
+    again = np.asarray(synthetic.draw_digit(4, synthetic.sample_rng(1, "drawn-digits", 3)))
+    other = np.asarray(synthetic.draw_digit(4, synthetic.sample_rng(1, "drawn-digits", 4)))
+    assert np.array_equal(first, again)
+    assert not np.array_equal(first, other)
+
+
+def test_letters_never_include_digit_shapes_and_held_out_fonts_stay_out() -> None:
+    assert not set(synthetic.LETTERS) & set("OoIlij")
+    assert len(synthetic.LETTERS) == 46
+    seen = {p.name for p in synthetic.letter_fonts(held_out=False)}
+    unseen = {p.name for p in synthetic.letter_fonts(held_out=True)}
+    assert seen and unseen and not seen & unseen
+    assert all(any(name.startswith(f) for f in synthetic.HELD_OUT_FONTS) for name in unseen)
+
+
+@pytest.mark.parametrize("kind", synthetic.NOT_DIGIT_KINDS)
+def test_every_kind_of_non_digit_is_drawn(kind: str) -> None:
+    image = synthetic.draw_not_digit(kind, synthetic.sample_rng(5, kind, 0))
+    assert np.asarray(image).std() > 1  # some ink on the paper
+
+
+def test_the_mixture_adds_each_ingredient_and_holds_digits_out(tmp_path) -> None:
+    mnist = load_dataset("mnist")
+    base = Dataset("mnist", mnist.train_images[:1200], mnist.train_labels[:1200],
+                   mnist.test_images[:10], mnist.test_labels[:10], mnist.source)  # fmt: skip
+    mix = {"drawn-digits": 30, "not-digits": 20, "fashion-mnist": 10}
+    mixture = build_mixture(base, mix, seed=3, calibrate=True, cache_dir=tmp_path)
+    held = 1200 // 12
+    digits, digit_labels = drawn("drawn-digits", 30, 3, tmp_path)  # from the cache the build wrote
+    not_digits, not_digit_labels = drawn("not-digits", 20, 3, tmp_path)
+    assert len(list((tmp_path / "mixture").iterdir())) == 2  # read back, not drawn again
+    assert len(digits) >= 27 and set(digit_labels.tolist()) <= set(range(10))  # blanks left out
+    assert (not_digit_labels == NOT_A_DIGIT).all()
+    labels = mixture.dataset.train_labels
+    assert len(labels) == 1200 - held + len(digits) + len(not_digits) + 10
+    assert int((labels == NOT_A_DIGIT).sum()) == len(not_digits) + 10  # not-digits and fashion-mnist
+    assert mixture.dataset.train_images.dtype == torch.uint8
+    assert mixture.holdout_labels is not None and len(mixture.holdout_labels) == held
+    assert torch.equal(mixture.dataset.test_images, base.test_images)
+    start = 1200 - held
+    assert np.array_equal(digits, mixture.dataset.train_images[start : start + len(digits)].numpy())
+
+
+def test_usps_train_joins_the_mixture_normalized_and_cached(tmp_path) -> None:
+    mnist = load_dataset("mnist")
+    base = Dataset("mnist", mnist.train_images[:100], mnist.train_labels[:100],
+                   mnist.test_images[:10], mnist.test_labels[:10], mnist.source)  # fmt: skip
+    usps = str(default_shared_data() / "usps")
+    mixture = build_mixture(base, {"usps-train": 50}, seed=0, usps_dir=usps, cache_dir=tmp_path)
+    added = mixture.dataset.train_images[100:]
+    assert added.shape == (50, 28, 28)
+    assert (added.flatten(1).max(1).values == 255).all()  # every digit found and scaled to full ink
+    assert mixture.holdout_images is None
+    # Only a build that normalized all of USPS train writes it to the cache.
+    assert not (tmp_path / "mixture").exists() or not list((tmp_path / "mixture").iterdir())
+
+
+def test_mixture_errors_are_one_line(tmp_path) -> None:
+    mnist = load_dataset("mnist")
+    with pytest.raises(DigitrecError, match="unknown mixture ingredients: usps-test"):
+        build_mixture(mnist, {"usps-test": 5}, seed=0)
+    with pytest.raises(DigitrecError, match=r"USPS folder not found.*--usps-dir"):
+        build_mixture(mnist, {"usps-train": 5}, seed=0, usps_dir=str(tmp_path / "nowhere"))
