@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -20,6 +23,12 @@ def test_fonts_and_stroke_fonts_are_installed() -> None:
     assert len(synthetic.font_files()) >= 20
     glyphs = synthetic.hershey_glyphs()
     assert all(len(glyphs[str(d)]) >= 6 for d in range(10))
+
+
+def test_ci_installs_every_font_package() -> None:
+    ci = (Path(__file__).parents[1] / ".ci" / "run").read_text()
+    for package in [*synthetic.FONT_PACKAGES.split(), synthetic.HERSHEY_PACKAGE]:
+        assert re.search(rf"(?<![\w-]){re.escape(package)}(?![\w-])", ci), package
 
 
 def test_missing_fonts_are_one_line_naming_the_packages(tmp_path) -> None:

@@ -247,7 +247,6 @@ def _launch_torchrun(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 def cmd_train(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     from .checkpoints import read_config
-    from .config import recipe_config
     from .training import train
 
     if args.nproc and args.nproc > 1 and "RANK" not in os.environ:
@@ -267,14 +266,22 @@ def cmd_train(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
         train(config, out_dir=args.resume, resume=True, progress=args.progress, tensorboard=args.tensorboard)
         return 0
 
+    config = train_config_from_args(args)
+    train(config, out_dir=args.out, progress=args.progress, tensorboard=args.tensorboard)
+    return 0
+
+
+def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The recipe that ``--recipe`` or ``--model`` picks, with the flags given overriding its values."""
+    from .config import recipe_config
+
+    given = [option for option in TRAIN_OPTIONS if getattr(args, option.field) is not None]
     recipe = args.recipe or MODEL_DEFAULT_RECIPE.get(args.model or "mlp")
     if recipe is None:
         # A model with no recipe of its own trains with the tutorial's MLP hyper-parameters.
         recipe = "tutorial-mlp"
     # The flags given override the recipe's values (a --recipe given names this very recipe).
-    config = recipe_config(recipe, **{option.field: getattr(args, option.field) for option in given})
-    train(config, out_dir=args.out, progress=args.progress, tensorboard=args.tensorboard)
-    return 0
+    return recipe_config(recipe, **{option.field: getattr(args, option.field) for option in given})
 
 
 # --------------------------------------------------------------------------- evaluate

@@ -167,7 +167,9 @@ def _usps(
         )
     digits = load_usps(folder, split="train")  # checks the file's SHA-256
     order = _fixed_permutation(len(digits.labels))
-    held = order[len(order) - HOLDOUT_USPS :] if calibrate else order[:0]
+    # 1,000 held out beside the default recipe's 6,291; a small mix holds out a sixth of its count.
+    held_count = min(HOLDOUT_USPS, count // 6) if calibrate else 0
+    held = order[len(order) - held_count :] if held_count else order[:0]
     chosen = order[: min(count, len(order) - len(held))]
     needed = np.concatenate([chosen, held])
     path = cache_dir / "mixture" / f"usps-train-v{GENERATOR_VERSION}.npz" if cache_dir else None

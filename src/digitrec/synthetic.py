@@ -61,9 +61,12 @@ DIGIT_LIKE_LETTERS = "OoIlij"
 LETTERS = "".join(
     c for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz" if c not in DIGIT_LIKE_LETTERS
 )
+# The Debian packages of the fonts drawn from (.ci/run installs them all; the held-out families are in
+# fonts-humor-sans, fonts-kristi, fonts-comic-neue, fonts-liberation2 and fonts-cabin).
 FONT_PACKAGES = (
-    "fonts-dejavu-core fonts-liberation2 fonts-freefont-ttf fonts-urw-base35 "
-    "fonts-comic-neue fonts-humor-sans"
+    "fonts-dejavu-core fonts-liberation2 fonts-freefont-ttf fonts-urw-base35 fonts-comic-neue "
+    "fonts-humor-sans fonts-sil-andika fonts-dancingscript fonts-breip fonts-kristi fonts-linuxlibertine "
+    "fonts-cabin fonts-quattrocento"
 )
 HERSHEY_PACKAGE = "hershey-fonts-data"
 
