@@ -53,7 +53,7 @@ def test_blank_and_near_blank_images_have_no_digit(make, recognizer):
     assert normalize_digit(image) is None
     prediction = recognizer.predict(image)
     assert prediction.digit is None and prediction.confidence == 0.0 and not prediction.found
-    assert prediction.input_image is None
+    assert prediction.input_image is None and prediction.rejected == "blank"
     assert segment_digits(image) == []
 
 
@@ -155,6 +155,7 @@ def test_min_confidence_reports_unknown_but_keeps_probabilities(digits, recogniz
     strict = recognizer.predict(page, min_confidence=min(1.0, plain.confidence + 1e-9))
     assert plain.digit is not None and strict.digit is None
     assert strict.probabilities == plain.probabilities and strict.found
+    assert strict.rejected == "low_confidence" and plain.rejected is None
     assert recognizer.predict(page, min_confidence=0.0).digit == plain.digit
     with pytest.raises(DigitrecError, match="min_confidence"):
         recognizer.predict(page, min_confidence=1.5)
@@ -162,10 +163,11 @@ def test_min_confidence_reports_unknown_but_keeps_probabilities(digits, recogniz
 
 def test_prediction_to_dict_is_json(digits, recognizer):
     out = recognizer.predict(ink_on_paper(digits[0][0])).to_dict()
-    assert set(out) == {"digit", "confidence", "probabilities"}
+    assert set(out) == {"digit", "confidence", "probabilities", "rejected"} and out["rejected"] is None
     assert json.loads(json.dumps(out)) == out
     multi = recognizer.predict(ink_on_paper(digits[0][0]), multi=True).to_dict()
-    assert set(multi) == {"digit", "confidence", "probabilities", "number", "digits"}
+    assert set(multi) == {"digit", "confidence", "probabilities", "rejected", "number", "digits"}
+    assert set(multi["digits"][0]) == {"digit", "confidence", "bbox", "probabilities", "rejected"}
     assert json.loads(json.dumps(multi)) == multi
     assert Prediction(None, 0.0, [0.0] * 10, None).to_dict()["digit"] is None
 

@@ -121,3 +121,19 @@ def test_multi_marks_a_piece_that_is_not_a_digit(recognizer: Recognizer, mnist) 
     assert prediction.number[:2] == "72" and prediction.number[2] == "?"
     assert prediction.digits is not None and prediction.digits[2]["rejected"] == "not_a_digit"
     assert prediction.rejected == "not_a_digit"
+
+
+def test_onnx_export_carries_the_calibration(tmp_path, recognizer: Recognizer) -> None:
+    from digitrec.export import export_onnx
+    from digitrec.onnx_runtime import OnnxScorer
+    from digitrec.runs import default_model_dir
+
+    path = export_onnx(default_model_dir(), tmp_path / "default.onnx")
+    scorer = OnnxScorer(path)
+    assert scorer.info["not_digit_below"] == recognizer.info()["not_digit_below"]
+    via_onnx = Recognizer.from_scorer(scorer, scorer.info)
+    letters = _letters(24, seed=8)
+    expected = recognizer.predict_batch(letters)
+    got = via_onnx.predict_batch(letters)
+    assert [p.rejected for p in got] == [p.rejected for p in expected]
+    assert np.allclose([p.confidence for p in got], [p.confidence for p in expected], atol=1e-4)

@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -33,6 +34,7 @@ from .data import Dataset, default_cache_dir, load_idx_folder
 from .errors import DigitrecError
 from .fileio import atomic_write
 
+_T = TypeVar("_T")
 INGREDIENTS = ("usps-train", "drawn-digits", "not-digits", "fashion-mnist")
 NOT_A_DIGIT = -1  # the label of a training image that is no digit (outlier exposure)
 GENERATOR_VERSION = 2  # bump when synthetic.py draws differently: old cache entries then go unused
@@ -95,10 +97,11 @@ def _usps_chunk(inks: np.ndarray) -> np.ndarray:
     return _normalize_all([render_digit(ink, scale=4) for ink in inks])
 
 
-def _parallel(jobs: list[tuple[object, ...]], function: object) -> list[tuple[np.ndarray, ...] | np.ndarray]:
+def _parallel(jobs: Sequence[tuple[Any, ...]], function: Callable[..., _T]) -> list[_T]:
+    """``function(*job)`` for each job, in order, on every core (one process per core)."""
     workers = max(1, min(len(os.sched_getaffinity(0)), len(jobs)))
     if workers == 1:
-        return [function(*job) for job in jobs]  # type: ignore[operator]
+        return [function(*job) for job in jobs]
     # forkserver: the workers import only numpy, PIL and scipy, never this process's torch threads.
     # One BLAS thread each: the background fit's small least-squares problems run 5-10x slower when
     # every worker's BLAS spreads over all cores (the server inherits the environment it starts with).
@@ -106,7 +109,7 @@ def _parallel(jobs: list[tuple[object, ...]], function: object) -> list[tuple[np
     os.environ.update(dict.fromkeys(_BLAS_THREADS, "1"))
     try:
         with ProcessPoolExecutor(workers, mp_context=get_context("forkserver")) as pool:
-            return list(pool.map(function, *zip(*jobs, strict=True)))  # type: ignore[arg-type]
+            return list(pool.map(function, *zip(*jobs, strict=True)))
     finally:
         for name, value in saved.items():
             if value is None:
@@ -186,7 +189,7 @@ def _usps(
         step = 500
         jobs = [(digits.images[needed[a : a + step]],) for a in range(0, len(needed), step)]
         if jobs:
-            images[needed] = np.concatenate(_parallel(jobs, _usps_chunk))  # type: ignore[arg-type]
+            images[needed] = np.concatenate(_parallel(jobs, _usps_chunk))
         if path is not None and len(needed) == len(order):
             try:
                 with atomic_write(path) as handle:
@@ -197,8 +200,6 @@ def _usps(
 
 
 def _fashion(count: int) -> np.ndarray:
-    from PIL import Image
-
     for folder in FASHION_DIRS:
         if folder.is_dir():
             break
@@ -210,7 +211,17 @@ def _fashion(count: int) -> np.ndarray:
         )
     train = load_idx_folder(folder, "fashion-mnist").train_images.numpy()
     chosen = train[_fixed_permutation(len(train))[:count]]
-    return _normalize_all([Image.fromarray(image, mode="L") for image in chosen])
+    step = 500
+    jobs = [(chosen[a : a + step],) for a in range(0, len(chosen), step)]
+    parts = _parallel(jobs, _fashion_chunk)
+    return np.concatenate(parts) if parts else np.zeros((0, 28, 28), np.uint8)
+
+
+def _fashion_chunk(images: np.ndarray) -> np.ndarray:
+    """Fashion-MNIST's 28x28 pictures (light on dark) read as predict would read them."""
+    from PIL import Image
+
+    return _normalize_all([Image.fromarray(image, mode="L") for image in images])
 
 
 def build_mixture(

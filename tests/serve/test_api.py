@@ -137,6 +137,29 @@ def test_min_confidence_rejects(server: Server, mnist: Any) -> None:
     assert got["digit"] == sure["digit"]
 
 
+def test_a_letter_is_rejected_with_the_reason(server: Server, recognizer: Any, mnist: Any) -> None:
+    from digitrec import synthetic
+
+    rng = np.random.default_rng(4)
+    fonts = synthetic.letter_fonts(held_out=True)
+    letters = [
+        synthetic.to_paper(synthetic.letter_ink(c, rng, fonts, ()), rng, stretch=0, size=280, low_resolution=0)
+        for c in "AKWMRxyz"
+    ]
+    answers = [post(server, encode(letter), PNG) for letter in letters]
+    assert all(status == 200 for status, _ in answers)
+    expected = [p.rejected for p in recognizer.predict_batch(letters)]  # the server is the Recognizer
+    assert [got["rejected"] for _, got in answers] == expected
+    assert sum(r == "not_a_digit" for r in expected) >= 6
+    for _, got in answers:
+        assert (got["digit"] is None) == (got["rejected"] is not None)
+        assert len(got["probabilities"]) == 10
+    _, digit = post(server, encode(on_paper(mnist.test_images[0].numpy())), PNG)
+    assert digit["digit"] == 7 and digit["rejected"] is None
+    _, blank = post(server, encode(Image.new("L", (50, 50), 255)), PNG)
+    assert blank["digit"] is None and blank["rejected"] == "blank"
+
+
 def test_multi_reads_a_number(server: Server, recognizer: Any, mnist: Any) -> None:
     labels = [4, 0, 7]
     body = encode(number_on_paper([first_of_label(mnist, d) for d in labels]))
