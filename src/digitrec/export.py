@@ -112,6 +112,12 @@ def export_onnx(
     target = Path(out) if out is not None else run_dir / ONNX_FILE
     if target.is_dir():
         raise DigitrecError(f"{target}: is a folder; --out names the .onnx file to write")
+    write_bytes_atomic(target, onnx_bytes(run_dir, opset))
+    return target
+
+
+def onnx_bytes(run_dir: str | os.PathLike[str], opset: int = DEFAULT_OPSET) -> bytes:
+    """The serialized ONNX model of ``run_dir``, with its metadata (what export_onnx writes)."""
     _require_onnx()  # before loading anything: a missing package is the user's first problem
     model, config = load_model(run_dir)
     metrics = read_metrics(run_dir)
@@ -122,5 +128,5 @@ def export_onnx(
         "val_accuracy": str(metrics[-1]["val_accuracy"]) if metrics else "",
     }
     proto = model_to_onnx(model, opset=opset, metadata=metadata)
-    write_bytes_atomic(target, proto.SerializeToString())
-    return target
+    data: bytes = proto.SerializeToString()
+    return data

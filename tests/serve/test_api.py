@@ -20,7 +20,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from .conftest import Server, encode, number_on_paper, on_paper, run_server, server_env
+from .conftest import (
+    Samples,
+    Server,
+    encode,
+    number_on_paper,
+    on_paper,
+    parse_metrics,
+    run_server,
+    server_env,
+)
 
 PNG = {"Content-Type": "image/png"}
 JSON = {"Content-Type": "application/json"}
@@ -222,15 +231,10 @@ def test_bad_parameters_routes_and_methods(server: Server) -> None:
 # ---- metrics and the event loop ------------------------------------------------------------------
 
 
-def scrape(server: Server) -> dict[str, float]:
+def scrape(server: Server) -> Samples:
     status, headers, body = server.request("GET", "/metrics")
     assert status == 200 and headers["content-type"].startswith("text/plain")
-    samples = {}
-    for line in body.decode().splitlines():
-        if line and not line.startswith("#"):
-            name, value = line.rsplit(" ", 1)
-            samples[name] = float(value)
-    return samples
+    return parse_metrics(body.decode())
 
 
 def test_metrics_count_requests_latency_and_errors(server: Server, mnist: Any) -> None:
