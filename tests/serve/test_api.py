@@ -24,11 +24,13 @@ from .conftest import (
     Samples,
     Server,
     encode,
+    model_args,
     number_on_paper,
     on_paper,
     parse_metrics,
     run_server,
     server_env,
+    started_server,
 )
 
 PNG = {"Content-Type": "image/png"}
@@ -413,11 +415,16 @@ def test_a_stalled_body_gets_408(limited: Server, mnist: Any) -> None:
     wait_gauge(limited, "digitrec_predict_uploads", 0)
 
 
-def test_no_inference_slot_in_time_is_503(tmp_path: Any, mnist: Any) -> None:
-    # One inference thread and a 1 ms wait for it: of 8 simultaneous requests, the first is
-    # read while the others, admitted, find the thread busy and are answered 503.
+@pytest.mark.parametrize(
+    "path",
+    [["--batch-window", "0", "--threads", "1"], ["--decode-processes", "1"]],
+    ids=["threads", "batched"],
+)
+def test_no_inference_slot_in_time_is_503(tmp_path: Any, mnist: Any, path: list[str]) -> None:
+    # One inference thread (or decode process) and a 1 ms wait for it: of 8 simultaneous
+    # requests, the first is read while the others, admitted, find it busy and are answered 503.
     png = encode(on_paper(mnist.test_images[0].numpy(), size=1000))
-    with run_server(tmp_path, "--threads", "1", "--queue-timeout", "0.001") as live:
+    with run_server(tmp_path, *path, "--queue-timeout", "0.001") as live:
         answers: list[tuple[int, dict[str, Any]]] = []
         start = threading.Barrier(8)
 
@@ -497,7 +504,25 @@ def test_the_page_and_its_assets_are_served_offline(server: Server) -> None:
 @pytest.mark.slow
 def test_several_worker_processes(tmp_path: Any, mnist: Any) -> None:
     png = encode(on_paper(mnist.test_images[0].numpy()))
-    with run_server(tmp_path, "--workers", "2") as live:
-        for _ in range(6):
+    scratch = tmp_path / "tmp"  # the server's TMPDIR: its metrics folder goes there
+    scratch.mkdir()
+    env = {**server_env(), "TMPDIR": str(scratch)}
+    ok = 'digitrec_http_requests_total{route="/v1/predict",method="POST",status="200"}'
+    with started_server(["--workers", "2", *model_args()], tmp_path, env=env) as live:
+        # /readyz answered once one worker was ready; the other may still be loading.
+        deadline = time.monotonic() + 60
+        while scrape(live)["digitrec_model_ready"] != 1 or scrape(live)["digitrec_serve_processes"] != 2:
+            assert time.monotonic() < deadline, "the second worker never became ready"
+            time.sleep(0.1)
+        # Each request on a new connection: the kernel hands them to both workers.
+        for _ in range(12):
             status, got = post(live, png, PNG)
             assert status == 200 and got["digit"] == int(mnist.test_labels[0])
+        # Whichever worker answers /metrics counts both workers' requests (prometheus_client's
+        # multi-process mode): without it, each would report only its own share of the 12.
+        for _ in range(6):
+            samples = scrape(live)
+            assert samples[ok] == 12 and samples["digitrec_serve_processes"] == 2, samples
+            assert samples["digitrec_model_ready"] == 1
+        assert any(scratch.iterdir()), "no metrics folder while running"
+    assert list(scratch.iterdir()) == [], "the metrics folder outlived the server"
