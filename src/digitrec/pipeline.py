@@ -217,6 +217,8 @@ class Batcher:
 
     async def score(self, pixels: np.ndarray, min_confidence: float | None) -> Any:
         """The result for one input, once its batch has been scored."""
+        if self._task is None or self._task.done():  # stopped, or crashed: nobody would answer
+            raise ApiError(503, "server shutting down; retry", "overloaded", {"Retry-After": "1"})
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         self._queue.append(_Waiting(pixels, min_confidence, future, loop.time()))
@@ -255,8 +257,8 @@ class Batcher:
 
         inputs = [waiting.pixels for waiting in batch]
         thresholds = [waiting.min_confidence for waiting in batch]
-        self._on_batch(len(batch))
         try:
+            self._on_batch(len(batch))
             results = await anyio.to_thread.run_sync(
                 lambda: self._run_batch(inputs, thresholds), limiter=self._limiter
             )

@@ -27,10 +27,15 @@ How a prediction request goes, and why:
 3. Only then, with its body in, is a request admitted: at most ``max_inflight``
    at once (bounded memory: (max_uploads + max_inflight) x body cap); one more is
    answered 503 at once, not queued. Slow uploads never take these slots.
-4. An admitted request waits at most ``queue_timeout`` for one of ``threads``
-   inference slots (503 after that), then decoding, normalization, inference
-   and the JSON/PNG encoding run in a worker thread: the event loop never runs
-   model code, so ``/healthz`` stays fast under load.
+4. An admitted request waits at most ``queue_timeout`` for one of the
+   ``decode_processes`` (503 after that), which decodes and normalizes it
+   (:class:`digitrec.pipeline.DecodePool`); then its 28x28 input waits at most
+   ``batch_window`` for those of concurrent requests and is scored with them in
+   one model call in a thread (:class:`digitrec.pipeline.Batcher`). With
+   ``batch_window`` 0, and for ``multi=true``, the request instead waits for one
+   of ``threads`` inference slots, where decoding, normalization and inference
+   run together. Either way the event loop never runs model code, so
+   ``/healthz`` stays fast under load.
 
 Every error is ``{"error": "..."}``. Bad input is a 4xx; a 500 means a bug.
 SIGTERM: uvicorn stops accepting connections and finishes the requests in
