@@ -344,7 +344,6 @@ class ServerState:
     slots: Any = None  # anyio.Semaphore(threads), made in the lifespan (needs the running loop)
     limiter: Any = None  # anyio.CapacityLimiter(threads) for to_thread
     decoder: DecodePool | None = None  # with batch_window > 0: the decode processes
-    decode_slots: Any = None  # anyio.Semaphore(decode processes): a request waits for one, as for a thread
     batcher: Batcher | None = None  # with batch_window > 0: scores the decoded inputs in batches
 
 
@@ -660,10 +659,8 @@ def create_app(config: ServeConfig | None = None, recognizer: Any = None) -> Fas
             # "loading" while its siblings are ready. A failed load fails the startup.
             state.recognizer = await anyio.to_thread.run_sync(_load, config)
         if config.batch_window > 0:
-            processes = decode_processes(config)
-            state.decoder = DecodePool(processes)
-            await anyio.to_thread.run_sync(state.decoder.warm_up)
-            state.decode_slots = anyio.Semaphore(processes)
+            state.decoder = DecodePool(decode_processes(config), config.queue_timeout)
+            await state.decoder.start()
             recognizer = state.recognizer
             state.batcher = Batcher(
                 recognizer.predict_normalized,
@@ -682,7 +679,7 @@ def create_app(config: ServeConfig | None = None, recognizer: Any = None) -> Fas
             if state.batcher is not None:
                 await state.batcher.stop()
             if state.decoder is not None:
-                await anyio.to_thread.run_sync(state.decoder.close)
+                await state.decoder.close()
             metrics.close()
 
     app = FastAPI(
@@ -863,11 +860,7 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
         """A decode process makes the model's input (waiting at most --queue-timeout for one, as
         for a thread), then the batcher scores it with the inputs of concurrent requests."""
         assert state.decoder is not None and state.batcher is not None
-        await acquire_slot(state.decode_slots)
-        try:
-            pixels = await state.decoder.decode(kind, data)
-        finally:
-            state.decode_slots.release()
+        pixels = await state.decoder.decode(kind, data)
         if pixels is None:  # no digit found: nothing to score
             prediction = state.recognizer.predict_normalized([None], [min_confidence])[0]
         else:

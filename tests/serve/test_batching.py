@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -72,3 +76,27 @@ def test_bad_images_in_a_batch_get_their_own_400(onnx_server: Server, mnist: Any
     assert [status for status, _ in answers] == [200, 400, 200, 400], answers
     assert answers[1][1]["error"].startswith("image: ")
     assert answers[0][1]["digit"] == answers[2][1]["digit"] == int(mnist.test_labels[0])
+
+
+def decode_processes(server: Server) -> list[int]:
+    """The server's spawned children that are decode processes (not multiprocessing's resource tracker)."""
+    children = []
+    for task in Path(f"/proc/{server.proc.pid}/task").iterdir():
+        children += [int(pid) for pid in (task / "children").read_text().split()]
+    return [pid for pid in children if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux's /proc")
+def test_a_killed_decode_process_is_replaced(onnx_server: Server, mnist: Any) -> None:
+    before = decode_processes(onnx_server)
+    assert len(before) == 2, before  # --decode-processes' default: the 2 CPUs of the test machine
+    os.kill(before[0], signal.SIGKILL)
+    good = encode(on_paper(mnist.test_images[0].numpy()))
+    statuses = [post(onnx_server, good, PNG)[0] for _ in range(6)]
+    # The request that met the dead process, if any, is a 500; the others are read as usual.
+    assert statuses.count(200) >= 5 and set(statuses) <= {200, 500}, statuses
+    deadline = time.monotonic() + 60
+    while len(after := decode_processes(onnx_server)) != 2 or before[0] in after:
+        assert time.monotonic() < deadline, f"no replacement: {after}"
+        time.sleep(0.1)
+    assert [post(onnx_server, good, PNG)[0] for _ in range(4)] == [200] * 4
