@@ -383,6 +383,8 @@ class Batcher:
             results = await anyio.to_thread.run_sync(
                 lambda: self._run_batch(inputs, thresholds), limiter=self._limiter
             )
+            if len(results) != len(batch):
+                raise RuntimeError(f"{len(batch)} inputs scored, {len(results)} results")
         except Exception as exc:  # a bug in scoring: every request of the batch gets it (a 500)
             for waiting in batch:
                 if not waiting.future.done():

@@ -131,7 +131,7 @@ class ServeConfig:
     show_run_path: bool = False  # /v1/models: the run directory's path, not only its name
     backend: str = "torch"  # what scores: "torch", or "onnx" (onnxruntime, the model exported at startup)
     # Seconds the first input of a batch waits for others; 0: no batching, no decode pool: each
-    # request is decoded, normalized and scored alone in one of `threads` threads (before 0.x).
+    # request is decoded, normalized and scored alone in one of `threads` threads (the path before batching).
     batch_window: float = 0.002
     max_batch: int = 32  # inputs per model call at most
     decode_processes: int = 0  # decode/normalize processes per server process; 0: CPUs / workers
