@@ -149,6 +149,23 @@ def test_predict_pixels_skips_normalization(digits, recognizer, run_dir):
         recognizer.predict_pixels(np.full((28, 28), 300))
 
 
+def test_predict_normalized_scores_a_batch_with_a_threshold_each(digits, recognizer):
+    # What digitrec serve's batches go through: inputs of several requests, one forward pass.
+    images, _ = digits
+    inputs = [images[0], None, images[1], images[2]]
+    thresholds = [None, None, 1.0, 0.0]
+    batch = recognizer.predict_normalized(inputs, thresholds)
+    assert batch[1].digit is None and batch[1].confidence == 0.0 and not batch[1].found
+    for got, pixels, threshold in zip(batch, inputs, thresholds, strict=True):
+        if pixels is not None:
+            alone = recognizer.predict_pixels(pixels, min_confidence=threshold)
+            assert got.digit == alone.digit
+            np.testing.assert_allclose(got.probabilities, alone.probabilities, atol=1e-6)
+    assert batch[2].found and (batch[2].digit is None or batch[2].confidence == 1.0)  # min_confidence 1.0
+    with pytest.raises(DigitrecError, match="min_confidences"):
+        recognizer.predict_normalized(inputs, thresholds[:2])
+
+
 def test_min_confidence_reports_unknown_but_keeps_probabilities(digits, recognizer):
     page = ink_on_paper(digits[0][0])
     plain = recognizer.predict(page)

@@ -24,6 +24,9 @@ from typing import Any
 import numpy as np
 
 ECE_BINS = 15
+# Single mode looks for several digits in an image read below this confidence (or rejected): a row
+# of digits squeezed into one 28x28 reads as nothing in particular.
+SEVERAL_DIGITS_BELOW = 0.9
 # The share of held-out digits the not-a-digit threshold keeps (its quantile on those digits).
 KEEP_HELD_OUT = 0.998
 

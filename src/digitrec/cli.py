@@ -872,12 +872,17 @@ SERVE_LIMITS = (
         128,
         "prediction bodies being received at once per process; one more is answered 503",
     ),
-    ServeLimit("threads", "N", 2, "inference threads per process, off the event loop"),
+    ServeLimit(
+        "threads",
+        "N",
+        2,
+        "inference threads per process, off the event loop, for multi=true requests and --batch-window 0",
+    ),
     ServeLimit(
         "queue_timeout",
         "SECONDS",
         5.0,
-        "longest wait of an admitted request for an inference thread before 503",
+        "longest wait of an admitted request for an inference thread or a decode process before 503",
     ),
     ServeLimit(
         "header_timeout",
@@ -923,6 +928,38 @@ def _add_serve(commands: argparse._SubParsersAction[_Parser]) -> None:
         metavar="N",
         help="server processes, each with the model (default: 1)",
     )
+    speed = serve.add_argument_group("speed")
+    speed.add_argument(
+        "--backend",
+        choices=("torch", "onnx"),
+        default="torch",
+        help="what scores: PyTorch, or onnxruntime on the model exported to ONNX at startup "
+        "(about 5 s more; needs digitrec[onnx]) (default: torch)",
+    )
+    speed.add_argument(
+        "--batch-window",
+        type=_bounded(float, 0),
+        default=2.0,
+        metavar="MS",
+        help="milliseconds a decoded image waits for concurrent ones to share its model call; "
+        "0: no batching and no decode processes, each request alone in an inference thread "
+        "(default: 2)",
+    )
+    speed.add_argument(
+        "--max-batch",
+        type=_bounded(int, 1),
+        default=32,
+        metavar="N",
+        help="images per model call at most (default: 32)",
+    )
+    speed.add_argument(
+        "--decode-processes",
+        type=_bounded(int, 0),
+        default=0,
+        metavar="N",
+        help="processes per server process that decode and normalize images "
+        "(default: 0, the CPUs divided by --workers)",
+    )
     limits = serve.add_argument_group("limits")
     for option in SERVE_LIMITS:
         limits.add_argument(
@@ -954,7 +991,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise DigitrecError(f"--port must be <= 65535, got {args.port}")
     limits = {option.field: getattr(args, option.field) for option in SERVE_LIMITS}
     graceful_timeout = limits.pop("graceful_timeout")
-    config = ServeConfig(run=args.run, show_run_path=args.show_run_path, **limits)
+    if args.batch_window > 1000:
+        raise DigitrecError(f"--batch-window must be <= 1000 ms, got {args.batch_window:g}")
+    config = ServeConfig(
+        run=args.run,
+        show_run_path=args.show_run_path,
+        backend=args.backend,
+        batch_window=args.batch_window / 1000,
+        max_batch=args.max_batch,
+        decode_processes=args.decode_processes,
+        **limits,
+    )
     serve(
         config,
         host=args.host,

@@ -112,6 +112,12 @@ def export_onnx(
     target = Path(out) if out is not None else run_dir / ONNX_FILE
     if target.is_dir():
         raise DigitrecError(f"{target}: is a folder; --out names the .onnx file to write")
+    write_bytes_atomic(target, onnx_bytes(run_dir, opset))
+    return target
+
+
+def onnx_bytes(run_dir: str | os.PathLike[str], opset: int = DEFAULT_OPSET) -> bytes:
+    """The serialized ONNX model of ``run_dir``, with its metadata (what export_onnx writes)."""
     _require_onnx()  # before loading anything: a missing package is the user's first problem
     model, config = load_model(run_dir)
     metrics = read_metrics(run_dir)
@@ -124,5 +130,5 @@ def export_onnx(
         "not_digit_below": str(read_calibration(run_dir).get("not_digit_below", 0.0)),
     }
     proto = model_to_onnx(model, opset=opset, metadata=metadata)
-    write_bytes_atomic(target, proto.SerializeToString())
-    return target
+    data: bytes = proto.SerializeToString()
+    return data

@@ -31,18 +31,23 @@ class OnnxScorer:
     validation accuracy, the full training configuration) plus ``format`` and ``path``.
     """
 
-    def __init__(self, path: str | os.PathLike[str], threads: int | None = None) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], threads: int | None = None, *, data: bytes | None = None
+    ) -> None:
+        """``data``: the model's bytes (``digitrec serve --backend onnx`` exports in memory);
+        ``path`` then only names it in messages and ``info``."""
         try:
             import onnxruntime
         except ImportError:
             raise DigitrecError("ONNX scoring needs onnxruntime: pip install 'digitrec[onnx]'") from None
         self.path = Path(path)
-        try:
-            data = self.path.read_bytes()
-        except FileNotFoundError:
-            raise DigitrecError(f"{self.path}: file not found") from None
-        except IsADirectoryError:
-            raise DigitrecError(f"{self.path}: is a folder, not an .onnx file") from None
+        if data is None:
+            try:
+                data = self.path.read_bytes()
+            except FileNotFoundError:
+                raise DigitrecError(f"{self.path}: file not found") from None
+            except IsADirectoryError:
+                raise DigitrecError(f"{self.path}: is a folder, not an .onnx file") from None
         options = onnxruntime.SessionOptions()
         if threads is not None:
             options.intra_op_num_threads = threads

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from .calibration import top_two_mass
+from .calibration import SEVERAL_DIGITS_BELOW, top_two_mass
 from .errors import DigitrecError
 from .image_io import ImageError, load_image
 from .images import normalize_digit, segment_digits, segment_groups
@@ -43,8 +43,6 @@ __all__ = [
 Scorer = Callable[[np.ndarray], np.ndarray]
 
 NO_PROBABILITIES = (0.0,) * 10
-# Single mode looks for several digits in an image read below this confidence (or rejected).
-SEVERAL_DIGITS_BELOW = 0.9
 
 
 @dataclass
@@ -327,6 +325,23 @@ class Recognizer:
                 chosen_probs += best_probs
             results.append(self._multi(segments, np.array(chosen_probs).reshape(-1, 10), min_confidence))
         return results
+
+    def predict_normalized(
+        self, inputs: Sequence[np.ndarray | None], min_confidences: Sequence[float | None]
+    ) -> list[Prediction]:
+        """Score inputs already in MNIST's form ((28, 28) uint8, as :func:`normalize_digit`
+        returns; None: no digit found) in one forward pass, each with its own min_confidence.
+        ``digitrec serve`` batches the inputs of concurrent requests through this."""
+        if len(min_confidences) != len(inputs):
+            raise DigitrecError(f"{len(inputs)} inputs but {len(min_confidences)} min_confidences")
+        for threshold in min_confidences:
+            _check_confidence(threshold)
+        found = [pixels for pixels in inputs if pixels is not None]
+        rows = iter(self._probabilities(found))
+        return [
+            self._single(pixels, next(rows) if pixels is not None else None, threshold)
+            for pixels, threshold in zip(inputs, min_confidences, strict=True)
+        ]
 
     def predict_pixels(self, pixels: Any, *, min_confidence: float | None = None) -> Prediction:
         """Read a (28, 28) image already in MNIST's form (white ink on black, 0-255): no

@@ -27,10 +27,15 @@ How a prediction request goes, and why:
 3. Only then, with its body in, is a request admitted: at most ``max_inflight``
    at once (bounded memory: (max_uploads + max_inflight) x body cap); one more is
    answered 503 at once, not queued. Slow uploads never take these slots.
-4. An admitted request waits at most ``queue_timeout`` for one of ``threads``
-   inference slots (503 after that), then decoding, normalization, inference
-   and the JSON/PNG encoding run in a worker thread: the event loop never runs
-   model code, so ``/healthz`` stays fast under load.
+4. An admitted request waits at most ``queue_timeout`` for one of the
+   ``decode_processes`` (503 after that), which decodes and normalizes it
+   (:class:`digitrec.pipeline.DecodePool`); then its 28x28 input waits at most
+   ``batch_window`` for those of concurrent requests and is scored with them in
+   one model call in a thread (:class:`digitrec.pipeline.Batcher`). With
+   ``batch_window`` 0, and for ``multi=true``, the request instead waits for one
+   of ``threads`` inference slots, where decoding, normalization and inference
+   run together. Either way the event loop never runs model code, so
+   ``/healthz`` stays fast under load.
 
 Every error is ``{"error": "..."}``. Bad input is a 4xx; a 500 means a bug.
 SIGTERM: uvicorn stops accepting connections and finishes the requests in
@@ -50,7 +55,6 @@ import logging
 import math
 import os
 import signal
-import threading
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -75,11 +79,20 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from . import __version__
+from .calibration import SEVERAL_DIGITS_BELOW
 from .errors import DigitrecError
+from .pipeline import ApiError, Batcher, DecodePool, image_error_message, parse_pixels
+
+__all__ = ["ApiError", "ServeConfig", "create_app", "parse_pixels", "serve"]
 
 log = logging.getLogger("digitrec.serve")
 
 CONFIG_ENV = "DIGITREC_SERVE_CONFIG"  # JSON ServeConfig handed to each worker process (--workers > 1)
+# prometheus_client's multi-process mode: each process writes its metrics to files in this
+# folder, and /metrics, in whichever process answers, adds them all up (--workers > 1).
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+WORKERS_ENV = "DIGITREC_SERVE_WORKERS"  # --workers, for each worker's default --decode-processes
+BACKENDS = ("torch", "onnx")
 
 # Media types a raw body may have; the decoder sniffs the real format, these only say "an image".
 IMAGE_MEDIA_TYPES = ("image/png", "image/jpeg", "image/webp", "image/gif", "image/bmp", "image/tiff")
@@ -87,6 +100,8 @@ SUPPORTED_MEDIA_TYPES = (*IMAGE_MEDIA_TYPES, "multipart/form-data", "application
 
 # Latency histogram bucket upper bounds, seconds.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# Batch size histogram bucket upper bounds, inputs per model call.
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 # Security headers on every response. The CSP also proves the page is offline: the browser
 # would refuse any script, style, font or image from another origin.
@@ -115,9 +130,16 @@ class ServeConfig:
     body_timeout: float = 10.0  # seconds from the end of the head to the end of the body (408)
     idle_timeout: float = 5.0  # seconds a connection may wait for its next request
     show_run_path: bool = False  # /v1/models: the run directory's path, not only its name
+    backend: str = "torch"  # what scores: "torch", or "onnx" (onnxruntime, the model exported at startup)
+    # Seconds the first input of a batch waits for others; 0: no batching, no decode pool: each
+    # request is decoded, normalized and scored alone in one of `threads` threads (the path before batching).
+    batch_window: float = 0.002
+    max_batch: int = 32  # inputs per model call at most
+    decode_processes: int = 0  # decode/normalize processes per server process; 0: CPUs / workers
+    onnx_file: str | None = None  # set by serve() for --workers > 1: the model exported once, by the parent
 
     def __post_init__(self) -> None:
-        for name in ("max_body_bytes", "max_inflight", "max_uploads", "threads"):
+        for name in ("max_body_bytes", "max_inflight", "max_uploads", "threads", "max_batch"):
             if getattr(self, name) < 1:
                 raise DigitrecError(
                     f"serve: {name.replace('_', '-')} must be >= 1, got {getattr(self, name)}"
@@ -126,6 +148,12 @@ class ServeConfig:
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise DigitrecError(f"serve: {name.replace('_', '-')} must be > 0, got {value}")
+        if not (math.isfinite(self.batch_window) and 0 <= self.batch_window <= 1):
+            raise DigitrecError(f"serve: batch-window must be 0-1000 ms, got {self.batch_window * 1000:g} ms")
+        if self.decode_processes < 0:
+            raise DigitrecError(f"serve: decode-processes must be >= 0, got {self.decode_processes}")
+        if self.backend not in BACKENDS:
+            raise DigitrecError(f"serve: backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -135,26 +163,37 @@ class ServeConfig:
         return cls(**json.loads(text))
 
 
-class ApiError(Exception):
-    """An HTTP error answered as ``{"error": message}``; ``kind`` labels it in /metrics."""
-
-    def __init__(self, status: int, message: str, kind: str, headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.kind = kind
-        self.headers = headers
-
-
 # --------------------------------------------------------------------------------------------
 # The model: the one place the server touches the Recognizer.
 
 
-def load_recognizer(run: str | None) -> Any:
-    """The Recognizer the CLI uses: ``run``'s model, or the bundled default model."""
+def load_recognizer(run: str | None, backend: str = "torch", onnx_file: str | None = None) -> Any:
+    """The Recognizer the CLI uses: ``run``'s model, or the bundled default model.
+
+    backend "onnx": the same model exported to ONNX in memory (about 5 s, once per start;
+    ``onnx_file``: an export already made, by serve() for its workers) and scored by
+    onnxruntime on one thread. The exported graph is the served model itself, so it cannot
+    be stale as an .onnx file next to it could."""
     from .recognition import Recognizer
 
-    return Recognizer.from_run(run) if run else Recognizer.default()
+    recognizer = Recognizer.from_run(run) if run else Recognizer.default()
+    if backend == "torch":
+        return recognizer
+    from .onnx_runtime import OnnxScorer
+
+    data = Path(onnx_file).read_bytes() if onnx_file else export_onnx_bytes(run)
+    # One intra-op thread: the parallelism is the decode processes' and the batches'.
+    scorer = OnnxScorer(onnx_file or "<exported at startup>", threads=1, data=data)
+    return Recognizer.from_scorer(scorer, {**recognizer.info(), "backend": "onnx", "device": "cpu"})
+
+
+def export_onnx_bytes(run: str | None) -> bytes:
+    """The ONNX export of ``run``'s model (or the bundled one), quietly: the exporter prints."""
+    from .export import onnx_bytes
+    from .runs import default_model_dir
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        return onnx_bytes(run or default_model_dir())
 
 
 def recognize(
@@ -187,76 +226,100 @@ def status_label(status: int) -> str:
 
 
 class Metrics:
-    """Request counters and a latency histogram per route; updated on the event loop.
+    """The server's metrics, kept by prometheus_client and updated on the event loop.
 
     Every label has a bounded set of values (route templates, :data:`METHOD_LABELS`, the
     standard status codes, error kinds named in this module), so the page has a bounded size.
+
+    Single process: a registry of this app's own (not the global one). With ``--workers N``
+    ($PROMETHEUS_MULTIPROC_DIR set by :func:`serve`), every process writes its values to
+    files there and :meth:`render` adds up all processes' files: counters and histograms are
+    summed, the gauges as their ``multiprocess_mode`` says.
     """
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._requests: dict[tuple[str, str, str], int] = {}  # (route, method, status) labels -> count
-        self._errors: dict[tuple[str, str], int] = {}  # (route, kind) -> count
-        self._timeouts: dict[str, int] = {}  # phase (CONNECTION_PHASES) -> connections closed
-        # route -> ([count per bucket, +Inf last], sum of seconds)
-        self._latency: dict[str, tuple[list[int], list[float]]] = {}
+        import prometheus_client as prom
+        from prometheus_client import multiprocess
+
+        # The *_created series double the page and say nothing a scraper needs.
+        prom.disable_created_metrics()
+        self.multiprocess = bool(os.environ.get(MULTIPROC_ENV))
+        own = None if self.multiprocess else prom.CollectorRegistry(auto_describe=True)
+        self.registry = own or prom.CollectorRegistry()
+        if self.multiprocess:
+            multiprocess.MultiProcessCollector(self.registry)
+        self.requests = prom.Counter(
+            "digitrec_http_requests_total",
+            "HTTP requests answered, by route, method and status.",
+            ["route", "method", "status"],
+            registry=own,
+        )
+        self.errors = prom.Counter(
+            "digitrec_http_errors_total",
+            "Requests answered with an error, by route and kind.",
+            ["route", "kind"],
+            registry=own,
+        )
+        self.latency = prom.Histogram(
+            "digitrec_http_request_duration_seconds",
+            "Time from request to last response byte.",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=own,
+        )
+        self.timeouts = prom.Counter(
+            "digitrec_http_connection_timeouts_total",
+            "Connections closed by a deadline, by phase.",
+            ["phase"],
+            registry=own,
+        )
+        for phase in CONNECTION_PHASES:
+            self.timeouts.labels(phase)  # on the page from the start, at 0
+        self.batch_size = prom.Histogram(
+            "digitrec_predict_batch_size",
+            "Inputs scored per model call (--batch-window > 0; 1 each with --batch-window 0).",
+            buckets=BATCH_BUCKETS,
+            registry=own,
+        )
+
+        def gauge(name: str, help_text: str, mode: Any) -> Any:
+            return prom.Gauge(name, help_text, registry=own, multiprocess_mode=mode)
+
+        # Across --workers processes: counts add up (livesum), a per-process cap is the same in
+        # each (livemax), "ready" only when every process is (livemin).
+        self.ready = gauge("digitrec_model_ready", "1 when the model is loaded.", "livemin")
+        self.processes = gauge("digitrec_serve_processes", "Server processes running.", "livesum")
+        self.uploads = gauge("digitrec_predict_uploads", "Prediction bodies being received now.", "livesum")
+        self.uploads_limit = gauge(
+            "digitrec_predict_uploads_limit", "Upload cap per process (--max-uploads).", "livemax"
+        )
+        self.inflight = gauge("digitrec_predict_inflight", "Prediction requests admitted now.", "livesum")
+        self.inflight_limit = gauge(
+            "digitrec_predict_inflight_limit", "Admission cap per process (--max-inflight).", "livemax"
+        )
+        self.processes.set(1)
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
-        with self._lock:
-            key = (route, method_label(method), status_label(status))
-            self._requests[key] = self._requests.get(key, 0) + 1
-            counts, total = self._latency.setdefault(route, ([0] * (len(LATENCY_BUCKETS) + 1), [0.0]))
-            index = next((i for i, bound in enumerate(LATENCY_BUCKETS) if seconds <= bound), -1)
-            counts[index] += 1
-            total[0] += seconds
+        self.requests.labels(route, method_label(method), status_label(status)).inc()
+        self.latency.labels(route).observe(seconds)
 
     def error(self, route: str, kind: str) -> None:
-        with self._lock:
-            self._errors[(route, kind)] = self._errors.get((route, kind), 0) + 1
+        self.errors.labels(route, kind).inc()
 
     def timeout(self, phase: str) -> None:
-        with self._lock:
-            self._timeouts[phase] = self._timeouts.get(phase, 0) + 1
+        self.timeouts.labels(phase).inc()
 
-    def render(self, gauges: dict[str, tuple[str, float]]) -> str:
-        lines = [
-            "# HELP digitrec_http_requests_total HTTP requests answered, by route, method and status.",
-            "# TYPE digitrec_http_requests_total counter",
-        ]
-        with self._lock:
-            for (route, method, status), n in sorted(self._requests.items()):
-                lines.append(
-                    f'digitrec_http_requests_total{{route="{route}",method="{method}",status="{status}"}} {n}'
-                )
-            lines += [
-                "# HELP digitrec_http_errors_total Requests answered with an error, by route and kind.",
-                "# TYPE digitrec_http_errors_total counter",
-            ]
-            for (route, kind), n in sorted(self._errors.items()):
-                lines.append(f'digitrec_http_errors_total{{route="{route}",kind="{kind}"}} {n}')
-            lines += [
-                "# HELP digitrec_http_request_duration_seconds Time from request to last response byte.",
-                "# TYPE digitrec_http_request_duration_seconds histogram",
-            ]
-            histogram = "digitrec_http_request_duration_seconds"
-            for route, (counts, total) in sorted(self._latency.items()):
-                cumulative = 0
-                for bound, n in zip((*LATENCY_BUCKETS, math.inf), counts, strict=True):
-                    cumulative += n
-                    le = "+Inf" if bound == math.inf else repr(bound)
-                    lines.append(f'{histogram}_bucket{{route="{route}",le="{le}"}} {cumulative}')
-                lines.append(f'{histogram}_sum{{route="{route}"}} {total[0]:.6f}')
-                lines.append(f'{histogram}_count{{route="{route}"}} {cumulative}')
-            lines += [
-                "# HELP digitrec_http_connection_timeouts_total Connections closed by a deadline, by phase.",
-                "# TYPE digitrec_http_connection_timeouts_total counter",
-            ]
-            for phase in CONNECTION_PHASES:
-                n = self._timeouts.get(phase, 0)
-                lines.append(f'digitrec_http_connection_timeouts_total{{phase="{phase}"}} {n}')
-        for name, (help_text, value) in gauges.items():
-            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge", f"{name} {value:g}"]
-        return "\n".join(lines) + "\n"
+    def render(self) -> bytes:
+        from prometheus_client import generate_latest
+
+        return generate_latest(self.registry)
+
+    def close(self) -> None:
+        """This process is stopping: its live gauges leave the multi-process view."""
+        if self.multiprocess:
+            from prometheus_client import multiprocess
+
+            multiprocess.mark_process_dead(os.getpid())
 
 
 def route_label(scope: Scope) -> str:
@@ -281,6 +344,8 @@ class ServerState:
     inflight: int = 0  # admitted prediction requests (body in); touched only on the event loop
     slots: Any = None  # anyio.Semaphore(threads), made in the lifespan (needs the running loop)
     limiter: Any = None  # anyio.CapacityLimiter(threads) for to_thread
+    decoder: DecodePool | None = None  # with batch_window > 0: the decode processes
+    batcher: Batcher | None = None  # with batch_window > 0: scores the decoded inputs in batches
 
 
 # On an answer sent before the request body is all in: the rest is not worth reading.
@@ -402,31 +467,6 @@ async def _send_json(
 # Request parsing and the work done in a worker thread.
 
 
-def parse_pixels(body: bytes) -> np.ndarray:
-    """JSON ``{"pixels": 28 rows of 28 numbers in 0-255}`` -> (28, 28) uint8 (rounded)."""
-    try:
-        data = json.loads(body)
-    except (ValueError, RecursionError) as exc:  # RecursionError: "[[[[..." nested too deep
-        raise ApiError(400, f"malformed JSON: {str(exc)[:200]}", "bad_json") from None
-    if not isinstance(data, dict) or "pixels" not in data:
-        raise ApiError(422, 'JSON body: expected an object {"pixels": [28 rows of 28 numbers]}', "bad_pixels")
-    rows = data["pixels"]
-    if not isinstance(rows, list) or len(rows) != 28:
-        got = f"{len(rows)} rows" if isinstance(rows, list) else type(rows).__name__
-        raise ApiError(422, f"pixels: expected 28 rows, got {got}", "bad_pixels")
-    for i, row in enumerate(rows):
-        if not isinstance(row, list) or len(row) != 28:
-            got = f"{len(row)} numbers" if isinstance(row, list) else type(row).__name__
-            raise ApiError(422, f"pixels: row {i}: expected 28 numbers, got {got}", "bad_pixels")
-        for value in row:
-            # bool is an int in Python, but true/false are not pixel values.
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ApiError(422, f"pixels: row {i}: {value!r} is not a number", "bad_pixels")
-            if not (0 <= value <= 255):  # also rejects NaN
-                raise ApiError(422, f"pixels: row {i}: {value!r} is outside 0-255", "bad_pixels")
-    return np.rint(np.asarray(rows, dtype=np.float64)).astype(np.uint8)  # (28, 28)
-
-
 def png_data_url(pixels: np.ndarray) -> str:
     """A (28, 28) uint8 array as a ``data:image/png;base64,...`` URL (white ink on black, as MNIST)."""
     from PIL import Image
@@ -450,18 +490,12 @@ def _jsonable(value: Any) -> Any:
 
 
 def prediction_json(prediction: Any, *, multi: bool, include_input: bool) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "digit": None if prediction.digit is None else int(prediction.digit),
-        "confidence": float(prediction.confidence),
-        "probabilities": [float(p) for p in prediction.probabilities],
-        "rejected": getattr(prediction, "rejected", None),
-    }
-    several = getattr(prediction, "several_digits", None)
-    if several:
-        out["several_digits"] = int(several)
+    # Whatever the Prediction reports (digit, confidence, probabilities; number and digits
+    # in multi mode; any field added later) goes out as it is, in plain JSON values.
+    out: dict[str, Any] = _jsonable(prediction.to_dict())
     if multi:
-        out["number"] = prediction.number
-        out["digits"] = _jsonable(prediction.digits or [])
+        out.setdefault("number", prediction.number)
+        out.setdefault("digits", _jsonable(prediction.digits or []))
     if include_input:
         image = prediction.input_image
         out["input_image"] = None if image is None else png_data_url(image)
@@ -480,8 +514,7 @@ def predict_payload(
     try:
         prediction = recognize(recognizer, payload, multi=multi, min_confidence=min_confidence)
     except ImageError as exc:
-        # The decoder names its source "<bytes>"; here the source is the request body.
-        raise ApiError(400, f"image: {str(exc).removeprefix('<bytes>: ')}", "bad_image") from None
+        raise ApiError(400, image_error_message(exc), "bad_image") from None
     except DigitrecError as exc:
         raise ApiError(422, str(exc), "bad_input") from None
     return prediction_json(prediction, multi=multi, include_input=include_input)
@@ -625,6 +658,9 @@ def create_app(config: ServeConfig | None = None, recognizer: Any = None) -> Fas
     """The ASGI app. Without ``recognizer``, the lifespan startup loads ``config.run`` (or the default)."""
     config = config or ServeConfig()
     state = ServerState(config=config, metrics=Metrics(), recognizer=recognizer)
+    metrics = state.metrics
+    metrics.uploads_limit.set(config.max_uploads)
+    metrics.inflight_limit.set(config.max_inflight)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> Any:
@@ -633,8 +669,30 @@ def create_app(config: ServeConfig | None = None, recognizer: Any = None) -> Fas
         if state.recognizer is None:
             # Load before accepting connections: with --workers N, no worker answers 503
             # "loading" while its siblings are ready. A failed load fails the startup.
-            state.recognizer = await anyio.to_thread.run_sync(_load, config.run)
-        yield
+            state.recognizer = await anyio.to_thread.run_sync(_load, config)
+        if config.batch_window > 0:
+            state.decoder = DecodePool(decode_processes(config), config.queue_timeout)
+            await state.decoder.start()
+            recognizer = state.recognizer
+            state.batcher = Batcher(
+                recognizer.predict_normalized,
+                config.batch_window,
+                config.max_batch,
+                # Its own thread: a batch never waits behind multi=true requests for a thread.
+                anyio.CapacityLimiter(1),
+                metrics.batch_size.observe,
+            )
+            state.batcher.start()
+        metrics.ready.set(1)
+        try:
+            yield
+        finally:
+            metrics.ready.set(0)
+            if state.batcher is not None:
+                await state.batcher.stop()
+            if state.decoder is not None:
+                await state.decoder.close()
+            metrics.close()
 
     app = FastAPI(
         title="digitrec",
@@ -659,11 +717,20 @@ def run_name(run: str) -> str:
     return path.name or path.resolve().name or str(path)  # "." and "runs/x/" have names too
 
 
-def _load(run: str | None) -> Any:
+def decode_processes(config: ServeConfig, workers: int | None = None) -> int:
+    """--decode-processes, or by default the CPUs this process may use shared by the --workers."""
+    if config.decode_processes:
+        return config.decode_processes
+    workers = workers or int(os.environ.get(WORKERS_ENV, "1"))
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cpus // workers)
+
+
+def _load(config: ServeConfig) -> Any:
     import torch
 
     torch.set_num_threads(1)  # parallelism comes from the inference threads, not from inside one
-    recognizer = load_recognizer(run)
+    recognizer = load_recognizer(config.run, config.backend, config.onnx_file)
     log.info("model loaded: %s", recognizer.info())
     return recognizer
 
@@ -707,6 +774,7 @@ def _add_error_handlers(app: FastAPI, state: ServerState) -> None:
 
 def _add_routes(app: FastAPI, state: ServerState) -> None:
     config = state.config
+    metrics = state.metrics
 
     def ready_recognizer() -> Any:
         if state.recognizer is None:
@@ -747,10 +815,12 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
                 {"Retry-After": "1", "Connection": "close"},
             )
         state.uploads += 1
+        metrics.uploads.inc()
         try:
             kind, data = await read_request(request, config)
         finally:
             state.uploads -= 1
+            metrics.uploads.dec()
         if state.inflight >= config.max_inflight:
             raise ApiError(
                 503,
@@ -759,16 +829,12 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
                 {"Retry-After": "1"},
             )
         state.inflight += 1
+        metrics.inflight.inc()
         try:
-            with anyio.move_on_after(config.queue_timeout) as timer:
-                await state.slots.acquire()
-            if timer.cancelled_caught:
-                raise ApiError(
-                    503,
-                    f"server busy: no inference slot within {config.queue_timeout:g} s; retry",
-                    "overloaded",
-                    {"Retry-After": "1"},
-                )
+            if state.batcher is not None and not multi:
+                result = await predict_batched(kind, data, min_confidence, include_input)
+                return JSONResponse(result)
+            await acquire_slot(state.slots)
             try:
                 result = await anyio.to_thread.run_sync(
                     lambda: predict_payload(
@@ -785,7 +851,39 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
                 state.slots.release()
         finally:
             state.inflight -= 1
+            metrics.inflight.dec()
+        metrics.batch_size.observe(1)
         return JSONResponse(result)
+
+    async def acquire_slot(slots: Any) -> None:
+        with anyio.move_on_after(config.queue_timeout) as timer:
+            await slots.acquire()
+        if timer.cancelled_caught:
+            raise ApiError(
+                503,
+                f"server busy: no inference slot within {config.queue_timeout:g} s; retry",
+                "overloaded",
+                {"Retry-After": "1"},
+            )
+
+    async def predict_batched(
+        kind: str, data: bytes, min_confidence: float | None, include_input: bool
+    ) -> dict[str, Any]:
+        """A decode process makes the model's input (waiting at most --queue-timeout for one, as
+        for a thread), then the batcher scores it with the inputs of concurrent requests."""
+        assert state.decoder is not None and state.batcher is not None
+        pixels = await state.decoder.decode(kind, data)
+        if pixels is None:  # no digit found: nothing to score
+            prediction = state.recognizer.predict_normalized([None], [min_confidence])[0]
+        else:
+            prediction = await state.batcher.score(pixels, min_confidence)
+            if kind == "image" and (prediction.rejected or prediction.confidence < SEVERAL_DIGITS_BELOW):
+                # As Recognizer.predict_batch: an unsure answer may be a row of digits read as one.
+                count = await state.decoder.count_digits(data)
+                if count >= 2:
+                    prediction.several_digits = count
+        # The input image's PNG is about 0.1 ms to encode: not worth a thread hop.
+        return prediction_json(prediction, multi=False, include_input=include_input)
 
     @app.get("/v1/models", summary="The loaded model", responses=_errors(503))
     async def models() -> dict[str, Any]:
@@ -806,20 +904,9 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
         return {"status": "ready"}
 
     @app.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")
-    async def metrics() -> Response:
-        gauges = {
-            "digitrec_model_ready": ("1 when the model is loaded.", float(state.recognizer is not None)),
-            "digitrec_predict_uploads": ("Prediction bodies being received now.", float(state.uploads)),
-            "digitrec_predict_uploads_limit": ("Upload cap (--max-uploads).", float(config.max_uploads)),
-            "digitrec_predict_inflight": ("Prediction requests admitted now.", float(state.inflight)),
-            "digitrec_predict_inflight_limit": (
-                "Admission cap (--max-inflight).",
-                float(config.max_inflight),
-            ),
-        }
-        return PlainTextResponse(
-            state.metrics.render(gauges), media_type="text/plain; version=0.0.4; charset=utf-8"
-        )
+    async def metrics_page() -> Response:
+        # With --workers N, whichever process answers reads every process's files: one view.
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
 # --------------------------------------------------------------------------------------------
@@ -1063,13 +1150,46 @@ def serve(
     log_level: str = "info",
 ) -> None:
     """Load the model (a bad --run fails here, before binding), then run uvicorn until SIGINT/SIGTERM."""
+    import tempfile
+
+    # What this server keeps on disk, removed when it stops: the metrics files of its
+    # processes and the model's ONNX export, made once here for all --workers.
+    scratch = tempfile.TemporaryDirectory(prefix="digitrec-serve-")
+    try:
+        _serve(config, Path(scratch.name), host, port, workers, graceful_timeout, access_log, log_level)
+    finally:
+        scratch.cleanup()
+    print("digitrec serve: stopped", flush=True)
+
+
+def _serve(
+    config: ServeConfig,
+    scratch: Path,
+    host: str,
+    port: int,
+    workers: int,
+    graceful_timeout: float,
+    access_log: bool,
+    log_level: str,
+) -> None:
     import uvicorn
 
-    recognizer = load_recognizer(config.run)  # fail fast with a one-line DigitrecError
+    if config.backend == "onnx" and workers > 1:
+        onnx_file = scratch / "model.onnx"
+        onnx_file.write_bytes(export_onnx_bytes(config.run))
+        config = dataclasses.replace(config, onnx_file=str(onnx_file))
+    # Fail fast with a one-line DigitrecError (a bad --run, onnxruntime missing), before binding.
+    recognizer = load_recognizer(config.run, config.backend, config.onnx_file)
     shown = "localhost" if host in ("127.0.0.1", "0.0.0.0", "::") else host
+    processes = decode_processes(config, workers)
+    batching = (
+        f"batches within {config.batch_window * 1000:g} ms, {processes} decode processes"
+        if config.batch_window > 0
+        else "no batching"
+    )
     print(
         f"digitrec serve: model {recognizer.info().get('name', '?')} "
-        f"({config.run or 'bundled default'}); open http://{shown}:{port}/",
+        f"({config.run or 'bundled default'}) on {config.backend}, {batching}; open http://{shown}:{port}/",
         flush=True,
     )
     options: dict[str, Any] = {
@@ -1096,13 +1216,18 @@ def serve(
             torch.set_num_threads(1)
             uvicorn.run(create_app(config, recognizer=recognizer), **options)
         else:
+            # The workers are spawned: they see these, and import prometheus_client afresh,
+            # in its multi-process mode.
+            metrics_dir = scratch / "metrics"
+            metrics_dir.mkdir()
+            os.environ[MULTIPROC_ENV] = str(metrics_dir)
+            os.environ[WORKERS_ENV] = str(workers)
             os.environ[CONFIG_ENV] = config.to_json()
             uvicorn.run("digitrec.serving:app_from_env", factory=True, workers=workers, **options)
     except _Stopped:
         pass
     finally:
         signal.signal(signal.SIGTERM, previous)
-    print("digitrec serve: stopped", flush=True)
 
 
 class _Stopped(Exception):

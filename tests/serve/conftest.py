@@ -10,6 +10,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -72,6 +73,35 @@ def run_benchmark(command: list[str], out: Path) -> tuple[dict[str, Any], str]:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     return json.loads(out.read_text()), result.stdout
+
+
+def canonical(sample: str) -> str:
+    """A /metrics sample's name with its labels in sorted order: ``a{route="/",le="1"}`` ->
+    ``a{le="1",route="/"}`` (prometheus_client chooses its own order; Prometheus ignores it)."""
+    name, brace, labels = sample.partition("{")
+    if not brace:
+        return name
+    pairs = re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', labels)
+    return name + "{" + ",".join(f'{key}="{value}"' for key, value in sorted(pairs)) + "}"
+
+
+class Samples(dict[str, float]):
+    """/metrics samples by canonical name; looked up by a name with its labels in any order."""
+
+    def __getitem__(self, key: str) -> float:
+        return super().__getitem__(canonical(key))
+
+    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+        return super().get(canonical(key), default)
+
+
+def parse_metrics(text: str) -> Samples:
+    samples = Samples()
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            samples[canonical(name)] = float(value)
+    return samples
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from .conftest import Server, encode, number_on_paper, on_paper, run_server, server_env
+from .conftest import (
+    Samples,
+    Server,
+    encode,
+    model_args,
+    number_on_paper,
+    on_paper,
+    parse_metrics,
+    run_server,
+    server_env,
+    started_server,
+)
 
 PNG = {"Content-Type": "image/png"}
 JSON = {"Content-Type": "application/json"}
@@ -142,10 +153,8 @@ def test_a_letter_is_rejected_with_the_reason(server: Server, recognizer: Any, m
 
     rng = np.random.default_rng(4)
     fonts = synthetic.letter_fonts(held_out=True)
-    letters = [
-        synthetic.to_paper(synthetic.letter_ink(c, rng, fonts, ()), rng, stretch=0, size=280, low_resolution=0)
-        for c in "AKWMRxyz"
-    ]
+    inks = [synthetic.letter_ink(c, rng, fonts, ()) for c in "AKWMRxyz"]
+    letters = [synthetic.to_paper(ink, rng, stretch=0, size=280, low_resolution=0) for ink in inks]
     answers = [post(server, encode(letter), PNG) for letter in letters]
     assert all(status == 200 for status, _ in answers)
     expected = [p.rejected for p in recognizer.predict_batch(letters)]  # the server is the Recognizer
@@ -158,6 +167,11 @@ def test_a_letter_is_rejected_with_the_reason(server: Server, recognizer: Any, m
     assert digit["digit"] == 7 and digit["rejected"] is None
     _, blank = post(server, encode(Image.new("L", (50, 50), 255)), PNG)
     assert blank["digit"] is None and blank["rejected"] == "blank"
+    # A row of digits sent without multi=true: the answer says how many digits it seems to hold.
+    row = number_on_paper([mnist.test_images[i].numpy() for i in (0, 1, 2)])
+    _, several = post(server, encode(row), PNG)
+    assert several["several_digits"] == 3
+    assert "several_digits" not in digit
 
 
 def test_multi_reads_a_number(server: Server, recognizer: Any, mnist: Any) -> None:
@@ -245,15 +259,10 @@ def test_bad_parameters_routes_and_methods(server: Server) -> None:
 # ---- metrics and the event loop ------------------------------------------------------------------
 
 
-def scrape(server: Server) -> dict[str, float]:
+def scrape(server: Server) -> Samples:
     status, headers, body = server.request("GET", "/metrics")
     assert status == 200 and headers["content-type"].startswith("text/plain")
-    samples = {}
-    for line in body.decode().splitlines():
-        if line and not line.startswith("#"):
-            name, value = line.rsplit(" ", 1)
-            samples[name] = float(value)
-    return samples
+    return parse_metrics(body.decode())
 
 
 def test_metrics_count_requests_latency_and_errors(server: Server, mnist: Any) -> None:
@@ -432,11 +441,16 @@ def test_a_stalled_body_gets_408(limited: Server, mnist: Any) -> None:
     wait_gauge(limited, "digitrec_predict_uploads", 0)
 
 
-def test_no_inference_slot_in_time_is_503(tmp_path: Any, mnist: Any) -> None:
-    # One inference thread and a 1 ms wait for it: of 8 simultaneous requests, the first is
-    # read while the others, admitted, find the thread busy and are answered 503.
+@pytest.mark.parametrize(
+    "path",
+    [["--batch-window", "0", "--threads", "1"], ["--decode-processes", "1"]],
+    ids=["threads", "batched"],
+)
+def test_no_inference_slot_in_time_is_503(tmp_path: Any, mnist: Any, path: list[str]) -> None:
+    # One inference thread (or decode process) and a 1 ms wait for it: of 8 simultaneous
+    # requests, the first is read while the others, admitted, find it busy and are answered 503.
     png = encode(on_paper(mnist.test_images[0].numpy(), size=1000))
-    with run_server(tmp_path, "--threads", "1", "--queue-timeout", "0.001") as live:
+    with run_server(tmp_path, *path, "--queue-timeout", "0.001") as live:
         answers: list[tuple[int, dict[str, Any]]] = []
         start = threading.Barrier(8)
 
@@ -516,7 +530,25 @@ def test_the_page_and_its_assets_are_served_offline(server: Server) -> None:
 @pytest.mark.slow
 def test_several_worker_processes(tmp_path: Any, mnist: Any) -> None:
     png = encode(on_paper(mnist.test_images[0].numpy()))
-    with run_server(tmp_path, "--workers", "2") as live:
-        for _ in range(6):
+    scratch = tmp_path / "tmp"  # the server's TMPDIR: its metrics folder goes there
+    scratch.mkdir()
+    env = {**server_env(), "TMPDIR": str(scratch)}
+    ok = 'digitrec_http_requests_total{route="/v1/predict",method="POST",status="200"}'
+    with started_server(["--workers", "2", *model_args()], tmp_path, env=env) as live:
+        # /readyz answered once one worker was ready; the other may still be loading.
+        deadline = time.monotonic() + 60
+        while scrape(live)["digitrec_model_ready"] != 1 or scrape(live)["digitrec_serve_processes"] != 2:
+            assert time.monotonic() < deadline, "the second worker never became ready"
+            time.sleep(0.1)
+        # Each request on a new connection: the kernel hands them to both workers.
+        for _ in range(12):
             status, got = post(live, png, PNG)
             assert status == 200 and got["digit"] == int(mnist.test_labels[0])
+        # Whichever worker answers /metrics counts both workers' requests (prometheus_client's
+        # multi-process mode): without it, each would report only its own share of the 12.
+        for _ in range(6):
+            samples = scrape(live)
+            assert samples[ok] == 12 and samples["digitrec_serve_processes"] == 2, samples
+            assert samples["digitrec_model_ready"] == 1
+        assert any(scratch.iterdir()), "no metrics folder while running"
+    assert list(scratch.iterdir()) == [], "the metrics folder outlived the server"

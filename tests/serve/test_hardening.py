@@ -21,7 +21,7 @@ import pytest
 
 import digitrec
 
-from .conftest import Server, encode, on_paper, run_server
+from .conftest import Server, encode, on_paper, parse_metrics, run_server
 from .test_api import open_request, predict_head, read_response
 
 
@@ -32,10 +32,8 @@ def scrape_text(server: Server) -> str:
 
 
 def sample(text: str, name: str) -> float:
-    for line in text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
+    value: float = parse_metrics(text).get(name, 0.0)
+    return value
 
 
 # ---- 1. metrics labels from fixed sets -----------------------------------------------------------

@@ -1,0 +1,102 @@
+"""Batching, the decode processes and ``--backend onnx``, against a real server and the real model."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from .conftest import Server, encode, on_paper, run_server
+from .test_api import PNG, post, scrape
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+
+# A long window: requests sent together certainly share a model call, even on a busy machine.
+WINDOW_MS = 250
+
+
+@pytest.fixture(scope="module")
+def onnx_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    with run_server(
+        tmp_path_factory.mktemp("serve-onnx"), "--backend", "onnx", "--batch-window", str(WINDOW_MS)
+    ) as live:
+        yield live
+
+
+def send_together(server: Server, bodies: list[bytes]) -> list[tuple[int, dict[str, Any]]]:
+    answers: list[tuple[int, dict[str, Any]]] = [(0, {})] * len(bodies)
+    start = threading.Barrier(len(bodies))
+
+    def send(index: int) -> None:
+        start.wait()
+        answers[index] = post(server, bodies[index], PNG)
+
+    clients = [threading.Thread(target=send, args=(i,)) for i in range(len(bodies))]
+    for client in clients:
+        client.start()
+    for client in clients:
+        client.join(timeout=120)
+    return answers
+
+
+def test_concurrent_requests_share_a_model_call_and_onnx_reads_as_torch(
+    onnx_server: Server, recognizer: Any, mnist: Any
+) -> None:
+    images = [mnist.test_images[i].numpy() for i in range(8)]
+    bodies = [encode(on_paper(pixels)) for pixels in images]
+    count = "digitrec_predict_batch_size_count"
+    before = scrape(onnx_server)
+    answers = send_together(onnx_server, bodies)
+    after = scrape(onnx_server)
+    assert [status for status, _ in answers] == [200] * 8, answers
+    # 8 inputs scored in fewer than 8 model calls: some batch held more than one.
+    inputs = after["digitrec_predict_batch_size_sum"] - before.get("digitrec_predict_batch_size_sum", 0)
+    calls = after[count] - before.get(count, 0)
+    assert inputs == 8 and calls < 8, (inputs, calls)
+    # onnxruntime reads what torch (the Recognizer in this process) reads, to float rounding.
+    for (_, got), body in zip(answers, bodies, strict=True):
+        expected = recognizer.predict(body)
+        assert got["digit"] == expected.digit
+        assert np.allclose(got["probabilities"], expected.probabilities, atol=1e-4)
+    _, models = onnx_server.request("GET", "/v1/models")[::2]
+    assert b'"backend":"onnx"' in models
+
+
+def test_bad_images_in_a_batch_get_their_own_400(onnx_server: Server, mnist: Any) -> None:
+    good = encode(on_paper(mnist.test_images[0].numpy()))
+    answers = send_together(onnx_server, [good, b"not an image", good, good[: len(good) // 2]])
+    assert [status for status, _ in answers] == [200, 400, 200, 400], answers
+    assert answers[1][1]["error"].startswith("image: ")
+    assert answers[0][1]["digit"] == answers[2][1]["digit"] == int(mnist.test_labels[0])
+
+
+def decode_processes(server: Server) -> list[int]:
+    """The server's spawned children that are decode processes (not multiprocessing's resource tracker)."""
+    children = []
+    for task in Path(f"/proc/{server.proc.pid}/task").iterdir():
+        children += [int(pid) for pid in (task / "children").read_text().split()]
+    return [pid for pid in children if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux's /proc")
+def test_a_killed_decode_process_is_replaced(onnx_server: Server, mnist: Any) -> None:
+    before = decode_processes(onnx_server)
+    assert len(before) == 2, before  # --decode-processes' default: the 2 CPUs of the test machine
+    os.kill(before[0], signal.SIGKILL)
+    good = encode(on_paper(mnist.test_images[0].numpy()))
+    statuses = [post(onnx_server, good, PNG)[0] for _ in range(6)]
+    # The request that met the dead process, if any, is a 500; the others are read as usual.
+    assert statuses.count(200) >= 5 and set(statuses) <= {200, 500}, statuses
+    deadline = time.monotonic() + 60
+    while len(after := decode_processes(onnx_server)) != 2 or before[0] in after:
+        assert time.monotonic() < deadline, f"no replacement: {after}"
+        time.sleep(0.1)
+    assert [post(onnx_server, good, PNG)[0] for _ in range(4)] == [200] * 4
