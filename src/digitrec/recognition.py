@@ -243,7 +243,8 @@ class Recognizer:
         _check_confidence(min_confidence)
         if multi:
             return self._predict_rows(images, min_confidence)
-        inputs = [normalize_digit(load_image(image)) for image in images]
+        # normalize_digit decodes (a large JPEG at reduced scale: it is averaged down anyway).
+        inputs = [normalize_digit(image) for image in images]
         found = [pixels for pixels in inputs if pixels is not None]
         rows = iter(self._probabilities(found))
         return [
@@ -259,7 +260,7 @@ class Recognizer:
         the model reads most confidently (highest mean log probability) wins, ties going
         to the geometric guess.
         """
-        rows = [segment_groups(load_image(image)) for image in images]
+        rows = [segment_groups(image) for image in images]
         flat = [pixels for groups in rows for g in groups for option in g.options for pixels, _ in option]
         confidence = iter(self._probabilities(flat))
         results = []
