@@ -26,7 +26,7 @@ import numpy as np
 
 from .errors import DigitrecError
 from .image_io import ImageError, load_image
-from .images import normalize_digit, segment_digits, segment_groups
+from .images import SegmentGroup, normalize_digit, segment_digits, segment_groups
 from .runs import CONFIG_FILE, MODEL_FILE, default_model_dir
 
 __all__ = [
@@ -101,6 +101,13 @@ def softmax(scores: np.ndarray) -> np.ndarray:
 def _check_confidence(min_confidence: float | None) -> None:
     if min_confidence is not None and not 0.0 <= min_confidence <= 1.0:
         raise DigitrecError(f"min_confidence must be in [0, 1], got {min_confidence}")
+
+
+def prepare(image: Any, *, multi: bool = False) -> np.ndarray | list[SegmentGroup] | None:
+    """The normalization half of :meth:`Recognizer.predict_batch`, torch-free and picklable:
+    one digit's (28, 28) uint8 input (None if no digit), or with ``multi`` every candidate
+    reading of each group of ink. Raises ImageError for a bad image."""
+    return segment_groups(image) if multi else normalize_digit(image)
 
 
 def _torch_scorer(model: Any, device: Any) -> Scorer:
@@ -241,10 +248,21 @@ class Recognizer:
     ) -> list[Prediction]:
         """Read several images with one forward pass; raises ImageError at the first bad image."""
         _check_confidence(min_confidence)
-        if multi:
-            return self._predict_rows(images, min_confidence)
-        # normalize_digit decodes (a large JPEG at reduced scale: it is averaged down anyway).
-        inputs = [normalize_digit(image) for image in images]
+        # prepare decodes (a large JPEG at reduced scale: it is averaged down anyway).
+        return self.predict_prepared(
+            [prepare(image, multi=multi) for image in images], min_confidence=min_confidence
+        )
+
+    def predict_prepared(
+        self, prepared: Sequence[Any], *, min_confidence: float | None = None
+    ) -> list[Prediction]:
+        """Read images already brought into MNIST's form by :func:`prepare` (all with the
+        same ``multi``), with one forward pass: the model's half of :meth:`predict_batch`, for
+        callers that normalize elsewhere (``digitrec predict --jobs``: in worker processes)."""
+        _check_confidence(min_confidence)
+        if any(isinstance(item, list) for item in prepared):
+            return self._predict_rows(prepared, min_confidence)
+        inputs: list[np.ndarray | None] = list(prepared)
         found = [pixels for pixels in inputs if pixels is not None]
         rows = iter(self._probabilities(found))
         return [
@@ -252,7 +270,9 @@ class Recognizer:
             for pixels in inputs
         ]
 
-    def _predict_rows(self, images: Sequence[Any], min_confidence: float | None) -> list[Prediction]:
+    def _predict_rows(
+        self, rows: Sequence[list[SegmentGroup]], min_confidence: float | None
+    ) -> list[Prediction]:
         """Multi mode: every candidate reading of every group, scored in one forward pass.
 
         A group of ink wider than a digit may be one wide digit or several touching ones,
@@ -260,7 +280,6 @@ class Recognizer:
         the model reads most confidently (highest mean log probability) wins, ties going
         to the geometric guess.
         """
-        rows = [segment_groups(image) for image in images]
         flat = [pixels for groups in rows for g in groups for option in g.options for pixels, _ in option]
         confidence = iter(self._probabilities(flat))
         results = []
