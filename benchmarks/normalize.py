@@ -41,11 +41,17 @@ README_BLOCK = "normalize"
 Normalizer = Callable[[Any], "np.ndarray | None"]
 
 
-def drawing(digit: np.ndarray) -> bytes:
-    """A 280x280 canvas drawing (the web page's size): a black anti-aliased digit on white, PNG."""
-    ink = rendered._centred(digit, np.random.default_rng(0), 280, 0.7)
+# The drawing page's ink (src/digitrec/web/app.js: INK = "#111827") on its opaque white pad.
+WEB_INK = (17, 24, 39)
+
+
+def drawing(digit: np.ndarray, rng: np.random.Generator | None = None) -> bytes:
+    """A 280x280 drawing as the web page sends it: an anti-aliased digit in the page's ink on
+    opaque white, RGBA PNG."""
+    ink = rendered._centred(digit, rng or np.random.default_rng(0), 280, 0.7)
+    rgba = rendered._paper(ink, (255.0, 255.0, 255.0), WEB_INK).convert("RGBA")
     buffer = io.BytesIO()
-    rendered._gray(ink).save(buffer, "PNG")
+    rgba.save(buffer, "PNG")
     return buffer.getvalue()
 
 

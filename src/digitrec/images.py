@@ -114,16 +114,29 @@ class _Channels:
     # (H, W) uint8 when the image is 8-bit gray without transparency (a canvas drawing, a
     # scan): values == levels / 255; None otherwise.
     levels: np.ndarray | None
+    # (H, W, 3) uint8 when the image is 8-bit colour without transparency (the drawing
+    # page's dark blue ink on white): values == rgb / 255; None otherwise.
+    rgb: np.ndarray | None = None
     _values: np.ndarray | None = None
 
     @property
     def values(self) -> np.ndarray:
-        """(H, W, C) float32 in [0, 1], C = 1 (gray) or 3 (colour); made on first use
-        (the 8-bit path on flat paper never needs it)."""
+        """(H, W, C) float32 in [0, 1], C = 1 (gray) or 3 (colour); from the 8-bit data on
+        first use (the 8-bit path on flat paper never needs it)."""
         if self._values is None:
-            assert self.levels is not None
-            self._values = (self.levels.astype(np.float32) / 255.0)[:, :, None]
+            eight_bit = self.levels[:, :, None] if self.levels is not None else self.rgb
+            assert eight_bit is not None
+            self._values = np.ascontiguousarray(eight_bit, dtype=np.float32) / 255.0
         return self._values
+
+
+def _is_gray_8bit(rgb: np.ndarray) -> bool:
+    """:func:`_is_gray` on 8-bit (H, W, 3) data: channels differ by at most 1 level."""
+    for part in (rgb[::7], rgb):
+        wide = part.astype(np.int16)
+        if np.abs(wide[:, :, 0] - wide[:, :, 1]).max() > 1 or np.abs(wide[:, :, 1] - wide[:, :, 2]).max() > 1:
+            return False
+    return True
 
 
 def _to_channels(image: Image.Image, max_pixels: int) -> _Channels:
@@ -135,7 +148,8 @@ def _to_channels(image: Image.Image, max_pixels: int) -> _Channels:
     exact size. Transparency goes onto the *right* background: where most of the image
     is transparent (a drawing on a transparent canvas), the background is the opposite of
     the ink's brightness; where most of it is opaque (a photo with a transparent corner),
-    it is the opaque pixels' median, i.e. more paper.
+    it is the opaque pixels' median, i.e. more paper. 8-bit data without transparency
+    stays 8-bit (:class:`_Channels`): float only when needed.
     """
     image = _standard_mode(image)
     scale = 1.0
@@ -147,6 +161,12 @@ def _to_channels(image: Image.Image, max_pixels: int) -> _Channels:
     raw = np.asarray(image)
     if image.mode == "L":
         return _Channels(scale, raw)
+    # Opaque: alpha / 255 >= 0.99 everywhere, as the compositing below would leave it.
+    if image.mode == "RGB" or (image.mode == "RGBA" and raw[:, :, 3].min() >= 253):
+        rgb = raw[:, :, :3]
+        if _is_gray_8bit(rgb):
+            return _Channels(scale, np.ascontiguousarray(rgb[:, :, 0]))
+        return _Channels(scale, None, rgb)
     array = raw.astype(np.float32)
     if image.mode != "F":
         array = array / 255.0
@@ -155,10 +175,8 @@ def _to_channels(image: Image.Image, max_pixels: int) -> _Channels:
     alpha: np.ndarray | None = None
     if image.mode in ("LA", "RGBA"):
         array, alpha = array[:, :, :-1], array[:, :, -1]
-    levels: np.ndarray | None = None
     if array.shape[2] == 3 and _is_gray(array):
         array = array[:, :, :1]  # a colour image that is really gray
-        levels = raw[:, :, 0] if image.mode == "RGB" else None
     if alpha is not None and alpha.min() < 0.99:
         opaque = alpha >= 0.5
         if opaque.mean() < 0.5:
@@ -167,10 +185,7 @@ def _to_channels(image: Image.Image, max_pixels: int) -> _Channels:
         else:
             background = np.median(array[opaque], axis=0).astype(np.float32)
         array = array * alpha[:, :, None] + background * (1.0 - alpha[:, :, None])
-        levels = None
-    if levels is not None:
-        return _Channels(scale, levels)
-    return _Channels(scale, None, np.ascontiguousarray(array, dtype=np.float32))
+    return _Channels(scale, None, None, np.ascontiguousarray(array, dtype=np.float32))
 
 
 # --------------------------------------------------------------------------- ink map
@@ -180,18 +195,24 @@ def _quantile(values: np.ndarray, q: float) -> float:
     """``np.percentile(values, 100 * q)`` (linear interpolation), by one partial sort.
 
     np.median and np.percentile sort more than they need to (a 1-megapixel median: 10 ms
-    against 1.3 ms for the partition here); and a partition at two ranks at once is several
-    times slower than at one, so the next value up is the minimum of the upper part.
+    against 1.3 ms for the partition here); a partition at two ranks at once is several
+    times slower than at one, so the next value up is the minimum of the upper part. Small
+    arrays are sorted: NumPy's partition slows down 20x on many equal values (flat paper's
+    zeros), its sort does not, and below ~200k values the sort costs well under a millisecond.
     """
     flat = values.ravel()
     position = q * (flat.size - 1)
     lo = int(position)
-    part = np.partition(flat, lo)
+    part = np.sort(flat) if flat.size <= SORT_BELOW else np.partition(flat, lo)
     low = float(part[lo])
     if lo + 1 >= flat.size or position == lo:
         return low
-    high = float(part[lo + 1 :].min())
+    high = float(part[lo + 1]) if flat.size <= SORT_BELOW else float(part[lo + 1 :].min())
     return low + (high - low) * (position - lo)
+
+
+# _quantile sorts arrays up to this many values, and partitions larger ones.
+SORT_BELOW = 200_000
 
 
 def _block_medians(values: np.ndarray, step: int, grid_h: int, grid_w: int) -> np.ndarray:
@@ -211,28 +232,32 @@ def _block_medians(values: np.ndarray, step: int, grid_h: int, grid_w: int) -> n
     return 0.5 * (lower + upper)  # (G, C)
 
 
-def _flat_paper(values: np.ndarray, counts: np.ndarray | None = None) -> np.ndarray | None:
+def _flat_paper(channels: _Channels, counts: np.ndarray | None = None) -> np.ndarray | None:
     """The paper's colour (C,) when the background is one flat colour, else None.
 
     A drawing from a canvas, a clean scan, a composited transparent drawing: at least
     half of the pixels lie within 1/255 of the commonest value in every channel. The
     robust surface fit would find that same constant, at 10x the cost. A lighting
     gradient, a shadow, grain or JPEG noise spread the paper's values and fail the test.
-    ``counts``: the histogram of the 8-bit gray levels of ``values``, if it has them (then
-    ``values`` is not read).
+    ``counts``: the histogram of the 8-bit gray levels, if the picture has them; 8-bit
+    colour is read as it is (no float values are made for either).
     """
     if counts is not None:
         level = int(np.argmax(counts))
         if counts[max(0, level - 1) : level + 2].sum() < 0.5 * counts.sum():
             return None
         return np.array([level / 255.0], np.float32)
-    channels = values.shape[2]
-    paper = np.empty(channels, np.float32)
+    rgb = channels.rgb
+    data = channels.values if rgb is None else rgb
+    paper = np.empty(data.shape[2], np.float32)
     # A sparse sample first (every 4th pixel of every 4th row) turns most photos away cheaply.
-    for sample in (values[::4, ::4], values):
+    for sample in (data[::4, ::4], data):
         near = np.ones(sample.shape[:2], bool)
-        for c in range(channels):
-            quantized = np.rint(sample[:, :, c] * 255.0).astype(np.int32)
+        for c in range(data.shape[2]):
+            if rgb is None:
+                quantized = np.rint(sample[:, :, c] * 255.0).astype(np.int32)
+            else:
+                quantized = sample[:, :, c].astype(np.int32)
             level = int(np.argmax(np.bincount(quantized.ravel(), minlength=256)))
             paper[c] = level / 255.0
             near &= np.abs(quantized - level) <= 1
@@ -391,7 +416,7 @@ def _ink_map(image: Image.Image, scale: float = 1.0) -> _InkMap | None:
     channels = _to_channels(image, ANALYSIS_PIXELS)
     scale *= channels.scale
     counts = None if channels.levels is None else np.bincount(channels.levels.ravel(), minlength=256)
-    flat = _flat_paper(channels.values if counts is None else np.empty((0, 0, 1)), counts)
+    flat = _flat_paper(channels, counts)
     if flat is not None and channels.levels is not None and counts is not None:
         quick = _gray_on_flat_paper(channels.levels, counts, flat[0])
         if quick is None:
