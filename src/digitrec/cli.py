@@ -816,8 +816,7 @@ class _PredictOutput:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .predict_files import default_jobs, expand, prepared_in_order
-    from .recognition import Recognizer
+    from .predict_files import PreparedInOrder, default_jobs, expand
 
     if args.top_k is not None and args.top_k > 10:
         raise DigitrecError(f"--top-k must be between 1 and 10, got {args.top_k}")
@@ -834,6 +833,21 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise DigitrecError("--onnx and --run each choose the model; pass one of them")
     names = expand(args.files, args.glob)
     show_paths = _show_input_paths(args.show_input, len(names)) if args.show_input else None
+    # stdin is read here, once; a worker gets the bytes. The workers start now and work
+    # while the model loads.
+    sources = [_read_source(name) for name in names]
+    results = PreparedInOrder(sources, args.multi, args.jobs or default_jobs())
+    try:
+        return _predict_files(args, names, show_paths, results)
+    finally:
+        results.close()  # stops the workers if we leave early (Ctrl-C, a write error)
+
+
+def _predict_files(
+    args: argparse.Namespace, names: list[str], show_paths: list[str] | None, results: Any
+) -> int:
+    from .recognition import Recognizer
+
     if args.onnx:
         from .onnx_runtime import OnnxScorer
 
@@ -844,9 +858,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
     else:
         recognizer = Recognizer.default(args.device)
 
-    # stdin is read here, once; a worker gets the bytes.
-    sources = [_read_source(name) for name in names]
-    jobs = args.jobs or default_jobs()
     show_bar = args.progress == "on" or (args.progress == "auto" and sys.stderr.isatty() and len(names) > 1)
     bar = None
     if show_bar:
@@ -855,7 +866,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
         bar = tqdm(total=len(names), unit="img", file=sys.stderr, dynamic_ncols=True, leave=False)
     out = _PredictOutput(args, bar)
     failed = 0
-    results = prepared_in_order(sources, args.multi, jobs)
     try:
         for start in range(0, len(names), PREDICT_CHUNK):
             chunk = [next(results) for _ in names[start : start + PREDICT_CHUNK]]
@@ -884,7 +894,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
             if bar is not None:
                 bar.update(len(chunk))
     finally:
-        results.close()  # stops the workers if we leave early (Ctrl-C, a write error)
         if bar is not None:
             bar.close()
     if out.collected is not None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
-from collections.abc import Generator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -103,18 +103,32 @@ def prepare_one(task: tuple[Any, bool]) -> tuple[Any, str | None]:
         return None, str(exc)
 
 
-def prepared_in_order(
-    sources: Sequence[Any], multi: bool, jobs: int
-) -> Generator[tuple[Any, str | None], None, None]:
-    """prepare_one of each source, in order; with ``jobs`` > 1 (and at least POOL_MIN_FILES
-    sources) in that many worker processes."""
-    tasks = [(source, multi) for source in sources]
-    if jobs <= 1 or len(tasks) < POOL_MIN_FILES:
-        yield from map(prepare_one, tasks)
-        return
-    import multiprocessing
+class PreparedInOrder:
+    """prepare_one of each source, in order, as an iterator; with ``jobs`` > 1 (and at least
+    POOL_MIN_FILES sources) in that many worker processes, which start at once and work
+    ahead while the caller loads its model. ``close()`` stops them (also when unused)."""
 
-    # Spawned, not forked: the parent may hold torch's thread pools, which a fork copies broken.
-    context = multiprocessing.get_context("spawn")
-    with context.Pool(min(jobs, len(tasks)), initializer=_init_worker) as pool:
-        yield from pool.imap(prepare_one, tasks, chunksize=WORKER_CHUNK)
+    def __init__(self, sources: Sequence[Any], multi: bool, jobs: int) -> None:
+        tasks = [(source, multi) for source in sources]
+        self._pool: Any = None
+        if jobs <= 1 or len(tasks) < POOL_MIN_FILES:
+            self._results: Iterator[tuple[Any, str | None]] = map(prepare_one, tasks)
+            return
+        import multiprocessing
+
+        # Spawned, not forked: the parent may hold torch's thread pools, which a fork copies broken.
+        context = multiprocessing.get_context("spawn")
+        self._pool = context.Pool(min(jobs, len(tasks)), initializer=_init_worker)
+        self._results = self._pool.imap(prepare_one, tasks, chunksize=WORKER_CHUNK)
+
+    def __iter__(self) -> PreparedInOrder:
+        return self
+
+    def __next__(self) -> tuple[Any, str | None]:
+        return next(self._results)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.terminate()
+            self._pool.join()
+            self._pool = None
