@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 import platform
 import statistics
 import time
@@ -55,9 +56,10 @@ def drawing(digit: np.ndarray, rng: np.random.Generator | None = None) -> bytes:
     return buffer.getvalue()
 
 
-def phone_photo(digit: np.ndarray, size: tuple[int, int] = (4000, 3000)) -> bytes:
-    """A 12-megapixel phone photo of a digit on paper: a lighting gradient and a shadow, a warm
-    tint, sensor noise (sigma 6 of 255), JPEG quality 85; the digit about a third of the height."""
+def phone_photo(digit: np.ndarray, size: tuple[int, int] = (4000, 3000), shadow: float = 40.0) -> bytes:
+    """A 12-megapixel phone photo of a digit on paper: a lighting gradient and a soft shadow
+    (``shadow`` levels deep), a warm tint, sensor noise (sigma 6 of 255), JPEG quality 85; the
+    digit about a third of the height."""
     width, height = size
     rng = np.random.default_rng(1)
     ink = np.zeros((height, width), np.float32)
@@ -66,7 +68,7 @@ def phone_photo(digit: np.ndarray, size: tuple[int, int] = (4000, 3000)) -> byte
     ink[top : top + glyph.shape[0], left : left + glyph.shape[1]] = glyph
     yy = np.linspace(0.0, 1.0, height, dtype=np.float32)[:, None]
     xx = np.linspace(0.0, 1.0, width, dtype=np.float32)[None, :]
-    light = 235 - 70 * xx - 25 * yy - 40 * np.exp(-((xx - 0.8) ** 2 + (yy - 0.2) ** 2) / 0.02)
+    light = 235 - 70 * xx - 25 * yy - shadow * np.exp(-((xx - 0.8) ** 2 + (yy - 0.2) ** 2) / 0.02)
     gray = light * (1 - ink) + 0.2 * light * ink + rng.normal(0, 6, (height, width)).astype(np.float32)
     rgb = np.clip(np.stack([gray, gray * 0.96, gray * 0.88], axis=2) + 0.5, 0, 255).astype(np.uint8)
     buffer = io.BytesIO()
@@ -185,6 +187,8 @@ def run(quick: bool, data_root: Path | None) -> dict[str, Any]:
             "processor": platform.processor() or platform.machine(),
             "opencv": cv2.__version__,
             "opencv_threads": cv2.getNumThreads(),
+            # The machine is shared: its load (1, 5, 15 min) when the run started, and at the end.
+            "load_average": os.getloadavg(),
         },
         "speed": {
             "280x280 drawing, PNG bytes": time_side_by_side(lambda: png, repeats_small),
@@ -201,6 +205,7 @@ def run(quick: bool, data_root: Path | None) -> dict[str, Any]:
                 recognizer, real_set_samples(data_root, name, 50 if quick else 0)
             )
     out["seconds"] = round(time.perf_counter() - started, 1)
+    out["machine"]["load_average_end"] = os.getloadavg()
     return out
 
 
@@ -208,7 +213,8 @@ def format_table(results: dict[str, Any]) -> str:
     """Markdown: the speed rows, then the agreement rows."""
     lines = [
         f"normalize benchmark, {results['date']}: {results['machine']['processor']}, "
-        f"OpenCV {results['machine']['opencv']}",
+        f"OpenCV {results['machine']['opencv']}, load average {results['machine']['load_average'][0]:.1f} "
+        f"at the start, {results['machine']['load_average_end'][0]:.1f} at the end",
         "",
         "| normalize_digit on | today ms (median) | now ms (median) | speed-up |",
         "|---|---|---|---|",

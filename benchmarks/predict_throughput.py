@@ -98,7 +98,12 @@ def run(files: int, today_files: int) -> dict[str, Any]:
     out: dict[str, Any] = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "files": files,
-        "machine": {"processor": platform.processor() or platform.machine(), "cores": os.cpu_count()},
+        "machine": {
+            "processor": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(),
+            # The machine is shared: its load (1, 5, 15 min) when the run started.
+            "load_average": os.getloadavg(),
+        },
         "rows": {},
     }
     with tempfile.TemporaryDirectory() as tmp:
@@ -129,7 +134,8 @@ def run(files: int, today_files: int) -> dict[str, Any]:
 def format_table(results: dict[str, Any]) -> str:
     lines = [
         f"predict throughput, {results['date']}: {results['machine']['processor']}, "
-        f"{results['machine']['cores']} cores; 280x280 RGBA PNG drawings, "
+        f"{results['machine']['cores']} cores, load average {results['machine']['load_average'][0]:.1f} "
+        f"at the start; 280x280 RGBA PNG drawings, "
         f"{results['bytes_per_file']:,} bytes each",
         "",
         "| contender | files | seconds | images/s | vs today |",
