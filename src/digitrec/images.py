@@ -266,7 +266,8 @@ def _flat_paper(channels: _Channels, counts: np.ndarray | None = None) -> np.nda
 
 
 def _fit_background(values: np.ndarray) -> _Background:
-    """Robust smooth background per channel, (H, W, C): the paper under uneven lighting.
+    """Robust smooth background per channel of (H, W, C) values: the paper under uneven
+    lighting, as a :class:`_Background` (evaluated at pixels by its ``plane`` method).
 
     Works on a coarse grid (block medians, at most 64 blocks a side): a quadratic surface
     is fitted and refitted without the blocks that stand out (ink, of either polarity),
@@ -315,7 +316,6 @@ def _fit_background(values: np.ndarray) -> _Background:
     )
     # Where hardly any paper is near (a digit filling the frame), trust the quadratic alone.
     correction *= np.clip(weight / 0.3, 0.0, 1.0)[:, :, None]
-
     return _Background(coef, correction.astype(np.float32), step, height, width)
 
 
