@@ -92,3 +92,43 @@ def test_render_writes_a_recorded_run_into_the_readme(tmp_path, capsys):
     assert exit_info.value.code == 2
     assert "markers <!-- benchmark-cuda:start -->" in capsys.readouterr().err
     assert bare.read_text() == "no markers\n"
+
+
+def test_normalize_and_predict_benchmarks_run_and_make_their_tables(seven):
+    """benchmarks/normalize.py and benchmarks/predict_throughput.py at the smallest size: the
+    side-by-side timing, the comparison and the tables (no timing is asserted)."""
+    from benchmarks import normalize, predict_throughput
+
+    from digitrec.recognition import Recognizer
+
+    png = normalize.drawing(255 - seven[::10, ::10])
+    speed = normalize.time_side_by_side(lambda: png, 1)
+    assert speed["old_ms"] > 0 and speed["new_ms"] > 0 and speed["mean_pixel_difference"] is not None
+    agreement = normalize.compare(Recognizer.default(), [(png, 7), (png, 7)])
+    assert agreement["total"] == 2 and agreement["agreement"] == 1.0
+    results = {
+        "date": "2026-12-01T00:00:00+00:00",
+        "machine": {
+            "processor": "x86_64",
+            "opencv": "4",
+            "load_average": [1, 1, 1],
+            "load_average_end": [1, 1, 1],
+        },
+        "speed": {"drawing": speed},
+        "agreement": {"suite": agreement},
+    }
+    table = normalize.format_table(results)
+    assert "| drawing |" in table and "| suite | 2 | 100.00% |" in table
+    row = {"files": 10, "seconds": 1.0, "images_per_second": 10.0, "vs_today": 1.0}
+    rows = {name: dict(row) for name in ("today", "now --jobs 1", "now --jobs 2")}
+    table = predict_throughput.format_table(
+        {
+            "date": "d",
+            "machine": {"processor": "p", "cores": 2, "load_average": [1, 1, 1]},
+            "bytes_per_file": 100,
+            "rows": rows,
+            "agreement_with_today": 1.0,
+            "jobs_1_equals_jobs_2": True,
+        }
+    )
+    assert "| now --jobs 2 | 10 | 1.0 | 10 | 1.0x |" in table

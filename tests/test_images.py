@@ -139,3 +139,33 @@ def test_multi_merges_broken_strokes(mnist):
     _, count = ndi.label(broken < 128)
     assert count >= 2  # really broken
     assert len(segment_digits(broken)) == 1
+
+
+# --------------------------------------------------------------------------- against today's code path
+
+
+def test_the_fast_paths_match_the_reference_normalization(digits):
+    """Issue #18's speed-ups (flat paper, the 8-bit histogram path, OpenCV, sampled statistics,
+    JPEG draft decoding) against the code they replaced (benchmarks/normalize_reference.py):
+    the 28x28 inputs stay close on real MNIST digits under every robustness condition and as
+    a large JPEG photo (without the benchmark photo's soft shadow: both codes take part of
+    it for ink, not the same part, so the two differ there).
+    (Agreement on 1,300 digits and the real sets: benchmarks/normalize.py.)"""
+    from benchmarks import normalize_reference as reference
+    from benchmarks import rendered_handwriting as rendered
+    from benchmarks.normalize import drawing, phone_photo
+
+    images, labels = digits
+    samples = [
+        image
+        for name in rendered.CONDITIONS
+        for image, _ in rendered.render_condition(name, images[:2], labels[:2], seed=3)
+    ]
+    samples += [drawing(images[4]), phone_photo(images[5], (1600, 1200), shadow=0.0)]
+    scores = []
+    for image in samples:
+        old, new = reference.normalize_digit(image), normalize_digit(image)
+        assert (old is None) == (new is None)
+        if old is not None:
+            scores.append(similarity(old, new))
+    assert min(scores) > 0.9 and np.median(scores) > 0.99, sorted(scores)[:5]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from digitrec.cli import main
 from digitrec.images import normalize_digit
 from digitrec.runs import default_model_dir
 
-from .recognition_support import encode
+from .recognition_support import encode, ink_on_paper
 
 
 @pytest.fixture(scope="module")
@@ -143,3 +144,97 @@ def test_predict_needs_a_file(capsys):
     with pytest.raises(SystemExit) as info:
         main(["predict"])
     assert info.value.code == 2
+
+
+# --------------------------------------------------------------------------- folders, workers, CSV
+
+
+def _tree(root: Path, digits: tuple[np.ndarray, np.ndarray]) -> list[Path]:
+    """12 MNIST digits as PNG (9 at the top, 3 in sub/), a JPEG, a corrupt PNG, and files that
+    are not images to read (notes.txt, a hidden .png, a hidden folder): the image files, sorted."""
+    images, _ = digits
+    (root / "sub").mkdir()
+    (root / ".cache").mkdir()
+    paths = [root / f"d{k:02d}.png" for k in range(9)] + [root / "sub" / f"e{k}.png" for k in range(3)]
+    for path, digit in zip(paths, images, strict=False):
+        Image.fromarray(ink_on_paper(digit, height=60, canvas=96)).save(path)
+    Image.fromarray(ink_on_paper(images[20], height=60, canvas=96)).convert("RGB").save(root / "photo.jpg")
+    (root / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    (root / "notes.txt").write_text("not an image")
+    Image.fromarray(ink_on_paper(images[21], height=60, canvas=96)).save(root / ".hidden.png")
+    Image.fromarray(ink_on_paper(images[22], height=60, canvas=96)).save(root / ".cache" / "x.png")
+    return sorted([*paths, root / "photo.jpg", root / "broken.png"], key=lambda p: p.relative_to(root).parts)
+
+
+def test_predict_folder_with_workers_same_rows_same_order(tmp_path, digits, run_dir, capsys):
+    """A folder is read recursively and sorted; --jobs 2 gives exactly --jobs 1's output; an
+    unreadable file is an error row and the others are still read (exit 1)."""
+    expected = _tree(tmp_path, digits)
+    outputs = {}
+    for jobs in ("1", "2"):
+        code = main(["predict", str(tmp_path), "--run", str(run_dir), "--json", "--jobs", jobs])
+        assert code == 1
+        outputs[jobs] = capsys.readouterr().out
+    assert outputs["1"] == outputs["2"]
+    rows = [json.loads(line) for line in outputs["1"].splitlines()]
+    assert [row["file"] for row in rows] == [str(p) for p in expected]
+    by_name = {Path(row["file"]).name: row for row in rows}
+    assert (
+        "corrupt or truncated" in by_name["broken.png"]["error"]
+        or "not an image" in by_name["broken.png"]["error"]
+    )
+    labels = digits[1]
+    assert sum(by_name[f"d{k:02d}.png"]["digit"] == labels[k] for k in range(9)) >= 8
+
+
+def test_predict_glob_and_folder_errors(tmp_path, digits, run_dir, capsys):
+    _tree(tmp_path, digits)
+    assert main(["predict", str(tmp_path), "--run", str(run_dir), "--glob", "e*.png", "--jobs", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines] == [str(tmp_path / "sub" / f"e{k}.png") for k in range(3)]
+    # A folder where nothing matches: a usage error, one line, nothing read.
+    assert main(["predict", str(tmp_path), "--run", str(run_dir), "--glob", "*.webp"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    message = f"{tmp_path}: no file matches --glob '*.webp' in the folder or its sub-folders"
+    assert captured.err.strip() == f"digitrec predict: error: {message}"
+
+
+def test_predict_csv_quoting_error_rows_and_output_file(tmp_path, seven, run_dir, capsys):
+    import csv
+
+    good = tmp_path / 'a "quoted", name.png'
+    Image.fromarray(seven).save(good)
+    blank = tmp_path / "blank.png"
+    Image.new("L", (64, 64), 255).save(blank)
+    missing = tmp_path / "missing.png"
+    out = tmp_path / "results" / "out.csv"
+    args = ["predict", str(good), str(blank), str(missing), "--run", str(run_dir), "--format", "csv"]
+    assert main([*args, "--output", str(out)]) == 1
+    assert capsys.readouterr().out == ""  # the rows went to the file
+    rows = list(csv.reader(out.read_text().splitlines()))
+    assert rows[0] == ["file", "digit", "confidence", "rejected", "error", *[f"p{k}" for k in range(10)]]
+    assert rows[1][:2] == [str(good), "7"] and rows[1][3:5] == ["", ""]
+    assert abs(sum(map(float, rows[1][5:])) - 1) < 1e-6
+    assert rows[2] == [str(blank), "", "0.0", "blank", "", *[""] * 10]  # no digit found: no guess
+    assert rows[3][:4] == [str(missing), "", "", ""] and rows[3][4].endswith("file not found")
+    assert not list(out.parent.glob(".*.tmp"))
+    # The same on stdout; --multi adds the number column.
+    assert main([*args[:-2], "--json", "--format", "csv"]) == 2
+    assert "--json is --format jsonl" in capsys.readouterr().err
+    assert main(["predict", str(good), "--run", str(run_dir), "--format", "csv", "--multi"]) == 0
+    header, row = list(csv.reader(capsys.readouterr().out.splitlines()))
+    assert header[:6] == ["file", "digit", "confidence", "number", "rejected", "error"] and row[3] == "7"
+
+
+def test_progress_bar_only_on_a_terminal(tmp_path, digits, run_dir, capsys, monkeypatch):
+    paths = [str(p) for p in _tree(tmp_path, digits) if p.name.startswith("d")][:3]
+    assert main(["predict", *paths, "--run", str(run_dir), "--json"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == "" and len(captured.out.splitlines()) == 3  # a pipe: rows only
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert main(["predict", *paths, "--run", str(run_dir), "--json"]) == 0
+    captured = capsys.readouterr()
+    assert "3/3" in captured.err and len(captured.out.splitlines()) == 3  # the bar on stderr only
+    assert main(["predict", *paths, "--run", str(run_dir), "--json", "--progress", "off"]) == 0
+    assert capsys.readouterr().err == ""

@@ -20,6 +20,7 @@ from typing import Any, NoReturn
 from . import __version__
 from .config import MODEL_DEFAULT_RECIPE, PRECISIONS, RECIPES, TrainConfig
 from .errors import DigitrecError
+from .predict_files import IMAGE_SUFFIXES  # torch-free and light, as --help must be
 
 EXIT_USAGE = 2
 
@@ -628,8 +629,10 @@ def cmd_recipes(args: argparse.Namespace) -> int:
 
 
 EXIT_SOME_FAILED = 1
-# Files are decoded and read this many at a time: one batched forward each, bounded memory.
+# Files are scored this many at a time: one batched forward each, bounded memory; the
+# results of a chunk are written together.
 PREDICT_CHUNK = 64
+PREDICT_FORMATS = ("text", "jsonl", "csv")
 
 
 def _show_input_paths(template: str, count: int) -> list[str]:
@@ -705,10 +708,25 @@ def _add_predict(commands: argparse._SubParsersAction[_Parser]) -> None:
         "predict",
         help="read handwritten digits in image files",
         description="Read the handwritten digit (or, with --multi, the row of digits) in each image "
-        "file: PNG, JPEG, BMP, GIF (first frame), WebP or TIFF, any mode and size. Each image is "
-        "brought into MNIST's form first (see README). Exit code 1 if any file could not be read.",
+        "file: PNG, JPEG, BMP, GIF (first frame), WebP or TIFF, any mode and size; a folder is read "
+        "with its sub-folders. Each image is brought into MNIST's form first (see README), in --jobs "
+        "worker processes; results come in the order given, as they are ready. Exit code 1 if any "
+        "file could not be read (its row says why; the others are still read).",
     )
-    predict.add_argument("files", nargs="+", metavar="FILE", help="image files; - reads one from stdin")
+    predict.add_argument(
+        "files",
+        nargs="+",
+        metavar="FILE",
+        help="image files or folders (read with their sub-folders, sorted by path); - reads one "
+        "image from stdin",
+    )
+    predict.add_argument(
+        "--glob",
+        metavar="PATTERN",
+        help="in folders, read only the files whose name matches PATTERN, e.g. '*.png' "
+        "(shell-style, case-sensitive; files named on the command line are always read) "
+        "(default: every file with an image extension: " + ", ".join(IMAGE_SUFFIXES) + ")",
+    )
     predict.add_argument(
         "--run", metavar="DIR", help="run directory of the model to use (default: the bundled model)"
     )
@@ -719,17 +737,36 @@ def _add_predict(commands: argparse._SubParsersAction[_Parser]) -> None:
         "(digitrec export; needs the onnx extra) (default: off)",
     )
     predict.add_argument(
-        "--json",
-        action="store_true",
-        help="print JSON Lines, one object per file: file, digit, confidence, probabilities "
-        "(error on failure; number and digits with --multi) (default: off)",
+        "--format",
+        choices=PREDICT_FORMATS,
+        help="text: one line per file; jsonl: JSON Lines, one object per file: file, digit, "
+        "confidence, probabilities (error on failure; number and digits with --multi); csv: a "
+        "header, then file, digit, confidence, (number with --multi,) error, p0..p9 (default: text)",
+    )
+    predict.add_argument("--json", action="store_true", help="the same as --format jsonl (default: off)")
+    predict.add_argument(
+        "--output",
+        "-o",
+        metavar="FILE",
+        help="write the results to FILE (all at once, when done: never half a file) instead of "
+        "standard output (default: standard output, as they come)",
+    )
+    predict.add_argument(
+        "--jobs",
+        "-j",
+        type=_bounded(int, 1),
+        metavar="N",
+        help="worker processes that decode and normalize images (the model runs in the main "
+        "process; fewer than 9 files are read in the main process, as starting a worker takes "
+        "about a second) (default: the number of cores this process may use)",
     )
     predict.add_argument(
         "--top-k",
         type=_bounded(int, 1),
         metavar="K",
         help="also show the K most likely digits with their probabilities, 1..10; in JSON, as "
-        "top_k (with --multi each digit already has its probabilities) (default: off)",
+        "top_k (with --multi each digit already has its probabilities; CSV has them all as "
+        "p0..p9) (default: off)",
     )
     predict.add_argument(
         "--multi",
@@ -746,7 +783,14 @@ def _add_predict(commands: argparse._SubParsersAction[_Parser]) -> None:
         "--show-input",
         metavar="OUT.png",
         help="save the 28x28 image the model saw (with --multi, the digits side by side); with "
-        "several files, OUT-1.png, OUT-2.png, ... in the order given (default: off)",
+        "several files, OUT-1.png, OUT-2.png, ... in the order read (default: off)",
+    )
+    predict.add_argument(
+        "--progress",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="a progress bar on standard error: auto shows it when standard error is a terminal "
+        "and there is more than one file (default: auto)",
     )
     predict.add_argument(
         "--device", default="cpu", help="device to run the model on: cpu, cuda, cuda:N, mps (default: cpu)"
@@ -754,19 +798,118 @@ def _add_predict(commands: argparse._SubParsersAction[_Parser]) -> None:
     predict.set_defaults(handler=cmd_predict)
 
 
+def _csv_header(multi: bool) -> list[str]:
+    return ["file", "digit", "confidence", *(["number"] if multi else []), "rejected", "error"] + [
+        f"p{k}" for k in range(10)
+    ]
+
+
+def _csv_row(name: str, prediction: Any, error: str | None, multi: bool) -> list[Any]:
+    """One CSV row: empty cells for what does not apply (no digit, no error, an error row's all)."""
+    if error is not None:
+        return [name, "", "", *([""] if multi else []), "", error] + [""] * 10
+    digit = "" if prediction.digit is None else prediction.digit
+    number = [prediction.number or ""] if multi else []
+    # All zeros: no single digit was scored (none found; --multi with several).
+    probabilities = list(prediction.probabilities) if any(prediction.probabilities) else [""] * 10
+    return [name, digit, prediction.confidence, *number, prediction.rejected or "", "", *probabilities]
+
+
+class _PredictOutput:
+    """Rows out, in the chosen format: to stdout as they come (flushed per chunk), or
+    collected for FILE (written atomically at the end); lines pass above a progress bar."""
+
+    def __init__(self, args: argparse.Namespace, bar: Any) -> None:
+        import csv
+        import io
+
+        self.format = args.format
+        self.multi = args.multi
+        self.top_k = args.top_k
+        self.bar = bar
+        self.collected: io.StringIO | None = io.StringIO() if args.output else None
+        self._buffer = io.StringIO()
+        self._csv = csv.writer(self._buffer, lineterminator="\n")
+        if self.format == "csv":
+            self._csv.writerow(_csv_header(self.multi))
+
+    def _line(self, text: str) -> None:
+        self._buffer.write(text + "\n")
+
+    def row(self, name: str, prediction: Any, error: str | None) -> None:
+        if self.format == "csv":
+            self._csv.writerow(_csv_row(name, prediction, error, self.multi))
+        elif self.format == "jsonl":
+            if error is not None:
+                self._line(json.dumps({"file": name, "error": error}))
+                return
+            row = {"file": name, **prediction.to_dict()}
+            if self.top_k and prediction.found and prediction.digits is None:
+                ranked = sorted(range(10), key=lambda k: -prediction.probabilities[k])[: self.top_k]
+                row["top_k"] = [{"digit": k, "probability": prediction.probabilities[k]} for k in ranked]
+            self._line(json.dumps(row))
+        elif error is not None:
+            self.flush()  # the results so far first, then the error, in order
+            self._emit(f"digitrec predict: error: {error}", sys.stderr)
+        else:
+            self._line(_predict_line(name, prediction, self.top_k, self.multi))
+
+    def note(self, text: str) -> None:
+        """A line for the person, on stderr, after the results so far."""
+        self.flush()
+        self._emit(text, sys.stderr)
+
+    def _emit(self, text: str, stream: Any) -> None:
+        if self.bar is not None:
+            self.bar.write(text, file=stream)
+        else:
+            print(text, file=stream, flush=True)
+
+    def flush(self) -> None:
+        text = self._buffer.getvalue()
+        self._buffer.seek(0)
+        self._buffer.truncate()
+        if not text:
+            return
+        if self.collected is not None:
+            self.collected.write(text)
+        else:
+            self._emit(text.rstrip("\n"), sys.stdout)
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .image_io import ImageError, load_image
-    from .recognition import Recognizer
+    from .predict_files import PreparedInOrder, default_jobs, expand
 
     if args.top_k is not None and args.top_k > 10:
         raise DigitrecError(f"--top-k must be between 1 and 10, got {args.top_k}")
     if args.min_confidence is not None and args.min_confidence > 1:
         raise DigitrecError(f"--min-confidence must be between 0 and 1, got {args.min_confidence}")
+    if args.json:
+        if args.format not in (None, "jsonl"):
+            raise DigitrecError(f"--json is --format jsonl; it contradicts --format {args.format}")
+        args.format = "jsonl"
+    args.format = args.format or "text"
     if args.files.count("-") > 1:
         raise DigitrecError("- (stdin) can be given only once")
-    show_paths = _show_input_paths(args.show_input, len(args.files)) if args.show_input else None
     if args.onnx and args.run:
         raise DigitrecError("--onnx and --run each choose the model; pass one of them")
+    names = expand(args.files, args.glob)
+    show_paths = _show_input_paths(args.show_input, len(names)) if args.show_input else None
+    # stdin is read here, once; a worker gets the bytes. The workers start now and work
+    # while the model loads.
+    sources = [_read_source(name) for name in names]
+    results = PreparedInOrder(sources, args.multi, args.jobs or default_jobs())
+    try:
+        return _predict_files(args, names, sources, show_paths, results)
+    finally:
+        results.close()  # stops the workers if we leave early (Ctrl-C, a write error)
+
+
+def _predict_files(
+    args: argparse.Namespace, names: list[str], sources: list[Any], show_paths: list[str] | None, results: Any
+) -> int:
+    from .recognition import Recognizer, hint_several_digits
+
     if args.onnx:
         from .onnx_runtime import OnnxScorer
 
@@ -777,53 +920,55 @@ def cmd_predict(args: argparse.Namespace) -> int:
     else:
         recognizer = Recognizer.default(args.device)
 
+    show_bar = args.progress == "on" or (args.progress == "auto" and sys.stderr.isatty() and len(names) > 1)
+    bar = None
+    if show_bar:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(names), unit="img", file=sys.stderr, dynamic_ncols=True, leave=False)
+    out = _PredictOutput(args, bar)
     failed = 0
-    for start in range(0, len(args.files), PREDICT_CHUNK):
-        names = args.files[start : start + PREDICT_CHUNK]
-        loaded: dict[int, Any] = {}
-        errors: dict[int, str] = {}
-        for offset, name in enumerate(names):
-            try:
-                loaded[offset] = load_image(_read_source(name))
-            except ImageError as exc:
-                # The message names "<bytes>" for stdin; say "-" like the user did.
-                errors[offset] = str(exc).replace("<bytes>", "-", 1)
-        keys = sorted(loaded)
-        predictions = dict(
-            zip(
-                keys,
-                recognizer.predict_batch(
-                    [loaded[k] for k in keys], multi=args.multi, min_confidence=args.min_confidence
-                ),
-                strict=True,
-            )
-        )
-        for offset, name in enumerate(names):
-            if offset in errors:
-                failed += 1
-                if args.json:
-                    print(json.dumps({"file": name, "error": errors[offset]}), flush=True)
-                else:
-                    print(f"digitrec predict: error: {errors[offset]}", file=sys.stderr, flush=True)
-                continue
-            prediction = predictions[offset]
-            if show_paths is not None:
-                _save_input(show_paths[start + offset], prediction)
-            if args.json:
-                row = {"file": name, **prediction.to_dict()}
-                if args.top_k and prediction.found and prediction.digits is None:
-                    ranked = sorted(range(10), key=lambda k: -prediction.probabilities[k])[: args.top_k]
-                    row["top_k"] = [{"digit": k, "probability": prediction.probabilities[k]} for k in ranked]
-                print(json.dumps(row), flush=True)
-            else:
-                print(_predict_line(name, prediction, args.top_k, args.multi), flush=True)
-            if prediction.several_digits:
-                print(
-                    f"digitrec predict: {name}: looks like {prediction.several_digits} digits; "
-                    "pass --multi to read them all",
-                    file=sys.stderr,
-                    flush=True,
+    try:
+        for start in range(0, len(names), PREDICT_CHUNK):
+            chunk = [next(results) for _ in names[start : start + PREDICT_CHUNK]]
+            good = [k for k, (_, error) in enumerate(chunk) if error is None]
+            predictions = dict(
+                zip(
+                    good,
+                    recognizer.predict_prepared(
+                        [chunk[k][0] for k in good], min_confidence=args.min_confidence
+                    ),
+                    strict=True,
                 )
+            )
+            for offset, (_, error) in enumerate(chunk):
+                name = names[start + offset]
+                if error is not None:
+                    failed += 1
+                    # The message names "<bytes>" for stdin; say "-" like the user did.
+                    out.row(name, None, error.replace("<bytes>", "-", 1) if name == "-" else error)
+                    continue
+                prediction = predictions[offset]
+                if not args.multi:
+                    hint_several_digits(sources[start + offset], prediction)
+                if show_paths is not None:
+                    _save_input(show_paths[start + offset], prediction)
+                out.row(name, prediction, None)
+                if prediction.several_digits:
+                    out.note(
+                        f"digitrec predict: {name}: looks like {prediction.several_digits} digits; "
+                        "pass --multi to read them all"
+                    )
+            out.flush()
+            if bar is not None:
+                bar.update(len(chunk))
+    finally:
+        if bar is not None:
+            bar.close()
+    if out.collected is not None:
+        from .fileio import write_bytes_atomic
+
+        write_bytes_atomic(args.output, out.collected.getvalue().encode("utf-8"))
     return EXIT_SOME_FAILED if failed else 0
 
 

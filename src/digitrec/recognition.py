@@ -27,7 +27,7 @@ import numpy as np
 from .calibration import SEVERAL_DIGITS_BELOW, top_two_mass
 from .errors import DigitrecError
 from .image_io import ImageError, load_image
-from .images import normalize_digit, segment_digits, segment_groups
+from .images import SegmentGroup, normalize_digit, segment_digits, segment_groups
 from .runs import CONFIG_FILE, MODEL_FILE, default_model_dir
 
 __all__ = [
@@ -114,6 +114,25 @@ def softmax(scores: np.ndarray) -> np.ndarray:
 def _check_confidence(min_confidence: float | None) -> None:
     if min_confidence is not None and not 0.0 <= min_confidence <= 1.0:
         raise DigitrecError(f"min_confidence must be in [0, 1], got {min_confidence}")
+
+
+def prepare(image: Any, *, multi: bool = False) -> np.ndarray | list[SegmentGroup] | None:
+    """The normalization half of :meth:`Recognizer.predict_batch`, torch-free and picklable:
+    one digit's (28, 28) uint8 input (None if no digit), or with ``multi`` every candidate
+    reading of each group of ink. Raises ImageError for a bad image."""
+    return segment_groups(image) if multi else normalize_digit(image)
+
+
+def hint_several_digits(image: Any, prediction: Prediction) -> None:
+    """Set ``prediction.several_digits`` when a single-mode answer is unsure (rejected, or below
+    SEVERAL_DIGITS_BELOW) and its image seems to hold two or more digits: a row of digits squeezed
+    into one 28x28 reads as nothing in particular. Only then, as segmenting costs about as much as
+    normalizing. ``image`` is what was read (path, bytes, PIL image or array)."""
+    unsure = prediction.rejected is not None or prediction.confidence < SEVERAL_DIGITS_BELOW
+    if prediction.digits is None and prediction.found and unsure:
+        count = len(segment_digits(image))
+        if count >= 2:
+            prediction.several_digits = count
 
 
 def _torch_scorer(model: Any, device: Any) -> Scorer:
@@ -279,26 +298,36 @@ class Recognizer:
     ) -> list[Prediction]:
         """Read several images with one forward pass; raises ImageError at the first bad image."""
         _check_confidence(min_confidence)
-        if multi:
-            return self._predict_rows(images, min_confidence)
-        loaded = [load_image(image) for image in images]
-        inputs = [normalize_digit(image) for image in loaded]
+        # prepare decodes (a large JPEG at reduced scale: it is averaged down anyway).
+        predictions = self.predict_prepared(
+            [prepare(image, multi=multi) for image in images], min_confidence=min_confidence
+        )
+        if not multi:
+            for image, prediction in zip(images, predictions, strict=True):
+                hint_several_digits(image, prediction)
+        return predictions
+
+    def predict_prepared(
+        self, prepared: Sequence[Any], *, min_confidence: float | None = None
+    ) -> list[Prediction]:
+        """Read images already brought into MNIST's form by :func:`prepare` (all with the
+        same ``multi``), with one forward pass: the model's half of :meth:`predict_batch`, for
+        callers that normalize elsewhere (``digitrec predict --jobs``: in worker processes)."""
+        _check_confidence(min_confidence)
+        if any(isinstance(item, list) for item in prepared):
+            return self._predict_rows(prepared, min_confidence)
+        inputs: list[np.ndarray | None] = list(prepared)
         found = [pixels for pixels in inputs if pixels is not None]
         rows = iter(self._probabilities(found))
         predictions = [
             self._single(pixels, next(rows) if pixels is not None else None, min_confidence)
             for pixels in inputs
         ]
-        for image, prediction in zip(loaded, predictions, strict=True):
-            if prediction.found and (prediction.rejected or prediction.confidence < SEVERAL_DIGITS_BELOW):
-                # A row of digits squeezed into one 28x28 reads as nothing in particular: look for
-                # several digits only then (segmenting costs as much as normalizing).
-                count = len(segment_digits(image))
-                if count >= 2:
-                    prediction.several_digits = count
         return predictions
 
-    def _predict_rows(self, images: Sequence[Any], min_confidence: float | None) -> list[Prediction]:
+    def _predict_rows(
+        self, rows: Sequence[list[SegmentGroup]], min_confidence: float | None
+    ) -> list[Prediction]:
         """Multi mode: every candidate reading of every group, scored in one forward pass.
 
         A group of ink wider than a digit may be one wide digit or several touching ones,
@@ -306,7 +335,6 @@ class Recognizer:
         the model reads most confidently (highest mean log probability) wins, ties going
         to the geometric guess.
         """
-        rows = [segment_groups(load_image(image)) for image in images]
         flat = [pixels for groups in rows for g in groups for option in g.options for pixels, _ in option]
         confidence = iter(self._probabilities(flat))
         results = []

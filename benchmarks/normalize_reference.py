@@ -1,0 +1,723 @@
+"""Today's normalization, before issue #18's speed-ups: the reference that
+``benchmarks/normalize.py`` and ``benchmarks/predict_throughput.py`` run side by side with
+:mod:`digitrec.images`. A verbatim copy of ``src/digitrec/images.py`` at commit f5a303b
+(imports made absolute); not part of the package, and not to be edited.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage as ndi
+
+from digitrec.image_io import load_image
+
+# The MNIST geometry: the digit fits a 20x20 box, pasted into 28x28 so that its
+# centre of mass lands on pixel (14, 14) (measured on MNIST's training set: 13.99, 14.00).
+SIZE = 28
+BOX = 20
+CENTRE = 14.0
+
+# Analysis resolution: large images are reduced (area averaging) to about this many
+# pixels before the ink is found; digits are then cropped from this map.
+ANALYSIS_PIXELS = 1_000_000
+# Stroke processing happens with the digit's longer side at WORK px (4x the final 20).
+WORK = 4 * BOX
+# MNIST's median stroke width is 2.8 px for a digit 20 px tall (2*area/boundary of
+# the >0.5 mask), i.e. 14% of the digit's height. Thinner strokes are thickened.
+MNIST_STROKE = 0.14
+# Ink darker (less contrasted) than this fraction of full scale is not a digit.
+MIN_CONTRAST = 0.08
+# A digit's bounding box must be at least this fraction of the image's longer side
+# (and at least MIN_DIGIT_PX), else the image is "near blank": a speck, not a digit.
+MIN_DIGIT_FRACTION = 0.015
+MIN_DIGIT_PX = 4
+# A group of ink this much wider than a digit is tall is read as touching digits
+# (0.4% of MNIST digits are 1.5x wider than tall; two touching digits are 1.2-2x).
+SPLIT_RATIO = 1.6
+# Overlapping pieces at least this fraction of a digit's height are each digit-sized.
+TALL = 0.6
+# A group this much wider than tall is also offered to the recognizer as touching digits.
+CONSIDER_SPLIT = 1.1
+# A connected piece of ink with less than this fraction of the biggest piece's ink is a speck.
+SPECK_FRACTION = 0.06
+
+
+# --------------------------------------------------------------------------- to float
+
+
+def _standard_mode(image: Image.Image) -> Image.Image:
+    """The image in one of L, LA, RGB, RGBA or F (16-bit and 32-bit data as F in [0, 1])."""
+    mode = image.mode
+    if mode in ("L", "LA", "RGB", "RGBA"):
+        return image
+    if mode == "P":
+        return image.convert("RGBA" if "transparency" in image.info else "RGB")
+    if mode in ("PA", "RGBa"):
+        return image.convert("RGBA")
+    if mode == "La":
+        return image.convert("LA")
+    if mode == "1":
+        return image.convert("L")
+    if mode.startswith("I"):
+        raw = np.asarray(image.convert("I") if mode != "I" else image, dtype=np.float32)
+        # 16-bit data is scaled from 0..65535; an "I" image that never exceeds 255 is 8-bit data.
+        scale = 65535.0 if (mode != "I" or raw.max() > 255) else 255.0
+        return Image.fromarray(np.clip(raw / scale, 0.0, 1.0), mode="F")
+    if mode == "F":
+        raw = np.asarray(image, dtype=np.float32)
+        return Image.fromarray(np.clip(raw if raw.max() <= 1.0 else raw / 255.0, 0.0, 1.0), mode="F")
+    return image.convert("RGB")  # CMYK, YCbCr, LAB, HSV, RGBX ...
+
+
+def _to_channels(image: Image.Image, max_pixels: int) -> tuple[np.ndarray, float]:
+    """(H, W, C) float32 in [0, 1], C = 1 (gray) or 3 (colour), transparency composited,
+    area-averaged down to at most ``max_pixels``; and the scale factor (<= 1).
+
+    The reduction happens first, in Pillow (alpha premultiplied), so a 40-megapixel photo
+    costs little. Transparency goes onto the *right* background: where most of the image
+    is transparent (a drawing on a transparent canvas), the background is the opposite of
+    the ink's brightness; where most of it is opaque (a photo with a transparent corner),
+    it is the opaque pixels' median, i.e. more paper.
+    """
+    image = _standard_mode(image)
+    scale = 1.0
+    if image.width * image.height > max_pixels:
+        factor = (max_pixels / (image.width * image.height)) ** 0.5
+        size = (max(1, round(image.width * factor)), max(1, round(image.height * factor)))
+        scale = size[0] / image.width
+        image = image.resize(size, Image.Resampling.BOX)
+    array = np.asarray(image, dtype=np.float32)
+    if image.mode != "F":
+        array = array / 255.0
+    if array.ndim == 2:
+        array = array[:, :, None]
+    alpha: np.ndarray | None = None
+    if image.mode in ("LA", "RGBA"):
+        array, alpha = array[:, :, :-1], array[:, :, -1]
+    if (
+        array.shape[2] == 3
+        and np.abs(array[:, :, 0] - array[:, :, 1]).max() < 2.0 / 255.0
+        and np.abs(array[:, :, 1] - array[:, :, 2]).max() < 2.0 / 255.0
+    ):
+        array = array[:, :, :1]  # a colour image that is really gray
+    if alpha is not None and alpha.min() < 0.99:
+        opaque = alpha >= 0.5
+        if opaque.mean() < 0.5:
+            ink = array[opaque].mean() if opaque.any() else 0.0
+            background = np.full(array.shape[2], 1.0 if ink < 0.5 else 0.0, np.float32)
+        else:
+            background = np.median(array[opaque], axis=0).astype(np.float32)
+        array = array * alpha[:, :, None] + background * (1.0 - alpha[:, :, None])
+    return np.ascontiguousarray(array, dtype=np.float32), scale
+
+
+# --------------------------------------------------------------------------- ink map
+
+
+def _fit_background(values: np.ndarray) -> np.ndarray:
+    """Robust smooth background per channel, (H, W, C): the paper under uneven lighting.
+
+    Works on a coarse grid (block medians, at most 64 blocks a side): a quadratic surface
+    is fitted and refitted without the blocks that stand out (ink, of either polarity),
+    then what the quadratic misses (a soft shadow) is added back from the remaining paper
+    blocks by normalized Gaussian smoothing (scale: 1/8 of the image). Ink blocks and
+    their neighbours never contribute, so strokes do not leak into the background.
+    """
+    height, width, channels = values.shape
+    step = max(1, int(np.ceil(max(height, width) / 64)))
+    rows, cols = height // step * step, width // step * step
+    if rows == 0 or cols == 0:
+        step, rows, cols = 1, height, width
+    grid_h, grid_w = rows // step, cols // step
+    blocks = values[:rows, :cols].reshape(grid_h, step, grid_w, step, channels)
+    coarse = np.median(blocks, axis=(1, 3)).reshape(-1, channels)  # (G, C)
+    gy, gx = np.mgrid[0:grid_h, 0:grid_w]
+    # Block centres in [-1, 1] image coordinates.
+    ys = ((gy.ravel() + 0.5) * step / height) * 2 - 1
+    xs = ((gx.ravel() + 0.5) * step / width) * 2 - 1
+
+    def design(y: np.ndarray, x: np.ndarray) -> np.ndarray:
+        return np.stack([np.ones_like(x), x, y, x * x, x * y, y * y], axis=-1)
+
+    basis = design(ys, xs)
+    # Start from a flat background (the median: paper is most of a picture of a digit).
+    coef = np.zeros((6, channels))
+    coef[0] = np.median(coarse, axis=0)
+    keep = np.ones(len(coarse), bool)
+    for _ in range(4):
+        residual = np.linalg.norm(coarse - basis @ coef, axis=1)
+        sigma = max(1.4826 * float(np.median(residual)), 2.0 / 255.0)
+        keep = residual < 2.5 * sigma
+        if keep.sum() < 12:
+            break
+        coef, *_ = np.linalg.lstsq(basis[keep], coarse[keep], rcond=None)
+    # Local correction from paper blocks only (ink blocks and their neighbours excluded).
+    paper = ~ndi.binary_dilation(~keep.reshape(grid_h, grid_w), structure=np.ones((3, 3), bool))
+    rest = (coarse - basis @ coef).reshape(grid_h, grid_w, channels)
+    spread = max(grid_h, grid_w) / 8.0
+    weight = ndi.gaussian_filter(paper.astype(np.float64), spread, mode="nearest")
+    correction = np.stack(
+        [
+            ndi.gaussian_filter(rest[:, :, c] * paper, spread, mode="nearest") / np.maximum(weight, 1e-6)
+            for c in range(channels)
+        ],
+        axis=2,
+    )
+    # Where hardly any paper is near (a digit filling the frame), trust the quadratic alone.
+    correction *= np.clip(weight / 0.3, 0.0, 1.0)[:, :, None]
+    # The quadratic at every pixel, by broadcasting (H, 1) against (1, W): no (H, W, 6) array.
+    fy = ((np.arange(height, dtype=np.float32) + 0.5) / height * 2 - 1)[:, None, None]
+    fx = ((np.arange(width, dtype=np.float32) + 0.5) / width * 2 - 1)[None, :, None]
+    c = coef.astype(np.float32)
+    smooth = c[0] + c[1] * fx + c[2] * fy + c[3] * fx * fx + c[4] * fx * fy + c[5] * fy * fy  # (H, W, C)
+    # Block grid -> pixels: bilinear, block centres at (i + 0.5) * step.
+    py = np.clip((np.arange(height) + 0.5) / step - 0.5, 0, grid_h - 1)
+    px = np.clip((np.arange(width) + 0.5) / step - 0.5, 0, grid_w - 1)
+    pyy, pxx = np.meshgrid(py, px, indexing="ij")
+    local = np.stack(
+        [ndi.map_coordinates(correction[:, :, c], [pyy, pxx], order=1) for c in range(channels)], axis=2
+    )
+    return (smooth + local).astype(np.float32)
+
+
+def _noise_sigma(plane: np.ndarray) -> float:
+    """Pixel noise of a 2-D map, robust to strokes: MAD of horizontal neighbour differences."""
+    if plane.shape[1] < 2:
+        return 0.0
+    diffs = np.diff(plane, axis=1)
+    return 1.4826 * float(np.median(np.abs(diffs))) / np.sqrt(2.0)
+
+
+@dataclass
+class _InkMap:
+    ink: np.ndarray  # (H, W) float32 in [0, 1]: 1 = full ink, 0 = paper
+    scale: float  # analysis pixels per original pixel (<= 1)
+
+
+def _ink_map(image: Image.Image) -> _InkMap | None:
+    """White-ink-on-black map of the image at analysis resolution, or None if there is no ink.
+
+    1. to float channels (transparency composited); large images area-averaged down;
+    2. subtract a smooth robust background (lighting gradient, shadow, tinted paper);
+    3. the ink's colour: the mean residual of the 1% most deviating pixels. Dark ink on
+       light paper has a negative residual and is inverted; coloured ink on coloured paper
+       projects onto its own colour direction. Polarity is thus decided against the
+       background, not guessed from the mean;
+    4. lighting: the ink's contrast is divided by the local paper brightness (relative to
+       its median), as a dimly lit corner dims ink and paper alike;
+    5. noise: a grainy picture (noise above 4% of full scale) is median- and
+       Gaussian-filtered; clean pictures are left alone, anti-aliasing included;
+    6. contrast stretch between the noise floor (paper + 3 sigma) and the ink's typical
+       level: anti-aliased edges keep their intermediate values.
+    """
+    values, scale = _to_channels(image, ANALYSIS_PIXELS)
+    background = _fit_background(values)
+    residual = values - background  # (H, W, C)
+    norms = np.linalg.norm(residual, axis=2)
+    strongest = norms >= np.percentile(norms, 99.0)
+    direction = residual[strongest].mean(axis=0)
+    length = float(np.linalg.norm(direction))
+    if length < 1e-6:
+        return None
+    # Per-channel units: projecting gray ink onto (1,1,1)/sqrt(3) would give sqrt(3)x.
+    ink = residual @ (direction / length) / np.sqrt(residual.shape[2])
+    brightness = background.mean(axis=2)
+    # +0.1 keeps a black background (chalk, MNIST itself) from being divided by ~0.
+    ink = ink / np.clip((brightness + 0.1) / (float(np.median(brightness)) + 0.1), 0.3, 3.0)
+    sigma = _noise_sigma(ink)
+    if sigma > 0.04:
+        ink = ndi.gaussian_filter(ndi.median_filter(ink, size=3), 1.0)
+        sigma = _noise_sigma(ink)
+    paper = float(np.median(ink))
+    floor = paper + max(3.0 * sigma, 0.5 / 255.0)
+    stretched = _stretch(ink, floor, sigma)
+    if stretched is None:
+        return None
+    beyond = _beyond_the_paper(stretched)
+    if beyond is not None:
+        # The desk around the sheet: not ink. Make it paper and stretch again without it.
+        ink = np.where(beyond, paper, ink)
+        stretched = _stretch(ink, floor, sigma)
+        if stretched is None:
+            return None
+    return _InkMap(stretched, scale)
+
+
+def _stretch(ink: np.ndarray, floor: float, sigma: float) -> np.ndarray | None:
+    """Contrast stretch from ``floor`` (0) to the ink's typical level (1); None if no ink."""
+    above = ink[ink > floor]
+    if above.size == 0:
+        return None
+    level = float(np.percentile(above, 90.0))
+    if level - floor < max(MIN_CONTRAST, 3.0 * sigma):
+        return None  # nothing stands out of the paper: blank
+    return np.clip((ink - floor) / (level - floor), 0.0, 1.0).astype(np.float32)
+
+
+def _beyond_the_paper(stretched: np.ndarray) -> np.ndarray | None:
+    """Solid regions along the image's edge (a desk or a table around a photographed sheet),
+    as a mask, or None.
+
+    A region qualifies if it runs along 60% of one side of the image, or if it covers at
+    least 15% of the image's border and is much thicker (2x the largest inscribed circle)
+    than the ink away from the border: strokes are thin and cross the border, a desk is
+    not and does not. With no ink away from the border, nothing is removed (a digit
+    cropped tightly touches the border too).
+    """
+    solid = stretched > 0.5
+    labels, count = ndi.label(solid, structure=np.ones((3, 3), bool))
+    if count < 2:
+        return None
+    sides = [labels[0], labels[-1], labels[:, 0], labels[:, -1]]
+    edge = np.concatenate(sides)
+    on_edge = np.bincount(edge, minlength=count + 1)
+    on_edge[0] = 0
+    # Covering most of one side: a strip of desk, however thin.
+    along = np.zeros(count + 1, bool)
+    for side in sides:
+        along |= np.bincount(side, minlength=count + 1) >= 0.6 * side.size
+    along[0] = False
+    candidates = np.where((on_edge >= 0.15 * edge.size) | along)[0]
+    if candidates.size == 0:
+        return None
+    # Half-thickness per region: the largest distance from a pixel to the region's edge.
+    radius = ndi.maximum(ndi.distance_transform_edt(solid), labels, np.arange(1, count + 1))
+    radius = np.concatenate([[0.0], np.asarray(radius)])
+    inner = [label for label in range(1, count + 1) if on_edge[label] == 0]
+    if not inner:
+        return None
+    stroke = max(radius[label] for label in inner)
+    marked = [int(label) for label in candidates if along[label] or radius[label] >= 2.0 * max(stroke, 1.0)]
+    if not marked:
+        return None
+    # Grown a little: the region's soft edge goes with it.
+    return ndi.binary_dilation(np.isin(labels, marked), iterations=2)
+
+
+# --------------------------------------------------------------------------- components
+
+
+@dataclass
+class _Piece:
+    labels: list[int]  # component labels that make up this digit
+    x0: int
+    y0: int
+    x1: int  # exclusive
+    y1: int  # exclusive
+    mass: float
+    seed: tuple[int, int]  # (row, col) of one pixel of the first component
+    # Two or more digit-sized pieces merged because they overlap horizontally: maybe one
+    # digit written in two strokes (a 4), maybe two digits side by side (a 3 and a slanted 1).
+    parts: list[_Piece] = field(default_factory=list)
+
+    @property
+    def width(self) -> int:
+        return self.x1 - self.x0
+
+    @property
+    def height(self) -> int:
+        return self.y1 - self.y0
+
+
+def _components(ink: np.ndarray) -> tuple[np.ndarray, list[_Piece]]:
+    """Label the ink (8-connected at half intensity, the halo joined to the nearest core)
+    and drop specks.
+
+    Returns the label image and the kept pieces (one per component), unsorted.
+    """
+    mask = ink > 0.15
+    # Connected at half intensity: two digits whose anti-aliased edges merely touch stay
+    # apart. Every fainter inked pixel then joins its nearest core.
+    core = ink > 0.5
+    core_labels, count = ndi.label(core, structure=np.ones((3, 3), bool))
+    if count == 0:
+        return core_labels, []
+    nearest = ndi.distance_transform_edt(~core, return_distances=False, return_indices=True)
+    labels = np.where(mask, core_labels[nearest[0], nearest[1]], 0)
+    index = np.arange(1, count + 1)
+    # Ink mass (sum of the map) per component: faint halos weigh little, strokes a lot.
+    inked = labels[mask]
+    masses = np.bincount(inked, weights=ink[mask], minlength=count + 1)[1:]
+    cores = np.zeros(count + 1)
+    np.maximum.at(cores, inked, ink[mask])
+    cores = cores[1:]
+    slices = ndi.find_objects(labels)
+    biggest = masses.max()
+    pieces = []
+    for label, mass, core, box in zip(index, masses, cores, slices, strict=True):
+        if box is None or mass < SPECK_FRACTION * biggest or core < 0.5:
+            continue
+        rows, cols = box
+        row, col = np.argwhere(labels[box] == label)[0]
+        seed = (rows.start + int(row), cols.start + int(col))
+        pieces.append(_Piece([int(label)], cols.start, rows.start, cols.stop, rows.stop, float(mass), seed))
+    return labels, pieces
+
+
+def _large_enough(piece: _Piece, shape: tuple[int, ...]) -> bool:
+    longest = max(piece.width, piece.height)
+    return longest >= max(MIN_DIGIT_PX, MIN_DIGIT_FRACTION * max(shape))
+
+
+# --------------------------------------------------------------------------- to 28x28
+
+
+def _stroke_width(mask: np.ndarray) -> float:
+    """Mean stroke width in pixels of a binary mask: 2 * area / boundary length."""
+    area = int(mask.sum())
+    if area == 0:
+        return 0.0
+    boundary = int((mask & ~ndi.binary_erosion(mask, border_value=0)).sum())
+    return 2.0 * area / max(boundary, 1)
+
+
+def _resize(values: np.ndarray, width: int, height: int) -> np.ndarray:
+    image = Image.fromarray(values.astype(np.float32), mode="F")
+    return np.asarray(image.resize((width, height), Image.Resampling.LANCZOS), dtype=np.float32)
+
+
+def _disk(radius: float) -> np.ndarray:
+    r = int(np.ceil(radius))
+    yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
+    return (yy * yy + xx * xx) <= radius * radius + 0.5
+
+
+def _to_mnist(crop: np.ndarray) -> np.ndarray | None:
+    """A tight crop of one digit's ink map (white on black, float in [0, 1]) -> (28, 28) uint8.
+
+    Scale to the work size (longer side 80 px, aspect kept), thicken strokes that are
+    much thinner than MNIST's, scale to fit 20x20 (anti-aliased Lanczos), and paste into
+    28x28 with the centre of mass on pixel (14, 14), as MNIST was prepared.
+    """
+    height, width = crop.shape
+    factor = WORK / max(height, width)
+    work_w, work_h = max(1, round(width * factor)), max(1, round(height * factor))
+    pad = WORK // 4
+    work = np.pad(np.clip(_resize(crop, work_w, work_h), 0, 1), pad)
+    mask = work > 0.5
+    if not mask.any():
+        return None
+    target = MNIST_STROKE * WORK
+    stroke = _stroke_width(mask)
+    if stroke < 0.6 * target:
+        # Thin pen on a big canvas: grow the strokes to MNIST's width (grey dilation keeps edges soft).
+        radius = (0.85 * target - stroke) / 2.0
+        work = ndi.grey_dilation(work, footprint=_disk(radius))
+    # Back to the tight box after dilation, then fit 20x20 keeping the aspect ratio.
+    rows = np.where((work > 0.05).any(axis=1))[0]
+    cols = np.where((work > 0.05).any(axis=0))[0]
+    work = work[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    height, width = work.shape
+    factor = BOX / max(height, width)
+    small_w, small_h = max(1, round(width * factor)), max(1, round(height * factor))
+    small = np.clip(_resize(work, small_w, small_h), 0.0, 1.0)
+    if small.max() <= 0:
+        return None
+    small = np.clip(small / small.max(), 0.0, 1.0)
+    cy, cx = ndi.center_of_mass(small)
+    top = int(np.clip(round(CENTRE - cy), 0, SIZE - small_h))
+    left = int(np.clip(round(CENTRE - cx), 0, SIZE - small_w))
+    out = np.zeros((SIZE, SIZE), np.float32)
+    out[top : top + small_h, left : left + small_w] = small
+    return (out * 255.0 + 0.5).astype(np.uint8)
+
+
+def _piece_crop(ink: np.ndarray, labels: np.ndarray, piece: _Piece) -> np.ndarray:
+    """The piece's ink, with other components inside its box (neighbours, specks) removed."""
+    box = (slice(piece.y0, piece.y1), slice(piece.x0, piece.x1))
+    own = np.isin(labels[box], piece.labels)
+    return np.where(own, ink[box], 0.0)
+
+
+def normalize_digit(image: Any) -> np.ndarray | None:
+    """Bring a picture of one handwritten digit into MNIST's form: (28, 28) uint8, or None.
+
+    ``image`` is anything :func:`load_image` accepts. The steps, the same everywhere
+    (CLI, server, Python API):
+
+    1. grayscale (any mode; transparency composited on the right background;
+       coloured ink on coloured paper is projected on the ink's colour);
+    2. polarity from the background: dark ink on light paper is inverted to MNIST's
+       white ink on black;
+    3. uneven lighting and paper texture evened out: a smooth background fitted
+       robustly is subtracted, then the contrast is stretched from the paper's noise
+       floor to the ink's level (anti-aliasing kept);
+    4. crop to the ink's bounding box, ignoring specks (connected pieces with under 6%
+       of the main piece's ink);
+    5. strokes much thinner than MNIST's are thickened; scale to fit 20x20 keeping the
+       aspect ratio (anti-aliased);
+    6. paste into 28x28 with the centre of mass at the centre.
+
+    Returns None when the image is blank or near blank (no ink, or only specks): no
+    digit found, rather than a guess.
+    """
+    inkmap = _ink_map(load_image(image))
+    if inkmap is None:
+        return None
+    labels, pieces = _components(inkmap.ink)
+    pieces = [p for p in pieces if _large_enough(p, inkmap.ink.shape)]
+    if not pieces:
+        return None
+    merged = pieces[0]
+    for piece in pieces[1:]:
+        merged = _union(merged, piece)
+    return _to_mnist(_piece_crop(inkmap.ink, labels, merged))
+
+
+# --------------------------------------------------------------------------- several digits
+
+
+def _union(a: _Piece, b: _Piece, parts: list[_Piece] | None = None) -> _Piece:
+    return _Piece(
+        a.labels + b.labels,
+        min(a.x0, b.x0),
+        min(a.y0, b.y0),
+        max(a.x1, b.x1),
+        max(a.y1, b.y1),
+        a.mass + b.mass,
+        a.seed,
+        parts or [],
+    )
+
+
+def _gap(a: _Piece, b: _Piece) -> int:
+    """Horizontal distance between two pieces' boxes (0 if they overlap)."""
+    return max(0, max(a.x0, b.x0) - min(a.x1, b.x1))
+
+
+def _absorb(group: _Piece, fragment: _Piece) -> _Piece:
+    """A small fragment joins a group (and, if the group has parts, its nearest part)."""
+    parts = group.parts
+    if parts:
+        nearest = min(range(len(parts)), key=lambda k: _gap(parts[k], fragment))
+        parts = [_union(p, fragment) if k == nearest else p for k, p in enumerate(parts)]
+    return _union(group, fragment, parts)
+
+
+def _join(a: _Piece, b: _Piece, reference: float) -> _Piece:
+    """Two pieces taken as one digit. If both are digit-sized, the parts are kept: the
+    recognizer also reads them as two digits and keeps the more confident reading."""
+    if min(a.height, b.height) >= TALL * reference:
+        return _union(a, b, (a.parts or [a]) + (b.parts or [b]))
+    return _absorb(b, a) if a.height < b.height else _absorb(a, b)
+
+
+def _reference_height(pieces: list[_Piece]) -> float:
+    """A digit's height in this row: the median of the tall pieces (not fragments, dashes)."""
+    tallest = max(p.height for p in pieces)
+    return float(np.median([p.height for p in pieces if p.height >= 0.6 * tallest]))
+
+
+def _group_pieces(ink: np.ndarray, pieces: list[_Piece]) -> list[_Piece]:
+    """Group the pieces of ink into digits, left to right.
+
+    1. pieces less than 4% of a digit's height apart are one digit (a hairline gap in a
+       stroke); found by labelling the ink grown by that distance;
+    2. pieces that overlap horizontally by half the narrower one are one digit (the bar of
+       a 5 over its body, the halves of a broken 4);
+    3. a fragment (under half a digit's height) joins its nearest neighbour if that is
+       less than a third of a digit's height away; an isolated small fragment (under 35%)
+       is a dash or a stray mark and is dropped.
+    """
+    if not pieces:
+        return []
+    reference = _reference_height(pieces)
+    radius = 0.04 * reference
+    if radius >= 1.0 and len(pieces) > 1:
+        grown, _ = ndi.label(ndi.binary_dilation(ink > 0.15, structure=_disk(radius)), np.ones((3, 3), bool))
+        by_region: dict[int, _Piece] = {}
+        for piece in pieces:
+            region = int(grown[piece.seed])
+            by_region[region] = _join(by_region[region], piece, reference) if region in by_region else piece
+        pieces = list(by_region.values())
+
+    changed = True
+    while changed:
+        changed = False
+        pieces.sort(key=lambda p: p.x0)
+        for k in range(len(pieces) - 1):
+            a, b = pieces[k], pieces[k + 1]
+            overlap = min(a.x1, b.x1) - max(a.x0, b.x0)
+            if overlap >= 0.5 * min(a.width, b.width):
+                pieces[k : k + 2] = [_join(a, b, reference)]
+                changed = True
+                break
+
+    changed = True
+    while changed:
+        changed = False
+        pieces.sort(key=lambda p: p.x0)
+        for k, piece in enumerate(pieces):
+            if piece.height >= 0.5 * reference or len(pieces) == 1:
+                continue
+            others = [j for j in range(len(pieces)) if j != k]
+            nearest = min(others, key=lambda j: _gap(piece, pieces[j]))
+            if _gap(piece, pieces[nearest]) <= reference / 3:
+                merged = _absorb(pieces[nearest], piece)
+                pieces = [p for j, p in enumerate(pieces) if j not in (k, nearest)] + [merged]
+                changed = True
+                break
+    pieces = [p for p in pieces if p.height >= 0.35 * reference]
+    return sorted(pieces, key=lambda p: p.x0)
+
+
+def _cuts(crop: np.ndarray, count: int) -> list[tuple[int, int]]:
+    """Column ranges splitting ``crop`` into ``count`` digits: each cut at the column of
+    least ink (smoothed projection) near its expected place."""
+    width = crop.shape[1]
+    if count < 2:
+        return [(0, width)]
+    projection = ndi.uniform_filter1d(crop.sum(axis=0), size=max(1, width // 40))
+    cuts = [0]
+    for k in range(1, count):
+        expected = k * width / count
+        lo = max(cuts[-1] + 1, int(expected - 0.3 * width / count))
+        hi = min(width - 1, int(expected + 0.3 * width / count))
+        cuts.append(lo + int(np.argmin(projection[lo : hi + 1])) if hi > lo else int(expected))
+    cuts.append(width)
+    return list(itertools.pairwise(cuts))
+
+
+# One digit read from a row: its (28, 28) uint8 image and its box (x, y, w, h) in the
+# original image's pixels.
+Segment = tuple[np.ndarray, tuple[int, int, int, int]]
+
+
+@dataclass
+class SegmentGroup:
+    """One group of ink in a row and the ways to read it.
+
+    options[k] is a reading of the group as one or more digits (left to right);
+    options[preferred] is the geometric guess (split when much wider than a digit).
+    A recognizer may pick another option by how confidently it reads each.
+    """
+
+    options: list[list[Segment]]
+    preferred: int
+
+
+def _two_way_cuts(crop: np.ndarray, tries: int = 3) -> list[list[tuple[int, int]]]:
+    """Up to ``tries`` ways to cut ``crop`` in two: at the columns of least ink between 20%
+    and 80% of its width, at least 8% of the width apart (touching digits rarely meet at
+    the very minimum of the projection)."""
+    width = crop.shape[1]
+    projection = ndi.uniform_filter1d(crop.sum(axis=0), size=max(1, width // 40))
+    lo, hi = int(0.2 * width), int(0.8 * width)
+    chosen: list[int] = []
+    for column in lo + np.argsort(projection[lo : hi + 1], kind="stable"):
+        if all(abs(int(column) - c) >= 0.08 * width for c in chosen):
+            chosen.append(int(column))
+        if len(chosen) == tries:
+            break
+    return [[(0, c), (c, width)] for c in chosen if 0 < c < width]
+
+
+def _read_part(labels: np.ndarray, ink: np.ndarray, part: _Piece, inverse: float) -> Segment | None:
+    """One piece of ink (its own components only) as a digit and its box in original pixels."""
+    digit = _to_mnist(_piece_crop(ink, labels, part))
+    if digit is None:
+        return None
+    box = (
+        int(part.x0 * inverse),
+        int(part.y0 * inverse),
+        round(part.width * inverse),
+        round(part.height * inverse),
+    )
+    return digit, (box[0], box[1], max(1, box[2]), max(1, box[3]))
+
+
+def _split_options(
+    ink: np.ndarray, labels: np.ndarray, piece: _Piece, reference: float, inverse: float
+) -> SegmentGroup | None:
+    """Readings of one group: as one digit; when wide, as 2..5 touching digits; when made
+    of digit-sized parts that overlap, as those parts."""
+    crop = _piece_crop(ink, labels, piece)
+    height = max(reference, piece.height)
+    width = crop.shape[1]
+    estimate = max(1, round(width / (0.75 * height)))
+    cut_sets: list[list[tuple[int, int]]] = [[(0, width)]]
+    preferred_count = estimate if width >= SPLIT_RATIO * height and estimate >= 2 else 1
+    preferred = 0
+    if width >= CONSIDER_SPLIT * height:
+        cut_sets += _two_way_cuts(crop)
+        cut_sets += [_cuts(crop, n) for n in (estimate - 1, estimate, estimate + 1) if 3 <= n <= 5]
+        if preferred_count > 1:
+            preferred = next((k for k, cuts in enumerate(cut_sets) if len(cuts) == preferred_count), 0)
+    options: list[list[Segment]] = []
+    if len(piece.parts) > 1:
+        # Each digit-sized part read on its own (labels restrict each to its own ink).
+        separate = [
+            _read_part(labels, ink, part, inverse) for part in sorted(piece.parts, key=lambda p: p.x0)
+        ]
+        if all(segment is not None for segment in separate):
+            options.append([segment for segment in separate if segment is not None])
+    for index, cuts in enumerate(cut_sets):
+        option: list[Segment] = []
+        for start, stop in cuts:
+            part = crop[:, start:stop]
+            rows = np.where((part > 0.15).any(axis=1))[0]
+            cols = np.where((part > 0.15).any(axis=0))[0]
+            if rows.size == 0:
+                break
+            part = part[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+            digit = _to_mnist(part)
+            if digit is None:
+                break
+            box = (
+                int((piece.x0 + start + cols[0]) * inverse),
+                int((piece.y0 + rows[0]) * inverse),
+                max(1, round(part.shape[1] * inverse)),
+                max(1, round(part.shape[0] * inverse)),
+            )
+            option.append((digit, box))
+        if len(option) == len(cuts):
+            if index == preferred:
+                preferred = len(options)
+            options.append(option)
+        elif index == preferred:
+            preferred = 0
+    return SegmentGroup(options, min(preferred, len(options) - 1)) if options else None
+
+
+def segment_groups(image: Any) -> list[SegmentGroup]:
+    """Like :func:`segment_digits`, with every candidate reading of each group of ink.
+
+    :class:`digitrec.recognition.Recognizer` uses this to decide between "one wide digit"
+    and "touching digits" by how confidently the model reads each option.
+    """
+    inkmap = _ink_map(load_image(image))
+    if inkmap is None:
+        return []
+    labels, pieces = _components(inkmap.ink)
+    if not pieces:
+        return []
+    pieces = [p for p in _group_pieces(inkmap.ink, pieces) if _large_enough(p, inkmap.ink.shape)]
+    if not pieces:
+        return []
+    reference = _reference_height(pieces)
+    groups = []
+    for piece in pieces:
+        group = _split_options(inkmap.ink, labels, piece, reference, 1.0 / inkmap.scale)
+        if group is not None:
+            groups.append(group)
+    return groups
+
+
+def segment_digits(image: Any) -> list[Segment]:
+    """Split a row of handwritten digits into MNIST-style digits, left to right.
+
+    Each item is ``(digit, (x, y, w, h))``: the (28, 28) uint8 image (as from
+    :func:`normalize_digit`) and the bounding box in the original image's pixels.
+    Connected pieces of ink are found as in :func:`normalize_digit` and grouped into digits
+    (broken strokes merged, stray fragments dropped: see :func:`_group_pieces`); a group
+    at least 1.6x wider than a digit is tall is split into touching digits at the columns
+    of least ink. An empty list means no digit was found. (The Recognizer goes further:
+    for a wide group it reads every split and keeps the most confident, see
+    :func:`segment_groups`.)
+    """
+    return [segment for group in segment_groups(image) for segment in group.options[group.preferred]]
