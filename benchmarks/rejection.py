@@ -160,7 +160,7 @@ def run(data_root: Path, per_kind: int, per_set: int, seed: int, run_dir: str | 
         "date": datetime.now().isoformat(timespec="seconds"),
         "model": recognizer.info()["name"],
         "source": str(recognizer.info()["source"]),
-        "not_digit_below": recognizer.info().get("not_digit_below", 0.0),
+        "not_digit_energy_below": recognizer.info().get("not_digit_energy_below"),
         "per_kind": per_kind,
         "per_set": per_set,
         "seed": seed,

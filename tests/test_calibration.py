@@ -9,12 +9,12 @@ import torch.nn.functional as F
 
 from digitrec.calibration import (
     accuracy_coverage_curve,
+    energy,
     expected_calibration_error,
     fit_temperature,
     fold_temperature,
     not_digit_threshold,
     selective_summary,
-    top_two_mass,
 )
 from digitrec.errors import DigitrecError
 from digitrec.models import create_model
@@ -60,13 +60,13 @@ def test_folding_refuses_a_model_whose_output_is_not_its_last_linear_layer() -> 
         fold_temperature(model, 2.0)
 
 
-def test_top_two_mass_and_the_threshold() -> None:
-    p = np.array([[0.5, 0.3, 0.2] + [0.0] * 7, [0.1] * 10])
-    np.testing.assert_allclose(top_two_mass(p), [0.8, 0.2])
-    digits = np.tile(np.eye(10)[:1] * 0.98 + 0.002, (999, 1))
-    digits = np.vstack([digits, [[0.1] * 10]])
-    # Keeping 99.8% of these 1,000 digits puts the threshold between the spread row and the rest.
-    assert 0.2 <= not_digit_threshold(digits, keep=0.998) <= 0.984
+def test_energy_and_the_threshold() -> None:
+    scores = np.array([[10.0] + [0.0] * 9, [0.0] * 10])
+    np.testing.assert_allclose(energy(scores), [10 + np.log(1 + 9 * np.exp(-10)), np.log(10)])
+    assert energy(np.array([[1000.0] * 10]))[0] == pytest.approx(1000 + np.log(10))  # no overflow
+    # Keeping 99.7% of these 1,000 digits puts the threshold between the flat rows and the rest.
+    digits = np.vstack([np.tile([[8.0] + [0.0] * 9], (997, 1)), np.zeros((3, 10))])
+    assert np.log(10) <= not_digit_threshold(digits, keep=0.997) <= 8.0
 
 
 def test_selective_summary_counts_coverage_and_reasons() -> None:

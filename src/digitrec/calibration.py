@@ -7,12 +7,15 @@ negative log-likelihood (Guo et al., "On Calibration of Modern Neural Networks",
 that. It is folded into the last layer (weights and bias divided by T), so every backend,
 ONNX included, gives calibrated probabilities with nothing else to carry.
 
-The rejection rule (README "Not a digit"), on the calibrated probabilities p of one image:
+The rejection rule (README "Not a digit"), on the calibrated scores s (logits) of one image:
 
-* ``not_a_digit`` when the two most likely digits together have less than the model's
-  ``not_digit_below``: trained with non-digits against the uniform distribution, the model
-  spreads its belief over many digits for a letter or a scribble, while a digit it hesitates
-  over (a 4 or a 9) keeps its mass on two;
+* ``not_a_digit`` when the energy score ``log(sum(exp(s)))`` (Liu et al., "Energy-based
+  Out-of-distribution Detection", 2020) is below the model's ``not_digit_energy_below``: how
+  strongly the evidence points at any digit at all. Trained with non-digits against the uniform
+  distribution, the model gives a letter or a scribble low, even scores, while a digit it
+  hesitates over (a 4 or a 9) still has strong evidence for two. Measured against the maximum
+  probability and the mass of the two most likely digits at the same share of held-out digits
+  kept, it flags the most non-digits (README "Not a digit, or not sure");
 * ``low_confidence`` when the most likely digit has less than ``min_confidence`` (a user's
   setting; off by default).
 """
@@ -28,13 +31,14 @@ ECE_BINS = 15
 # of digits squeezed into one 28x28 reads as nothing in particular.
 SEVERAL_DIGITS_BELOW = 0.9
 # The share of held-out digits the not-a-digit threshold keeps (its quantile on those digits).
-KEEP_HELD_OUT = 0.998
+KEEP_HELD_OUT = 0.997
 
 
-def top_two_mass(probabilities: np.ndarray) -> np.ndarray:
-    """(N, 10) probabilities -> (N,) the sum of each row's two largest."""
-    part = np.partition(np.asarray(probabilities, dtype=np.float64), -2, axis=1)
-    return part[:, -1] + part[:, -2]
+def energy(scores: np.ndarray) -> np.ndarray:
+    """(N, 10) scores (logits) -> (N,) log(sum(exp(scores))), computed stably in float64."""
+    scores = np.asarray(scores, dtype=np.float64)
+    top = scores.max(axis=1)
+    return top + np.log(np.exp(scores - top[:, None]).sum(axis=1))
 
 
 def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> float:
@@ -76,9 +80,9 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     return float(fine[int(np.argmin([nll(t) for t in fine]))])
 
 
-def not_digit_threshold(probabilities: np.ndarray, keep: float = KEEP_HELD_OUT) -> float:
-    """The top-two mass below which an image is "not a digit": kept by ``keep`` of these digits."""
-    return float(np.quantile(top_two_mass(probabilities), 1.0 - keep))
+def not_digit_threshold(scores: np.ndarray, keep: float = KEEP_HELD_OUT) -> float:
+    """The energy below which an image is "not a digit": ``keep`` of these digits' scores are above."""
+    return float(np.quantile(energy(scores), 1.0 - keep))
 
 
 def fold_temperature(model: Any, temperature: float) -> None:

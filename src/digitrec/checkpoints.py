@@ -114,7 +114,7 @@ def read_config(run_dir: str | os.PathLike[str]) -> TrainConfig:
 
 
 def read_calibration(run_dir: str | os.PathLike[str]) -> dict[str, float]:
-    """config.json's "calibration" (temperature, not_digit_below), checked; {} for a run without one."""
+    """config.json's "calibration" (temperature, not_digit_energy_below), checked; {} without one."""
     path = Path(run_dir) / CONFIG_FILE
     try:
         data = json.loads(read_run_file(path, MAX_CONFIG_BYTES).decode("utf-8"))
@@ -124,7 +124,7 @@ def read_calibration(run_dir: str | os.PathLike[str]) -> dict[str, float]:
     if not isinstance(calibration, dict):
         raise DigitrecError(f'{path}: corrupt run configuration ("calibration" must be a JSON object)')
     out: dict[str, float] = {}
-    for key, low, high in (("temperature", 0.0, float("inf")), ("not_digit_below", 0.0, 1.0)):
+    for key, low, high in (("temperature", 0.0, float("inf")), ("not_digit_energy_below", -1e6, 1e6)):
         if key in calibration:
             value = calibration[key]
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:

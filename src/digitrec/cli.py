@@ -468,20 +468,25 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _selective_on_test_set(models: list[Any], runs: list[str], dataset: Any, tta: bool) -> dict[str, Any]:
-    """Coverage at the (first) run's not-a-digit threshold, accuracy of the answered, and ECE."""
+    """Coverage at the run's not-a-digit threshold (one model without --tta: the threshold belongs
+    to its scores), accuracy of the answered, and ECE."""
     import numpy as np
     import torch
 
-    from .calibration import selective_summary, top_two_mass
+    from .calibration import energy, selective_summary
     from .checkpoints import read_calibration
-    from .evaluation import predict_proba
+    from .evaluation import predict_proba, score
 
     device = next(models[0].parameters()).device
     images = dataset.test_images.to(device)
-    averaged = torch.stack([predict_proba(m, images, tta=tta) for m in models]).mean(dim=0)
-    probabilities = np.asarray(averaged.cpu().numpy(), dtype=np.float64)
-    below = read_calibration(runs[0]).get("not_digit_below", 0.0)
-    rejected = ["not_a_digit" if mass < below else None for mass in top_two_mass(probabilities)]
+    with torch.no_grad():
+        averaged = torch.stack([predict_proba(m, images, tta=tta) for m in models]).mean(dim=0)
+        probabilities = np.asarray(averaged.cpu().numpy(), dtype=np.float64)
+        below = read_calibration(runs[0]).get("not_digit_energy_below")
+        rejected: list[str | None] = [None] * len(probabilities)
+        if below is not None and len(models) == 1 and not tta:
+            evidence = energy(score(models[0], images).cpu().numpy())
+            rejected = ["not_a_digit" if e < below else None for e in evidence]
     return selective_summary(probabilities, dataset.test_labels.numpy(), rejected)
 
 

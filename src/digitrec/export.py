@@ -127,7 +127,7 @@ def onnx_bytes(run_dir: str | os.PathLike[str], opset: int = DEFAULT_OPSET) -> b
         "epoch": str(metrics[-1]["epoch"]) if metrics else "",
         "val_accuracy": str(metrics[-1]["val_accuracy"]) if metrics else "",
         # The temperature is already folded into the weights; the rejection threshold travels here.
-        "not_digit_below": str(read_calibration(run_dir).get("not_digit_below", 0.0)),
+        "not_digit_energy_below": str(read_calibration(run_dir).get("not_digit_energy_below", "")),
     }
     proto = model_to_onnx(model, opset=opset, metadata=metadata)
     data: bytes = proto.SerializeToString()

@@ -12,6 +12,7 @@ Write the model with ``digitrec export DIR --format onnx``.
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -94,10 +95,11 @@ def _model_info(metadata: dict[str, str], path: Path) -> dict[str, Any]:
     if metadata.get("val_accuracy"):
         info["val_accuracy"] = float(metadata["val_accuracy"])
     try:
-        below = float(metadata.get("not_digit_below", "0") or 0)
-    except ValueError:
-        below = 0.0
-    info["not_digit_below"] = below if 0.0 <= below <= 1.0 else 0.0
+        below = float(metadata.get("not_digit_energy_below", ""))
+    except ValueError:  # absent or empty: a model without the threshold never says "not a digit"
+        below = None
+    if below is not None and math.isfinite(below):
+        info["not_digit_energy_below"] = below
     if config:
         info["config"] = config
     return info

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from .calibration import SEVERAL_DIGITS_BELOW, top_two_mass
+from .calibration import SEVERAL_DIGITS_BELOW, energy
 from .errors import DigitrecError
 from .image_io import ImageError, load_image
 from .images import SegmentGroup, normalize_digit, segment_digits, segment_groups
@@ -154,9 +154,11 @@ class Recognizer:
     Thread-safe: predictions share no mutable state.
     """
 
-    def __init__(self, scorer: Scorer, info: dict[str, Any], not_digit_below: float = 0.0) -> None:
-        # The model's own threshold for "not a digit" (calibration.py); 0 = never reject.
-        self._not_digit_below = float(not_digit_below)
+    def __init__(
+        self, scorer: Scorer, info: dict[str, Any], not_digit_energy_below: float | None = None
+    ) -> None:
+        # The model's own threshold for "not a digit" (calibration.py); None = never say so.
+        self._not_digit_energy_below = not_digit_energy_below
         self._scorer = scorer
         self._info = dict(info)
 
@@ -166,8 +168,10 @@ class Recognizer:
     def from_scorer(cls, scorer: Scorer, info: dict[str, Any]) -> Recognizer:
         """Any backend: ``scorer`` maps (N, 1, 28, 28) float32 in [0, 1] to (N, 10) scores.
 
-        ``info["not_digit_below"]``, if given, is the model's not-a-digit threshold (calibration.py)."""
-        return cls(scorer, info, float(info.get("not_digit_below", 0.0) or 0.0))
+        ``info["not_digit_energy_below"]``, if given, is the model's not-a-digit threshold
+        (calibration.py)."""
+        below = info.get("not_digit_energy_below")
+        return cls(scorer, info, None if below is None else float(below))
 
     @classmethod
     def from_run(
@@ -196,8 +200,10 @@ class Recognizer:
             info["val_accuracy"] = metrics[-1]["val_accuracy"]
         calibration = read_calibration(run_dir)
         info["temperature"] = calibration.get("temperature", 1.0)
-        info["not_digit_below"] = calibration.get("not_digit_below", 0.0)
-        return cls(_torch_scorer(scoring_model, resolved), info, info["not_digit_below"])
+        below = calibration.get("not_digit_energy_below")
+        if below is not None:
+            info["not_digit_energy_below"] = below
+        return cls(_torch_scorer(scoring_model, resolved), info, below)
 
     @classmethod
     def default(cls, device: str = "cpu") -> Recognizer:
@@ -217,26 +223,28 @@ class Recognizer:
     # ----------------------------------------------------------------- scoring
 
     def _probabilities(self, inputs: list[np.ndarray]) -> np.ndarray:
-        """(N, 10) probabilities for (28, 28) uint8 inputs, in one forward pass."""
+        """(N, 11) for (28, 28) uint8 inputs, in one forward pass: each row the probabilities of the
+        digits 0-9, then the energy of the scores (calibration.py), which says "not a digit"."""
         if not inputs:
-            return np.zeros((0, 10))
+            return np.zeros((0, 11))
         batch = np.stack(inputs).astype(np.float32)[:, None] / 255.0  # (N, 1, 28, 28) in [0, 1]
         scores = np.asarray(self._scorer(batch))
         if scores.shape != (len(inputs), 10):
             raise DigitrecError(
                 f"the model returned scores of shape {scores.shape}, expected ({len(inputs)}, 10)"
             )
-        return softmax(scores)
+        return np.concatenate([softmax(scores), energy(scores)[:, None]], axis=1)
 
     def _single(
-        self, pixels: np.ndarray | None, probs: np.ndarray | None, min_confidence: float | None
+        self, pixels: np.ndarray | None, row: np.ndarray | None, min_confidence: float | None
     ) -> Prediction:
-        if pixels is None or probs is None:
+        if pixels is None or row is None:
             return Prediction(None, 0.0, list(NO_PROBABILITIES), None, rejected="blank")
+        probs, evidence = row[:10], float(row[10])  # a row of _probabilities
         best = int(probs.argmax())
         confidence = float(probs[best])
         rejected = None
-        if top_two_mass(probs[None])[0] < self._not_digit_below:
+        if self._not_digit_energy_below is not None and evidence < self._not_digit_energy_below:
             rejected = "not_a_digit"
         elif min_confidence is not None and confidence < min_confidence:
             rejected = "low_confidence"
@@ -345,13 +353,13 @@ class Recognizer:
                 scored = []
                 for index, option in enumerate(group.options):
                     option_probs = [next(confidence) for _ in option]
-                    score = float(np.mean([np.log(max(p.max(), 1e-12)) for p in option_probs]))
+                    score = float(np.mean([np.log(max(p[:10].max(), 1e-12)) for p in option_probs]))
                     # Ties go to the geometric guess.
                     scored.append((score, index == group.preferred, index, option_probs))
                 *_, best, best_probs = max(scored, key=lambda item: (item[0], item[1]))
                 segments += group.options[best]
                 chosen_probs += best_probs
-            results.append(self._multi(segments, np.array(chosen_probs).reshape(-1, 10), min_confidence))
+            results.append(self._multi(segments, np.array(chosen_probs).reshape(-1, 11), min_confidence))
         return results
 
     def predict_normalized(

@@ -301,10 +301,11 @@ def accuracy_coverage_figure(
         if marked is not None and len(coverage):
             index = min(len(coverage) - 1, max(0, round(marked * len(coverage)) - 1))
             ax.plot([coverage[index]], [accuracy[index]], "o", color=_VAL_COLOR)
-            ax.annotate(
-                f"chosen setting: {coverage[index]:.1%} answered, {accuracy[index]:.2%} right",
-                (coverage[index], accuracy[index]),
-                textcoords="offset points", xytext=(-10, -28), ha="right",
+            # The label inside the axes' lower left: clear of the tick labels, whatever the curve does.
+            label = f"dot: the default setting, {coverage[index]:.1%} answered, {accuracy[index]:.2%} right"
+            ax.text(
+                0.03, 0.05, label, transform=ax.transAxes,
+                bbox={"facecolor": "white", "edgecolor": "none", "pad": 1.0},
             )  # fmt: skip
         floor = float(accuracy[len(accuracy) // 10 :].min()) if len(accuracy) else 0.9
         floor = max(0.0, np.floor((floor - 0.01) * 100) / 100)

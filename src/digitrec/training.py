@@ -444,7 +444,7 @@ def train(
         say(
             f"calibrated on {len(holdout[1])} held-out digits: temperature {calibration['temperature']:.3f}, "
             f"ECE {calibration['ece_before']:.4f} -> {calibration['ece_after']:.4f}, "
-            f"not a digit below a top-two mass of {calibration['not_digit_below']:.4f}"
+            f"not a digit below an energy of {calibration['not_digit_energy_below']:.3f}"
         )
         if run_dir is not None:
             save_model(run_dir / MODEL_FILE, eval_model, config, config.epochs)
@@ -511,7 +511,7 @@ def calibrate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> d
         "ece_before": round(expected_calibration_error(softmax(logits), truth), 6),
         "ece_after": round(expected_calibration_error(calibrated, truth), 6),
         "held_out_accuracy": round(float((np.argmax(logits, axis=1) == truth).mean()), 6),
-        "not_digit_below": round(not_digit_threshold(calibrated, KEEP_HELD_OUT), 6),
+        "not_digit_energy_below": round(not_digit_threshold(logits / temperature, KEEP_HELD_OUT), 6),
     }
 
 
