@@ -35,7 +35,7 @@ from PIL import Image
 
 from benchmarks import normalize_reference as reference
 from benchmarks import rendered_handwriting as rendered
-from benchmarks.readme import replace_marked_block
+from benchmarks.readme import publish
 from digitrec import images
 
 README_BLOCK = "normalize"
@@ -256,20 +256,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.readme and args.quick:
         parser.error("--readme: a --quick run is a smoke test, not figures for the README")
-    from digitrec.fileio import write_json_atomic
     from digitrec.handwriting import default_shared_data
 
     root = Path(args.data_dir) if args.data_dir else default_shared_data()
     results = run(args.quick, root if (root / "usps").is_dir() else None)
-    stamp = datetime.fromisoformat(results["date"]).strftime("%Y%m%d-%H%M%S")
-    out = Path(args.out) if args.out else Path("benchmarks/results") / f"normalize-{stamp}.json"
-    write_json_atomic(out, results)
-    table = format_table(results)
-    print(f"{results['seconds']} s; wrote {out}")
-    print(table)
-    if args.readme:
-        replace_marked_block(args.readme, README_BLOCK, table)
-        print(f"updated {args.readme}")
+    header = f"{results['seconds']} s; "
+    publish(results, README_BLOCK, format_table(results), out=args.out, readme=args.readme, header=header)
     return 0
 
 

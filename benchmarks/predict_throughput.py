@@ -40,7 +40,7 @@ import numpy as np
 from benchmarks import normalize_reference as reference
 from benchmarks import rendered_handwriting as rendered
 from benchmarks.normalize import WEB_INK
-from benchmarks.readme import replace_marked_block
+from benchmarks.readme import publish
 
 README_BLOCK = "predict-throughput"
 CHUNK = 64  # today's PREDICT_CHUNK
@@ -180,19 +180,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--readme: a --quick run is a smoke test, not figures for the README")
     files = 40 if args.quick else args.files
     today_files = min(files, args.today_files or files)
-    from digitrec.fileio import write_json_atomic
 
     results = run(files, today_files)
     results["quick"] = args.quick
-    stamp = datetime.fromisoformat(results["date"]).strftime("%Y%m%d-%H%M%S")
-    out = Path(args.out) if args.out else Path("benchmarks/results") / f"predict-{stamp}.json"
-    write_json_atomic(out, results)
-    table = format_table(results)
-    print(f"wrote {out}")
-    print(table)
-    if args.readme:
-        replace_marked_block(args.readme, README_BLOCK, table)
-        print(f"updated {args.readme}")
+    publish(results, README_BLOCK, format_table(results), out=args.out, readme=args.readme)
     return 0
 
 

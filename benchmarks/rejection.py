@@ -34,7 +34,7 @@ import numpy as np
 from PIL import Image
 
 from benchmarks import rendered_handwriting as rendered
-from benchmarks.readme import replace_marked_block
+from benchmarks.readme import publish
 from digitrec import synthetic
 from digitrec.calibration import expected_calibration_error
 from digitrec.data import load_dataset, load_idx_folder
@@ -247,17 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(args.data_dir) if args.data_dir else default_shared_data()
     results = run(root, per_kind, per_set, args.seed, args.run)
     results["quick"] = args.quick
-    from digitrec.fileio import write_json_atomic
-
-    stamp = datetime.fromisoformat(results["date"]).strftime("%Y%m%d-%H%M%S")
-    out = Path(args.out) if args.out else Path("benchmarks/results") / f"rejection-{stamp}.json"
-    write_json_atomic(out, results)
-    table = format_table(results)
-    print(f"model: {results['model']} from {results['source']}; {results['seconds']} s; wrote {out}")
-    print(table)
-    if args.readme:
-        replace_marked_block(args.readme, README_BLOCK, table)
-        print(f"updated {args.readme}")
+    header = f"model: {results['model']} from {results['source']}; {results['seconds']} s; "
+    publish(results, README_BLOCK, format_table(results), out=args.out, readme=args.readme, header=header)
     return 0
 
 

@@ -136,3 +136,15 @@ def test_onnx_export_carries_the_calibration(tmp_path, recognizer: Recognizer) -
     got = via_onnx.predict_batch(letters)
     assert [p.rejected for p in got] == [p.rejected for p in expected]
     assert np.allclose([p.confidence for p in got], [p.confidence for p in expected], atol=1e-4)
+
+
+def test_the_rejection_benchmark_runs_end_to_end(tmp_path, capsys) -> None:
+    from benchmarks import rejection
+
+    out = tmp_path / "r.json"
+    assert rejection.main(["--per-kind", "6", "--per-set", "20", "--out", str(out)]) == 0
+    results = json.loads(out.read_text())
+    assert set(results["digits"]) == {"MNIST test", "USPS test", "optdigits-orig"}
+    assert len(results["non_digits"]) == 8 and all(e["total"] == 6 for e in results["non_digits"].values())
+    table = capsys.readouterr().out
+    assert "| **all of the above** |" in table and "| USPS test |" in table
