@@ -900,30 +900,43 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise DigitrecError("--onnx and --run each choose the model; pass one of them")
     names = expand(args.files, args.glob)
     show_paths = _show_input_paths(args.show_input, len(names)) if args.show_input else None
-    # stdin is read here, once; a worker gets the bytes. The workers start now and work
-    # while the model loads.
+    # With stdin among the files, the model loads first: a broken --run is reported at once,
+    # not after waiting for input. Otherwise the workers start now and work while it loads.
+    recognizer = _load_recognizer(args) if "-" in names else None
+    # stdin is read here, once; a worker gets the bytes.
     sources = [_read_source(name) for name in names]
     results = PreparedInOrder(sources, args.multi, args.jobs or default_jobs())
     try:
-        return _predict_files(args, names, sources, show_paths, results)
+        return _predict_files(args, names, sources, show_paths, results, recognizer)
     finally:
         results.close()  # stops the workers if we leave early (Ctrl-C, a write error)
 
 
-def _predict_files(
-    args: argparse.Namespace, names: list[str], sources: list[Any], show_paths: list[str] | None, results: Any
-) -> int:
-    from .recognition import Recognizer, hint_several_digits
+def _load_recognizer(args: argparse.Namespace) -> Any:
+    from .recognition import Recognizer
 
     if args.onnx:
         from .onnx_runtime import OnnxScorer
 
         scorer = OnnxScorer(args.onnx)
-        recognizer = Recognizer.from_scorer(scorer, scorer.info)
-    elif args.run:
-        recognizer = Recognizer.from_run(args.run, args.device)
-    else:
-        recognizer = Recognizer.default(args.device)
+        return Recognizer.from_scorer(scorer, scorer.info)
+    if args.run:
+        return Recognizer.from_run(args.run, args.device)
+    return Recognizer.default(args.device)
+
+
+def _predict_files(
+    args: argparse.Namespace,
+    names: list[str],
+    sources: list[Any],
+    show_paths: list[str] | None,
+    results: Any,
+    recognizer: Any,
+) -> int:
+    from .recognition import hint_several_digits
+
+    if recognizer is None:
+        recognizer = _load_recognizer(args)
 
     show_bar = args.progress == "on" or (args.progress == "auto" and sys.stderr.isatty() and len(names) > 1)
     bar = None
