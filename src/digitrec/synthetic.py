@@ -25,7 +25,6 @@ font files (their names are part of :func:`font_files`' order), never on worker 
 from __future__ import annotations
 
 import math
-import os
 import zlib
 from collections.abc import Callable, Sequence
 from functools import lru_cache
@@ -468,6 +467,3 @@ def sample_rng(seed: int, kind: str, index: int) -> np.random.Generator:
     """The generator of sample ``index`` of ``kind``: independent of batching and worker count."""
     return np.random.default_rng([seed, zlib.crc32(kind.encode()), index])
 
-
-def env_workers() -> int:
-    return max(1, min(len(os.sched_getaffinity(0)), 8))
