@@ -466,4 +466,3 @@ def letter_ink(
 def sample_rng(seed: int, kind: str, index: int) -> np.random.Generator:
     """The generator of sample ``index`` of ``kind``: independent of batching and worker count."""
     return np.random.default_rng([seed, zlib.crc32(kind.encode()), index])
-
