@@ -169,3 +169,18 @@ def test_the_fast_paths_match_the_reference_normalization(digits):
         if old is not None:
             scores.append(similarity(old, new))
     assert min(scores) > 0.9 and np.median(scores) > 0.99, sorted(scores)[:5]
+
+
+def test_coloured_ink_on_flat_paper_reads_like_its_gray_twin(digits):
+    """The 8-bit colour path (ink projected on its colour, then the gray histogram path): blue
+    ink on white and red ink on yellow paper give the 28x28 that the same drawing in gray does."""
+    images, _ = digits
+    for digit in images[:3]:
+        ink = 1.0 - ink_on_paper(digit).astype(np.float64) / 255.0  # (H, W) 1 = ink
+        gray = normalize_digit(Image.fromarray(ink_on_paper(digit)))
+        for paper, pen in (((255, 255, 255), (17, 24, 39)), ((250, 235, 120), (200, 30, 30))):
+            rgb = np.asarray(paper, float) + ink[:, :, None] * (np.asarray(pen, float) - paper)
+            coloured = normalize_digit(Image.fromarray(np.rint(rgb).astype(np.uint8), "RGB"))
+            assert coloured is not None and gray is not None
+            assert similarity(gray, coloured) > 0.99
+            assert np.abs(gray.astype(int) - coloured).mean() < 4.0  # of 255

@@ -937,6 +937,10 @@ def _predict_files(
 
     if recognizer is None:
         recognizer = _load_recognizer(args)
+    if results.pooled and "torch" in sys.modules:
+        # The workers keep the cores busy normalizing; the model's share is small, and a
+        # second torch thread here would only contend with them.
+        sys.modules["torch"].set_num_threads(1)
 
     show_bar = args.progress == "on" or (args.progress == "auto" and sys.stderr.isatty() and len(names) > 1)
     bar = None

@@ -121,6 +121,11 @@ class PreparedInOrder:
         self._pool = context.Pool(min(jobs, len(tasks)), initializer=_init_worker)
         self._results = self._pool.imap(prepare_one, tasks, chunksize=WORKER_CHUNK)
 
+    @property
+    def pooled(self) -> bool:
+        """Whether worker processes do the work (they then use the cores given to them)."""
+        return self._pool is not None
+
     def __iter__(self) -> PreparedInOrder:
         return self
 
