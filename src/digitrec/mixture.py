@@ -38,8 +38,6 @@ _T = TypeVar("_T")
 INGREDIENTS = ("usps-train", "drawn-digits", "not-digits", "fashion-mnist")
 NOT_A_DIGIT = -1  # the label of a training image that is no digit (outlier exposure)
 GENERATOR_VERSION = 2  # bump when synthetic.py draws differently: old cache entries then go unused
-# Kinds drawn differently since: drawn digits 3 (felt-tip pens, 32x32 scans).
-KIND_VERSIONS = {"drawn-digits": 3}
 FASHION_DIRS = (Path("/usr/share/datasets/fashion-mnist"),)
 HOLDOUT_MNIST = 5_000
 HOLDOUT_USPS = 1_000
@@ -125,7 +123,7 @@ def _cache_key(kind: str, seed: int, count: int) -> str:
 
     fonts = "\n".join(p.name for p in synthetic.font_files())
     hershey = ",".join(sorted(synthetic.hershey_glyphs()))
-    text = f"{kind}|{seed}|{count}|{KIND_VERSIONS.get(kind, GENERATOR_VERSION)}|{fonts}|{hershey}"
+    text = f"{kind}|{seed}|{count}|{GENERATOR_VERSION}|{fonts}|{hershey}"
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 

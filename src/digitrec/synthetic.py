@@ -119,9 +119,6 @@ STROKE_DIGITS: dict[int, list[Glyph]] = {
     ],
 }  # fmt: skip
 
-# The share of digits drawn from strokes with a felt-tip pen (see _draw_strokes).
-BOLD_PEN = 0.25
-
 NOT_DIGIT_KINDS = ("letter", "scribble", "shape", "smiley", "hatching", "texture")
 
 
@@ -214,14 +211,8 @@ def _affine(rng: np.random.Generator, stretch: bool) -> np.ndarray:
     return rotate @ shear @ np.diag([aspect, 1.0])
 
 
-def _draw_strokes(
-    strokes: Sequence[Sequence[tuple[float, float]]], rng: np.random.Generator, bold: float = 0.0
-) -> np.ndarray:
-    """Polylines (any units, y down) drawn with a round pen of random width: (CANVAS, CANVAS) float ink.
-
-    ``bold``: the probability of a felt-tip pen, a fifth to a third of the glyph's height wide
-    (optdigits-orig's writers: a 1 with a flag in such a pen is a blob MNIST never had).
-    """
+def _draw_strokes(strokes: Sequence[Sequence[tuple[float, float]]], rng: np.random.Generator) -> np.ndarray:
+    """Polylines (any units, y down) drawn with a round pen of random width: (CANVAS, CANVAS) float ink."""
     points = [np.asarray(s, dtype=np.float64) for s in strokes]
     jitter = rng.uniform(0.0, 0.035)
     every = np.concatenate(points)
@@ -238,8 +229,6 @@ def _draw_strokes(
     image = Image.new("L", (CANVAS, CANVAS), 0)
     draw = ImageDraw.Draw(image)
     width = max(1, round(rng.uniform(0.03, 0.14) * CANVAS))
-    if bold and rng.random() < bold:
-        width = round(rng.uniform(0.14, 0.22) * CANVAS)  # the glyph is 0.64 CANVAS tall
     for stroke in points:
         xy = [(float(x), float(y)) for x, y in (stroke - centre) * scale + CANVAS / 2]
         if len(xy) > 1:
@@ -305,21 +294,17 @@ def to_paper(
     size: int = OUT,
     low_resolution: float = 0.12,
     binarize: float = 0.2,
-    resolutions: tuple[int, ...] = (8, 16),
 ) -> Image.Image:
     """Ink (CANVAS, CANVAS) in [0, 1] -> a grayscale scan ``size`` px a side, dark ink on light paper.
 
-    With these probabilities: stretched to fill the box, at a scanner's low resolution (one of
-    ``resolutions`` px a side, then upscaled), binarized.
+    With these probabilities: stretched to fill the box, at a scanner's low resolution (8x8 or
+    16x16, then upscaled), binarized.
     """
     if rng.random() < stretch:
         ink = _fill_box(ink)
     image = Image.fromarray(np.clip(ink, 0, 1) * 255.0, mode="F").convert("L")
     if rng.random() < low_resolution:
-        if resolutions == (8, 16):  # the draw of generator version 2 (the non-digits' cache)
-            low = 8 if rng.random() < 0.4 else 16
-        else:
-            low = int(resolutions[int(rng.integers(len(resolutions)))])
+        low = 8 if rng.random() < 0.4 else 16
         image = image.resize((low, low), Image.Resampling.BOX)
         image = image.resize(
             (size, size), Image.Resampling.BILINEAR if rng.random() < 0.5 else Image.Resampling.NEAREST
@@ -348,12 +333,11 @@ def draw_digit(label: int, rng: np.random.Generator) -> Image.Image:
         ink = _draw_text(str(label), fonts[int(rng.integers(len(fonts)))], rng)
     elif roll < 0.75 or label not in STROKE_DIGITS:
         faces = hershey_glyphs()[str(label)]
-        ink = _draw_strokes(faces[int(rng.integers(len(faces)))], rng, bold=BOLD_PEN)
+        ink = _draw_strokes(faces[int(rng.integers(len(faces)))], rng)
     else:
         shapes = STROKE_DIGITS[label]
-        ink = _draw_strokes(shapes[int(rng.integers(len(shapes)))], rng, bold=BOLD_PEN)
-    # 32x32 as well: optdigits-orig's forms were scanned to 32x32 bitmaps.
-    return to_paper(ink, rng, low_resolution=0.2, resolutions=(8, 16, 32))
+        ink = _draw_strokes(shapes[int(rng.integers(len(shapes)))], rng)
+    return to_paper(ink, rng)
 
 
 def _scribble(rng: np.random.Generator) -> Glyph:
