@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from PIL import Image
 from scipy import ndimage as ndi
 
@@ -171,13 +172,17 @@ def test_the_fast_paths_match_the_reference_normalization(digits):
     assert min(scores) > 0.9 and np.median(scores) > 0.99, sorted(scores)[:5]
 
 
-def test_coloured_ink_on_flat_paper_reads_like_its_gray_twin(digits):
-    """The 8-bit colour path (ink projected on its colour, then the gray histogram path): blue
-    ink on white and red ink on yellow paper give the 28x28 that the same drawing in gray does."""
+@pytest.mark.parametrize("height", [200, 60, 30])
+def test_coloured_ink_on_flat_paper_reads_like_its_gray_twin(digits, height):
+    """The 8-bit colour path (ink projected on its colour, then the gray histogram path; a
+    canvas-sized picture analysed at half resolution unless its digit is small): blue ink on
+    white and red ink on yellow paper give the 28x28 that the same drawing in gray does, from
+    a digit filling the canvas to one covering under 1% of it."""
     images, _ = digits
     for digit in images[:3]:
-        ink = 1.0 - ink_on_paper(digit).astype(np.float64) / 255.0  # (H, W) 1 = ink
-        gray = normalize_digit(Image.fromarray(ink_on_paper(digit)))
+        page = ink_on_paper(digit, height=height)  # (320, 320) uint8, black on white
+        ink = 1.0 - page.astype(np.float64) / 255.0  # 1 = ink
+        gray = normalize_digit(Image.fromarray(page))
         for paper, pen in (((255, 255, 255), (17, 24, 39)), ((250, 235, 120), (200, 30, 30))):
             rgb = np.asarray(paper, float) + ink[:, :, None] * (np.asarray(pen, float) - paper)
             coloured = normalize_digit(Image.fromarray(np.rint(rgb).astype(np.uint8), "RGB"))
