@@ -189,3 +189,38 @@ def test_coloured_ink_on_flat_paper_reads_like_its_gray_twin(digits, height):
             assert coloured is not None and gray is not None
             assert similarity(gray, coloured) > 0.99
             assert np.abs(gray.astype(int) - coloured).mean() < 4.0  # of 255
+
+
+def _felt_tip(shape: str, pen: int) -> Image.Image:
+    """A glyph drawn with a ``pen`` px wide pen on a 320 px page: a 1 with a flag (narrow) or
+    a 0 (wide)."""
+    from PIL import ImageDraw
+
+    page = Image.new("L", (320, 320), 255)
+    draw = ImageDraw.Draw(page)
+    if shape == "1":
+        draw.line([(120, 110), (175, 60), (175, 260)], fill=0, width=pen, joint="curve")
+    else:
+        draw.ellipse((90, 60, 230, 260), outline=0, width=pen)
+    return page
+
+
+def test_a_narrow_glyph_in_a_felt_tip_pen_is_thinned_to_mnist_width():
+    """optdigits-orig's felt-tip 1s: a narrow glyph whose strokes are far thicker than MNIST's
+    is thinned (else, 20 px tall, it is a blob read as 4); a wide glyph in the same pen, and
+    the same 1 in an ordinary pen, keep their strokes."""
+    from digitrec.images import _stroke_width
+
+    def stroke(image: Image.Image) -> float:  # px, of the 28x28 result
+        pixels = normalize_digit(image)
+        assert pixels is not None
+        return _stroke_width(pixels > 127)
+
+    felt_one, ordinary_one, felt_zero = (
+        stroke(_felt_tip("1", 40)),
+        stroke(_felt_tip("1", 12)),
+        stroke(_felt_tip("0", 40)),
+    )
+    assert felt_one < 3.6  # MNIST's median is 2.8 px; unthinned it measured 4.1
+    assert ordinary_one < felt_one  # an ordinary pen is not made thicker by this
+    assert felt_zero > 3.6  # a wide glyph keeps its bold strokes
