@@ -440,7 +440,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .checkpoints import load_model
     from .data import load_dataset
     from .distributed import resolve_device
-    from .evaluation import evaluate, format_report
+    from .evaluation import format_report, report_from_predictions
     from .runs import default_model_dir
 
     device = resolve_device(args.device)
@@ -448,9 +448,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     loaded = [load_model(run, device) for run in runs]
     config = loaded[0][1]
     dataset = load_dataset(config.dataset, data_dir=args.data_dir or config.data_dir)
-    report = evaluate([model for model, _ in loaded], dataset.test_images, dataset.test_labels, tta=args.tta)
+    predicted, selective = _read_test_set([model for model, _ in loaded], runs, dataset, args.tta)
+    report = report_from_predictions(predicted, dataset.test_labels)
     names = [c.model for _, c in loaded]
-    selective = _selective_on_test_set([model for model, _ in loaded], runs, dataset, args.tta)
     if args.json:
         header = {"runs": runs, "models": names, "dataset": dataset.name, "tta": args.tta}
         print(json.dumps({**header, **report.to_dict(), **selective}))
@@ -467,9 +467,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _selective_on_test_set(models: list[Any], runs: list[str], dataset: Any, tta: bool) -> dict[str, Any]:
-    """Coverage at the run's not-a-digit threshold (one model without --tta: the threshold belongs
-    to its scores), accuracy of the answered, and ECE."""
+def _read_test_set(models: list[Any], runs: list[str], dataset: Any, tta: bool) -> tuple[Any, dict[str, Any]]:
+    """The test set read once: each image's predicted digit ((N,) tensor; an ensemble's or --tta's
+    averaged probabilities, else one model's argmax, as training's val_accuracy takes it), and
+    the coverage at the run's not-a-digit threshold, the accuracy of the answered and the ECE.
+    The threshold belongs to one model's own scores: an ensemble or --tta answers every image."""
     import numpy as np
     import torch
 
@@ -477,17 +479,22 @@ def _selective_on_test_set(models: list[Any], runs: list[str], dataset: Any, tta
     from .checkpoints import read_calibration
     from .evaluation import predict_proba, score
 
-    device = next(models[0].parameters()).device
-    images = dataset.test_images.to(device)
+    images = dataset.test_images.to(next(models[0].parameters()).device)
+    evidence = None
     with torch.no_grad():
-        averaged = torch.stack([predict_proba(m, images, tta=tta) for m in models]).mean(dim=0)
-        probabilities = np.asarray(averaged.cpu().numpy(), dtype=np.float64)
-        below = read_calibration(runs[0]).get("not_digit_energy_below")
-        rejected: list[str | None] = [None] * len(probabilities)
-        if below is not None and len(models) == 1 and not tta:
-            evidence = energy(score(models[0], images).cpu().numpy())
-            rejected = ["not_a_digit" if e < below else None for e in evidence]
-    return selective_summary(probabilities, dataset.test_labels.numpy(), rejected)
+        if len(models) == 1 and not tta:
+            scores = score(models[0], images)
+            predicted, probabilities = scores.argmax(1), scores.softmax(dim=1)
+            evidence = energy(scores.cpu().numpy())
+        else:
+            probabilities = torch.stack([predict_proba(m, images, tta=tta) for m in models]).mean(dim=0)
+            predicted = probabilities.argmax(1)
+    below = read_calibration(runs[0]).get("not_digit_energy_below")
+    rejected: list[str | None] = [None] * len(images)
+    if below is not None and evidence is not None:
+        rejected = ["not_a_digit" if e < below else None for e in evidence]
+    probabilities_np = np.asarray(probabilities.cpu().numpy(), dtype=np.float64)
+    return predicted.cpu(), selective_summary(probabilities_np, dataset.test_labels.numpy(), rejected)
 
 
 # --------------------------------------------------------------------------- report
