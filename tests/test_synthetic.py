@@ -101,6 +101,20 @@ def test_the_mixture_adds_each_ingredient_and_holds_digits_out(tmp_path) -> None
     assert np.array_equal(digits, mixture.dataset.train_images[start : start + len(digits)].numpy())
 
 
+def test_the_cache_key_follows_the_drawing_and_normalizing_code(tmp_path, monkeypatch) -> None:
+    # A reverted experiment once left cache entries under the version number the next change
+    # used; the key now also covers the source of synthetic.py and images.py.
+    from digitrec import images
+    from digitrec.mixture import _cache_key
+
+    before = _cache_key("drawn-digits", 42, 30_000)
+    assert _cache_key("drawn-digits", 42, 30_000) == before  # stable while the code is
+    edited = tmp_path / "images.py"
+    edited.write_bytes(Path(str(images.__file__)).read_bytes() + b"\nTHIN_TO = 0.8\n")
+    monkeypatch.setattr(images, "__file__", str(edited))
+    assert _cache_key("drawn-digits", 42, 30_000) != before
+
+
 def test_usps_train_joins_the_mixture_normalized_and_cached(tmp_path) -> None:
     mnist = load_dataset("mnist")
     base = Dataset("mnist", mnist.train_images[:100], mnist.train_labels[:100],

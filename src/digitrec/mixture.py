@@ -37,10 +37,12 @@ from .fileio import atomic_write
 _T = TypeVar("_T")
 INGREDIENTS = ("usps-train", "drawn-digits", "not-digits", "fashion-mnist")
 NOT_A_DIGIT = -1  # the label of a training image that is no digit (outlier exposure)
-# Bump when synthetic.py draws differently or normalize_digit normalizes differently (the
-# cache holds normalized 28x28 images): old cache entries then go unused. 3: the normalization
-# thins a narrow glyph in a felt-tip pen (the bundled model was trained on version 2).
-GENERATOR_VERSION = 3
+# Part of every cache key, with a digest of the code that draws and normalizes (the cache holds
+# normalized 28x28 images), so an edit to either module never reads stale images. A version
+# number alone did not suffice: an experiment's cache entries, drawn by generator code that was
+# later reverted, carried the same number (3) as the next normalization change. 4: the
+# normalization thins a narrow glyph in a felt-tip pen (the bundled model was trained on 2).
+GENERATOR_VERSION = 4
 FASHION_DIRS = (Path("/usr/share/datasets/fashion-mnist"),)
 HOLDOUT_MNIST = 5_000
 HOLDOUT_USPS = 1_000
@@ -121,12 +123,23 @@ def _parallel(jobs: Sequence[tuple[Any, ...]], function: Callable[..., _T]) -> l
                 os.environ[name] = value
 
 
+def _code_digest() -> str:
+    """SHA-256 (hex, 12 digits) of the source of the modules whose output the cache holds:
+    synthetic.py (drawing) and images.py (normalizing)."""
+    from . import images, synthetic
+
+    digest = hashlib.sha256()
+    for module in (synthetic, images):
+        digest.update(Path(str(module.__file__)).read_bytes())
+    return digest.hexdigest()[:12]
+
+
 def _cache_key(kind: str, seed: int, count: int) -> str:
     from . import synthetic
 
     fonts = "\n".join(p.name for p in synthetic.font_files())
     hershey = ",".join(sorted(synthetic.hershey_glyphs()))
-    text = f"{kind}|{seed}|{count}|{GENERATOR_VERSION}|{fonts}|{hershey}"
+    text = f"{kind}|{seed}|{count}|{GENERATOR_VERSION}|{_code_digest()}|{fonts}|{hershey}"
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
@@ -178,7 +191,7 @@ def _usps(
     held = order[len(order) - held_count :] if held_count else order[:0]
     chosen = order[: min(count, len(order) - len(held))]
     needed = np.concatenate([chosen, held])
-    path = cache_dir / "mixture" / f"usps-train-v{GENERATOR_VERSION}.npz" if cache_dir else None
+    path = cache_dir / "mixture" / f"usps-train-v{GENERATOR_VERSION}-{_code_digest()}.npz" if cache_dir else None
     images: np.ndarray | None = None
     if path is not None and path.is_file():
         try:
