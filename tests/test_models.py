@@ -115,3 +115,28 @@ def test_folding_batch_norms_keeps_the_scores_and_the_model(name):
     assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == (
         name in ("cnn", "fastcnn", "resnet")
     )
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_an_ensemble_scores_the_mean_of_its_members_fused_or_not(name):
+    from digitrec.models import Ensemble, create_ensemble, fold_batch_norms, fuse_ensemble
+
+    torch.manual_seed(0)
+    ensemble = create_ensemble(name, 3)
+    assert isinstance(ensemble, Ensemble) and len(ensemble.members) == 3
+    for _ in range(3):  # running statistics that differ from member to member
+        ensemble(torch.rand(16, 1, 28, 28))
+    ensemble.eval()
+    x = torch.rand(8, 1, 28, 28)
+    with torch.no_grad():
+        mean = torch.stack([member(x) for member in ensemble.members]).mean(0)
+        assert torch.allclose(ensemble(x), mean, atol=1e-6)
+        fused = fuse_ensemble(ensemble)
+        assert torch.allclose(fused(x), mean, atol=1e-5, rtol=1e-4)
+        assert torch.allclose(fold_batch_norms(fused)(x), mean, atol=1e-5, rtol=1e-4)
+    # Sequential members of convolutions and one final linear layer become one network; the
+    # others (the tutorial's MLP with its hidden layers, LeNet, resnet's blocks) stay an Ensemble.
+    assert isinstance(fused, Ensemble) == (name not in ("cnn", "fastcnn"))
+    assert create_ensemble(name, 1).__class__ is create_model(name).__class__
+    with pytest.raises(DigitrecError, match="at least one member"):
+        create_ensemble(name, 0)

@@ -278,3 +278,45 @@ def test_a_full_disk_is_one_line_and_leaves_the_run_resumable(small_disk, tmp_pa
     shutil.copytree(run, moved)
     assert main(["train", "--resume", str(moved), "--no-progress"]) == 0
     assert [row["epoch"] for row in read_metrics(moved)] == [1, 2, 3, 4]
+
+
+def test_an_ensemble_trains_its_members_apart_and_averages_them_calibrated(tmp_path, small_mnist):
+    """Members are whole runs from seeds seed, seed+1; the saved model scores the mean of the
+    members' (each calibrated) scores divided by the ensemble's own temperature; --resume keeps
+    finished members; the run refuses to be overwritten."""
+    from digitrec.checkpoints import read_calibration, read_config
+
+    config = recipe_config("fast", ensemble=2, mix={"usps-train": 120}, calibrate=True)
+    run = tmp_path / "ensemble"
+    result = train(config, out_dir=run, dataset=small_mnist, log=None)
+    members = [run / "members" / str(k) for k in range(2)]
+    assert [read_config(m).seed for m in members] == [42, 43]
+    assert all(read_config(m).ensemble == 1 for m in members)
+    ensemble, saved = load_model(run)
+    assert saved.ensemble == 2 and len(ensemble.members) == 2
+    temperature = read_calibration(run)["temperature"]
+    images = small_mnist.test_images[:64]
+    x = images.unsqueeze(1).float() / 255
+    with torch.no_grad():
+        mean = torch.stack([load_model(m)[0](x) for m in members]).mean(0)
+        assert torch.allclose(ensemble(x), mean / temperature, atol=1e-4)
+    accuracy = evaluate(ensemble, small_mnist.test_images, small_mnist.test_labels).accuracy
+    assert read_metrics(run)[-1]["val_accuracy"] == accuracy == result.metrics[-1]["val_accuracy"]
+
+    stamps = [(m / "model.safetensors").stat().st_mtime_ns for m in members]
+    with pytest.raises(DigitrecError, match="already holds a run"):
+        train(config, out_dir=run, dataset=small_mnist, log=None)
+    lines: list[str] = []
+    again = train(config, out_dir=run, dataset=small_mnist, resume=True, log=lines.append)
+    assert sum("had finished; kept" in line for line in lines) == 2
+    assert [(m / "model.safetensors").stat().st_mtime_ns for m in members] == stamps
+    assert again.metrics[-1]["val_accuracy"] == accuracy
+
+
+def test_an_ensemble_needs_a_member(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--recipe", "fast", "--ensemble", "0"])
+    assert exit_.value.code == 2
+    assert "argument --ensemble: must be >= 1, got 0" in capsys.readouterr().err
+    with pytest.raises(DigitrecError, match="ensemble must be at least 1"):
+        recipe_config("fast", ensemble=0)

@@ -94,7 +94,13 @@ def fold_temperature(model: Any, temperature: float) -> None:
     from torch import nn
 
     from .errors import DigitrecError
+    from .models import Ensemble
 
+    if isinstance(model, Ensemble):
+        # The mean of the members' scores divided by T is the mean of their scores divided by T.
+        for member in model.members:
+            fold_temperature(member, temperature)
+        return
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     if not linears:
         raise DigitrecError("calibration needs a model that ends in a linear layer")

@@ -21,7 +21,7 @@ from torch import nn
 from .config import TrainConfig
 from .errors import DigitrecError
 from .fileio import write_bytes_atomic, write_json_atomic
-from .models import create_model, prefer_channels_last
+from .models import create_ensemble, prefer_channels_last
 from .runs import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, MODEL_FILE
 
 # Far above anything digitrec writes (config.json is a few KB; the largest checkpoint, weights plus
@@ -157,7 +157,7 @@ def load_model(
     run_dir = Path(run_dir)
     config = read_config(run_dir)
     try:
-        model = create_model(config.model, **config.model_args)
+        model = create_ensemble(config.model, config.ensemble, **config.model_args)
     except DigitrecError as exc:
         raise DigitrecError(f"{run_dir / CONFIG_FILE}: {exc}") from None
     load_weights(model, run_dir / MODEL_FILE)

@@ -139,6 +139,13 @@ TRAIN_OPTIONS = (
     TrainOption("weight_decay", HYPER, "L2 weight decay", _bounded(float, 0)),
     TrainOption("seed", HYPER, "random seed for initialization and shuffling", int),
     TrainOption(
+        "ensemble",
+        HYPER,
+        "train this many models (seeds seed, seed+1, ..., each a run under DIR/members/) and save "
+        "one model that averages their scores",
+        _bounded(int, 1),
+    ),
+    TrainOption(
         "device", HOW, "auto, cpu, cuda, cuda:N or mps; auto picks CUDA, then MPS, then CPU", default="auto"
     ),
     TrainOption(

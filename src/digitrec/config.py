@@ -51,6 +51,10 @@ class TrainConfig:
     recipe: str = "tutorial-mlp"
     model: str = "mlp"
     model_args: dict[str, Any] = field(default_factory=dict)
+    # Train this many models, one after another from seeds seed, seed + 1, ... (each in its own run
+    # under <run>/members/<k>), and save them as one model that averages their scores (a deep
+    # ensemble: fewer mistakes on handwriting from outside the training set). 1: one model.
+    ensemble: int = 1
     dataset: str = "mnist"
     data_dir: str | None = None
     epochs: int = 10
@@ -87,6 +91,8 @@ class TrainConfig:
     def validate(self) -> TrainConfig:
         if self.epochs < 1:
             raise DigitrecError(f"epochs must be at least 1, got {self.epochs}")
+        if self.ensemble < 1:
+            raise DigitrecError(f"ensemble must be at least 1 member, got {self.ensemble}")
         if self.batch_size < 1:
             raise DigitrecError(f"batch size must be at least 1, got {self.batch_size}")
         if not self.lr > 0:

@@ -31,6 +31,7 @@ from . import __version__
 from .checkpoints import load_model, read_calibration, read_metrics
 from .errors import DigitrecError
 from .fileio import write_bytes_atomic
+from .models import fuse_ensemble
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "scores"
@@ -129,6 +130,7 @@ def onnx_bytes(run_dir: str | os.PathLike[str], opset: int = DEFAULT_OPSET) -> b
         # The temperature is already folded into the weights; the rejection threshold travels here.
         "not_digit_energy_below": str(read_calibration(run_dir).get("not_digit_energy_below", "")),
     }
-    proto = model_to_onnx(model, opset=opset, metadata=metadata)
+    # An ensemble as one graph with its members side by side (the same scores).
+    proto = model_to_onnx(fuse_ensemble(model), opset=opset, metadata=metadata)
     data: bytes = proto.SerializeToString()
     return data

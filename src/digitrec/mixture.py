@@ -191,7 +191,8 @@ def _usps(
     held = order[len(order) - held_count :] if held_count else order[:0]
     chosen = order[: min(count, len(order) - len(held))]
     needed = np.concatenate([chosen, held])
-    path = cache_dir / "mixture" / f"usps-train-v{GENERATOR_VERSION}-{_code_digest()}.npz" if cache_dir else None
+    name = f"usps-train-v{GENERATOR_VERSION}-{_code_digest()}.npz"
+    path = cache_dir / "mixture" / name if cache_dir else None
     images: np.ndarray | None = None
     if path is not None and path.is_file():
         try:
@@ -304,3 +305,15 @@ def build_mixture(
         torch.from_numpy(np.concatenate(held_images)),
         torch.from_numpy(np.concatenate(held_labels).astype(np.int64)),
     )
+
+
+def held_out_digits(
+    base: Dataset, mix: dict[str, int], *, usps_dir: str | None = None, cache_dir: Path | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The digits a calibrated build of ``mix`` holds out of training, (N, 28, 28) uint8 and (N,):
+    the same for every seed (a fixed permutation picks them), which lets an ensemble of members
+    trained from different seeds be calibrated on digits none of them saw."""
+    holding_out = {name: count for name, count in mix.items() if name == "usps-train"}
+    mixture = build_mixture(base, holding_out, seed=0, usps_dir=usps_dir, calibrate=True, cache_dir=cache_dir)
+    assert mixture.holdout_images is not None and mixture.holdout_labels is not None
+    return mixture.holdout_images, mixture.holdout_labels

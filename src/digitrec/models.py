@@ -236,6 +236,104 @@ def resnet(width: int = 48, dropout: float = 0.2) -> nn.Module:
     return model
 
 
+class Ensemble(nn.Module):
+    """Members of one architecture, trained apart from different seeds, whose scores are averaged
+    (a deep ensemble, Lakshminarayanan et al. 2017): (B, 1, 28, 28) -> (B, 10), the mean of the
+    members' (B, 10) scores. Its state dict names each member's tensors ``members.<k>.<name>``."""
+
+    def __init__(self, members: list[nn.Module]) -> None:
+        super().__init__()
+        if not members:
+            raise DigitrecError("an ensemble needs at least one member")
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([member(x) for member in self.members]).mean(dim=0)  # (B, 10)
+
+
+def create_ensemble(name: str, count: int, **cfg: Any) -> nn.Module:
+    """``count`` models ``name`` (see :func:`create_model`) as one :class:`Ensemble`; ``count`` 1 is
+    the plain model."""
+    if count < 1:
+        raise DigitrecError(f"an ensemble needs at least one member, got {count}")
+    if count == 1:
+        return create_model(name, **cfg)
+    return Ensemble([create_model(name, **cfg) for _ in range(count)])
+
+
+# Layers without weights, which act on every channel alike: an ensemble's fused network keeps them.
+_SHARED_LAYERS = (nn.ReLU, nn.Tanh, nn.MaxPool2d, nn.AvgPool2d, nn.Flatten, nn.Dropout, nn.Identity)
+
+
+def fuse_ensemble(model: nn.Module) -> nn.Module:
+    """An inference copy of an :class:`Ensemble` of ``nn.Sequential`` members (convolutions, batch
+    norms, pooling, activations, one flatten, one final linear layer, as ``cnn``) as one
+    ``nn.Sequential`` that computes all members side by side and their mean in the last layer.
+
+    Member k's channels are the k-th block of each layer's channels: the first convolution's
+    filters are stacked, the later ones become grouped convolutions (``groups`` times the member
+    count), batch norms stack their statistics, and the final linear layer takes all members'
+    features with its weights divided by the member count and the mean of their biases, so it
+    outputs the mean of their scores. The same scores to float rounding in one pass instead of
+    one per member. Anything else (not an Ensemble, other layers) is returned as it is.
+    """
+    if not isinstance(model, Ensemble):
+        return model
+    members = [m for m in model.members if isinstance(m, nn.Sequential)]
+    if len(members) != len(model.members):
+        return model
+    count = len(members)
+    layers: list[nn.Module] = []
+    first_conv = True
+    for parts in zip(*members, strict=True):
+        head = parts[0]
+        if not all(type(part) is type(head) for part in parts):
+            return model
+        if isinstance(head, nn.Conv2d):
+            convs: list[nn.Conv2d] = list(parts)
+            groups = head.groups if first_conv else head.groups * count
+            fused = nn.Conv2d(
+                head.in_channels if first_conv else head.in_channels * count,
+                head.out_channels * count,
+                head.kernel_size,  # type: ignore[arg-type]
+                stride=head.stride,  # type: ignore[arg-type]
+                padding=head.padding,  # type: ignore[arg-type]
+                dilation=head.dilation,  # type: ignore[arg-type]
+                groups=groups,
+                bias=head.bias is not None,
+            )
+            with torch.no_grad():
+                fused.weight.copy_(torch.cat([c.weight for c in convs]))
+                if fused.bias is not None:
+                    fused.bias.copy_(torch.cat([c.bias for c in convs if c.bias is not None]))
+            layers.append(fused)
+            first_conv = False
+        elif isinstance(head, nn.BatchNorm2d):
+            norms: list[nn.BatchNorm2d] = list(parts)
+            if not all(n.track_running_stats and n.affine for n in norms):
+                return model
+            stacked = nn.BatchNorm2d(head.num_features * count, eps=head.eps)
+            with torch.no_grad():
+                for name in ("weight", "bias", "running_mean", "running_var"):
+                    getattr(stacked, name).copy_(torch.cat([getattr(n, name) for n in norms]))
+            layers.append(stacked)
+        elif isinstance(head, nn.Linear):
+            if head is not members[0][-1]:
+                return model  # a linear layer inside the members: not this simple shape
+            linears: list[nn.Linear] = list(parts)
+            mean = nn.Linear(head.in_features * count, head.out_features, bias=head.bias is not None)
+            with torch.no_grad():
+                mean.weight.copy_(torch.cat([lin.weight for lin in linears], dim=1) / count)
+                if mean.bias is not None:
+                    mean.bias.copy_(torch.stack([lin.bias for lin in linears]).mean(dim=0))
+            layers.append(mean)
+        elif isinstance(head, _SHARED_LAYERS):
+            layers.append(copy.deepcopy(head))
+        else:
+            return model
+    return nn.Sequential(*layers).to(next(model.parameters()).device).eval()
+
+
 def fold_batch_norms(model: nn.Module) -> nn.Module:
     """An inference copy of ``model`` with each batch norm that directly follows a convolution (inside
     an ``nn.Sequential``) folded into that convolution.

@@ -180,11 +180,13 @@ class Recognizer:
         """The model of a run directory (config.json + model.safetensors), on ``device``."""
         from .checkpoints import load_model, read_calibration, read_metrics
         from .distributed import resolve_device
-        from .models import count_parameters, fold_batch_norms
+        from .models import count_parameters, fold_batch_norms, fuse_ensemble
 
         resolved = resolve_device(device)
         model, config = load_model(run_dir, resolved)
-        scoring_model = fold_batch_norms(model)  # scores the same, faster; info counts the trained model
+        # Scores the same, faster (an ensemble's members side by side in one pass); info counts the
+        # trained model.
+        scoring_model = fold_batch_norms(fuse_ensemble(model))
         metrics = read_metrics(run_dir)
         info: dict[str, Any] = {
             "name": config.model,
@@ -196,6 +198,8 @@ class Recognizer:
             "dataset": config.dataset,
             "model_args": dict(config.model_args),
         }
+        if config.ensemble > 1:
+            info["ensemble"] = config.ensemble  # members averaged; "parameters" counts them all
         if metrics and "val_accuracy" in metrics[-1]:
             info["val_accuracy"] = metrics[-1]["val_accuracy"]
         calibration = read_calibration(run_dir)

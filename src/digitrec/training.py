@@ -170,6 +170,8 @@ def train(
     TensorBoard event files into ``out_dir/tensorboard`` (see :mod:`digitrec.tensorboard_log`).
     """
     config.validate()
+    if config.ensemble > 1:
+        return train_ensemble(config, out_dir, dataset, resume=resume, save=save, log=log, progress=progress)
     if dataset is not None and dataset.name != config.dataset and Path(dataset.source).is_dir():
         # Record where the given dataset came from, so that evaluate and report score the same test set.
         config = dataclasses.replace(config, dataset=dataset.name, data_dir=dataset.source)
@@ -466,6 +468,127 @@ def train(
         if owns_process_group:
             leave_process_group()
     return TrainResult(model=eval_model.eval(), config=config, metrics=metrics, run_dir=run_dir)
+
+
+def train_ensemble(
+    config: TrainConfig,
+    out_dir: str | os.PathLike[str] | None = None,
+    dataset: Dataset | None = None,
+    *,
+    resume: bool = False,
+    save: bool = True,
+    log: Callable[[str], None] | None = print,
+    progress: bool | None = None,
+) -> TrainResult:
+    """Train ``config.ensemble`` members one after another and save them as one averaging model.
+
+    Member k is a whole run of its own, ``<run>/members/<k>``, from seed ``config.seed + k`` (its
+    own initialization, shuffling and drawn mixture), calibrated on its own. The ensemble averages
+    the members' scores; a temperature and a not-a-digit threshold are then fitted for the average
+    on the same held-out digits (the mixture holds out the same ones whatever the seed, so no member
+    trained on them) and the result is saved in ``<run>`` like any model. ``metrics.jsonl`` holds
+    one row per epoch: the members' mean training loss and accuracy, their summed time, and as
+    ``val_accuracy`` the members' mean, except in the last row, which has the ensemble's own (as
+    ``evaluate`` and ``report`` measure it). ``resume`` keeps the members that finished and resumes
+    the one that did not.
+    """
+    from .checkpoints import load_model, read_calibration
+    from .evaluation import evaluate
+    from .mixture import held_out_digits
+    from .models import Ensemble
+
+    master_process = int(os.environ.get("RANK", 0)) == 0
+    say = log if (master_process and log is not None) else (lambda _line: None)
+    run_dir: Path | None = None
+    if save:
+        if out_dir is not None:
+            run_dir = Path(out_dir)
+        elif os.environ.get("TORCHELASTIC_RUN_ID", "none") != "none":
+            run_dir = Path("runs") / f"{config.recipe}-{os.environ['TORCHELASTIC_RUN_ID']}"
+        else:
+            run_dir = default_run_dir(config)
+        if resume:
+            saved = read_config(run_dir)  # it must be a run directory (a clear error if not)
+            if saved.to_dict() | {"epochs": config.epochs} != config.to_dict():
+                raise DigitrecError(f"{run_dir}: --resume may change only --epochs")
+        elif (run_dir / MODEL_FILE).exists() or (run_dir / "members").exists():
+            raise DigitrecError(f"{run_dir}: already holds a run; pass --resume or choose another --out")
+        if master_process:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            write_config(run_dir, config, {"members": config.ensemble})
+
+    members: list[nn.Module] = []
+    member_metrics: list[list[dict[str, Any]]] = []
+    for k in range(config.ensemble):
+        member_config = dataclasses.replace(config, ensemble=1, seed=config.seed + k)
+        member_dir = None if run_dir is None else run_dir / "members" / str(k)
+        done = (
+            resume
+            and member_dir is not None
+            and (member_dir / MODEL_FILE).exists()
+            and [row["epoch"] for row in read_metrics(member_dir)][-1:] == [config.epochs]
+            and (not config.calibrate or bool(read_calibration(member_dir)))
+        )
+        if done and member_dir is not None:
+            say(f"ensemble member {k + 1} of {config.ensemble} ({member_dir}) had finished; kept")
+            model, _ = load_model(member_dir)
+            members.append(model)
+            member_metrics.append(read_metrics(member_dir))
+            continue
+        say(f"ensemble member {k + 1} of {config.ensemble}: seed {member_config.seed}")
+        result = train(
+            member_config,
+            out_dir=member_dir,
+            dataset=dataset,
+            resume=resume and member_dir is not None and (member_dir / "config.json").exists(),
+            save=save,
+            log=log,
+            progress=progress,
+        )
+        members.append(result.model.cpu())
+        member_metrics.append(result.metrics)
+
+    ensemble = Ensemble(members).eval()
+    if not master_process:
+        return TrainResult(model=ensemble, config=config, metrics=[], run_dir=run_dir)
+    if dataset is None:
+        dataset = load_dataset(config.dataset, data_dir=config.data_dir)
+    calibration: dict[str, Any] | None = None
+    if config.calibrate and config.mix:
+        images, labels = held_out_digits(dataset, config.mix, usps_dir=config.usps_dir)
+        calibration = calibrate(ensemble, images, labels)
+        say(
+            f"ensemble calibrated on {len(labels)} held-out digits: temperature "
+            f"{calibration['temperature']:.3f}, ECE {calibration['ece_before']:.4f} -> "
+            f"{calibration['ece_after']:.4f}, not a digit below an energy of "
+            f"{calibration['not_digit_energy_below']:.3f}"
+        )
+    accuracy = evaluate(ensemble, dataset.test_images, dataset.test_labels).accuracy
+    metrics = []
+    for epoch_rows in zip(*member_metrics, strict=True):
+        metrics.append(
+            {
+                "epoch": epoch_rows[0]["epoch"],
+                "train_loss": sum(r["train_loss"] for r in epoch_rows) / len(epoch_rows),
+                "train_accuracy": sum(r["train_accuracy"] for r in epoch_rows) / len(epoch_rows),
+                "val_accuracy": sum(r["val_accuracy"] for r in epoch_rows) / len(epoch_rows),
+                "epoch_seconds": round(sum(r["epoch_seconds"] for r in epoch_rows), 4),
+            }
+        )
+    metrics[-1]["members_val_accuracy"] = metrics[-1]["val_accuracy"]
+    metrics[-1]["val_accuracy"] = accuracy
+    each = ", ".join(f"{rows[-1]['val_accuracy']:.4f}" for rows in member_metrics)
+    say(f"ensemble of {config.ensemble}: validation accuracy {accuracy:.4f} (members: {each})")
+    if run_dir is not None:
+        world_size = int(os.environ.get("WORLD_SIZE", 1))
+        extra = _run_info(dataset, world_size) | {"members": config.ensemble}
+        if calibration is not None:
+            extra["calibration"] = calibration
+        write_metrics(run_dir, metrics)
+        save_model(run_dir / MODEL_FILE, ensemble, config, config.epochs)
+        write_config(run_dir, config, extra)
+        say(f"saved {run_dir}")
+    return TrainResult(model=ensemble, config=config, metrics=metrics, run_dir=run_dir)
 
 
 def loss_with_not_digits(
