@@ -32,10 +32,23 @@ def test_normalized_digit_has_mnist_geometry(digits):
 
 
 def test_an_mnist_digit_normalizes_to_itself(digits):
-    """MNIST was prepared the same way: normalizing an MNIST digit changes it little."""
+    """An image already in MNIST's form is taken as it is, an MNIST digit and normalize_digit's
+    own output alike (normalizing is idempotent); a 28x28 image not in that form is normalized."""
     images, _ = digits
-    scores = [similarity(normalize_digit(d), d) for d in images]
-    assert np.median(scores) > 0.9
+    for digit in images:
+        assert np.array_equal(normalize_digit(digit), digit)
+        assert np.array_equal(normalize_digit(Image.fromarray(digit).convert("L")), digit)
+    for digit in images[:10]:
+        once = normalize_digit(ink_on_paper(digit, height=int(100 + digit.sum() % 200), canvas=400))
+        assert np.array_equal(normalize_digit(once), once)
+    # Not in MNIST's form: dark ink on white; the digit filling the frame; a dim digit.
+    digit = images[0]
+    inverted = 255 - digit
+    assert similarity(normalize_digit(inverted), digit) > 0.9
+    filling = np.asarray(Image.fromarray(digit[4:24, 4:24]).resize((28, 28)))
+    assert max(_ink_box(normalize_digit(filling))) in (19, 20, 21)
+    dim = (digit // 2).astype(np.uint8)
+    assert normalize_digit(dim).max() == 255
 
 
 def test_polarity_comes_from_the_background(digits):

