@@ -132,3 +132,21 @@ def test_normalize_and_predict_benchmarks_run_and_make_their_tables(seven):
         }
     )
     assert "| now --jobs 2 | 10 | 1.0 | 10 | 1.0x |" in table
+
+
+def test_the_ensemble_cost_benchmark_runs_and_makes_its_table(tmp_path, capsys):
+    """benchmarks/ensemble_cost.py at the smallest size: every contender timed at both batch
+    sizes, the single model the reference of the ratios (no timing is asserted)."""
+    from benchmarks import ensemble_cost
+
+    out = tmp_path / "cost.json"
+    assert ensemble_cost.main(["--quick", "--out", str(out)]) == 0
+    results = json.loads(out.read_text())
+    assert set(results["ms_per_image"]) == {"1", "64"}
+    names = set(results["ms_per_image"]["1"])
+    assert {"cnn alone, torch", "2 members one by one, torch", "2 members side by side, torch"} <= names
+    assert "2 members side by side, onnxruntime" in names  # the dev install has onnxruntime
+    assert all(ms > 0 for batch in results["ms_per_image"].values() for ms in batch.values())
+    assert "| cnn alone, torch | " in capsys.readouterr().out
+    table = ensemble_cost.format_table(results)
+    assert table.splitlines()[2].count("| 1.00x |") == 2  # the reference row

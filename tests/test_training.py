@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -302,6 +303,15 @@ def test_an_ensemble_trains_its_members_apart_and_averages_them_calibrated(tmp_p
         assert torch.allclose(ensemble(x), mean / temperature, atol=1e-4)
     accuracy = evaluate(ensemble, small_mnist.test_images, small_mnist.test_labels).accuracy
     assert read_metrics(run)[-1]["val_accuracy"] == accuracy == result.metrics[-1]["val_accuracy"]
+    # The Recognizer scores a few images with the members side by side, more one by one: the same.
+    from digitrec.recognition import Recognizer, softmax
+
+    recognizer = Recognizer.from_run(run)
+    assert recognizer.info()["ensemble"] == 2
+    one = np.stack([recognizer.predict_pixels(image.numpy()).probabilities for image in images[:8]])
+    many = np.stack([p.probabilities for p in recognizer.predict_prepared(list(images[:8].numpy()))])
+    expected = softmax((mean / temperature)[:8].double().numpy())
+    assert np.allclose(one, expected, atol=1e-5) and np.allclose(many, expected, atol=1e-5)
 
     stamps = [(m / "model.safetensors").stat().st_mtime_ns for m in members]
     with pytest.raises(DigitrecError, match="already holds a run"):

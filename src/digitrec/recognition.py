@@ -135,15 +135,24 @@ def hint_several_digits(image: Any, prediction: Prediction) -> None:
             prediction.several_digits = count
 
 
-def _torch_scorer(model: Any, device: Any) -> Scorer:
+# An ensemble's members side by side (grouped convolutions) beat them one by one up to about
+# this many images per call, and lose beyond (benchmarks/ensemble_cost.py; the crossover
+# measured between 4 and 8 images, on one thread and on two).
+SIDE_BY_SIDE_UP_TO = 4
+
+
+def _torch_scorer(model: Any, device: Any, side_by_side: Any = None) -> Scorer:
+    """Scores of ``model``; ``side_by_side``, if given, the same scores computed one way faster
+    for small batches (an ensemble's fused network), used up to SIDE_BY_SIDE_UP_TO images."""
     import torch
 
     def score(batch: np.ndarray) -> np.ndarray:
         # inference_mode: no autograd state; forward in eval mode mutates nothing, so
         # concurrent calls from several threads are safe.
+        chosen = model if side_by_side is None or len(batch) > SIDE_BY_SIDE_UP_TO else side_by_side
         with torch.inference_mode():
             x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(device)
-            return model(x).float().cpu().numpy()
+            return chosen(x).float().cpu().numpy()
 
     return score
 
@@ -184,9 +193,11 @@ class Recognizer:
 
         resolved = resolve_device(device)
         model, config = load_model(run_dir, resolved)
-        # Scores the same, faster (an ensemble's members side by side in one pass); info counts the
-        # trained model.
-        scoring_model = fold_batch_norms(fuse_ensemble(model))
+        # Scores the same, faster; info counts the trained model. An ensemble's members are scored
+        # side by side in one network for a few images, one by one for more.
+        scoring_model = fold_batch_norms(model)
+        fused = fuse_ensemble(model)
+        side_by_side = fold_batch_norms(fused) if fused is not model else None
         metrics = read_metrics(run_dir)
         info: dict[str, Any] = {
             "name": config.model,
@@ -207,7 +218,7 @@ class Recognizer:
         below = calibration.get("not_digit_energy_below")
         if below is not None:
             info["not_digit_energy_below"] = below
-        return cls(_torch_scorer(scoring_model, resolved), info, below)
+        return cls(_torch_scorer(scoring_model, resolved, side_by_side), info, below)
 
     @classmethod
     def default(cls, device: str = "cpu") -> Recognizer:
