@@ -171,7 +171,16 @@ def train(
     """
     config.validate()
     if config.ensemble > 1:
-        return train_ensemble(config, out_dir, dataset, resume=resume, save=save, log=log, progress=progress)
+        return train_ensemble(
+            config,
+            out_dir,
+            dataset,
+            resume=resume,
+            save=save,
+            log=log,
+            progress=progress,
+            tensorboard=tensorboard,
+        )
     if dataset is not None and dataset.name != config.dataset and Path(dataset.source).is_dir():
         # Record where the given dataset came from, so that evaluate and report score the same test set.
         config = dataclasses.replace(config, dataset=dataset.name, data_dir=dataset.source)
@@ -479,6 +488,7 @@ def train_ensemble(
     save: bool = True,
     log: Callable[[str], None] | None = print,
     progress: bool | None = None,
+    tensorboard: bool = False,
 ) -> TrainResult:
     """Train ``config.ensemble`` members one after another and save them as one averaging model.
 
@@ -490,7 +500,7 @@ def train_ensemble(
     one row per epoch: the members' mean training loss and accuracy, their summed time, and as
     ``val_accuracy`` the members' mean, except in the last row, which has the ensemble's own (as
     ``evaluate`` and ``report`` measure it). ``resume`` keeps the members that finished and resumes
-    the one that did not.
+    the one that did not. ``tensorboard``: each member logs into its own run directory.
     """
     from .checkpoints import load_model, read_calibration
     from .evaluation import evaluate
@@ -544,6 +554,7 @@ def train_ensemble(
             save=save,
             log=log,
             progress=progress,
+            tensorboard=tensorboard,
         )
         members.append(result.model.cpu())
         member_metrics.append(result.metrics)
