@@ -237,3 +237,19 @@ def test_a_narrow_glyph_in_a_felt_tip_pen_is_thinned_to_mnist_width():
     assert felt_one < 3.6  # MNIST's median is 2.8 px; unthinned it measured 4.1
     assert ordinary_one < felt_one  # an ordinary pen is not made thicker by this
     assert felt_zero > 3.6  # a wide glyph keeps its bold strokes
+
+
+def test_the_lanczos_resize_is_pillows():
+    """images._resize computes Pillow's anti-aliased Lanczos (mode "F") as matrix products:
+    the same values to float32 rounding, shrinking and enlarging, one axis or both."""
+    from digitrec.images import _resize
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        rows, cols = (int(n) for n in rng.integers(1, 160, 2))
+        height, width = (int(n) for n in rng.integers(1, 100, 2))
+        values = (rng.random((rows, cols)) * (rng.random((rows, cols)) > 0.5)).astype(np.float32)
+        pillow = Image.fromarray(values, mode="F").resize((width, height), Image.Resampling.LANCZOS)
+        ours = _resize(values, width, height)
+        assert ours.shape == (height, width) and ours.dtype == np.float32
+        assert np.allclose(ours, np.asarray(pillow), rtol=0, atol=2e-6)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Literal
 
 import cv2
@@ -804,9 +805,39 @@ def _stroke_width(mask: np.ndarray) -> float:
     return 2.0 * area / max(boundary, 1)
 
 
+@lru_cache(maxsize=1024)
+def _lanczos_weights(in_size: int, out_size: int) -> np.ndarray:
+    """(out_size, in_size) float64: row k the weights of output pixel k along one axis, exactly
+    as Pillow computes them for its anti-aliased Lanczos (Resample.c: a 3-lobe windowed sinc
+    stretched by the reduction factor, centred at (k + 0.5) * scale, normalized per row)."""
+    scale = in_size / out_size
+    stretch = max(scale, 1.0)
+    support = 3.0 * stretch
+    matrix = np.zeros((out_size, in_size))
+    for k in range(out_size):
+        centre = (k + 0.5) * scale
+        first, stop = max(int(centre - support + 0.5), 0), min(int(centre + support + 0.5), in_size)
+        t = (np.arange(first, stop) - centre + 0.5) / stretch
+        weights = np.where((t >= -3.0) & (t < 3.0), np.sinc(t) * np.sinc(t / 3.0), 0.0)
+        total = weights.sum()
+        matrix[k, first:stop] = weights / total if total != 0.0 else weights
+    return matrix.astype(np.float32)
+
+
 def _resize(values: np.ndarray, width: int, height: int) -> np.ndarray:
-    image = Image.fromarray(values.astype(np.float32), mode="F")
-    return np.asarray(image.resize((width, height), Image.Resampling.LANCZOS), dtype=np.float32)
+    """(H, W) float -> (height, width) float32: Pillow's Lanczos resize of a mode "F" image
+    (horizontal pass, then vertical) as two small float32 matrix products, 2-4x faster on the
+    sizes _to_mnist resizes (a 98x79 crop to 80x64: 0.23 -> 0.09 ms; 80x64 to 20x16: 0.14 ->
+    0.04 ms, the conversions to and from an Image included). The same values to float32
+    rounding (Pillow accumulates in double): of 6,187 images (the robustness suite,
+    optdigits-orig, USPS test), 9 normalized differently, by one gray level in a pixel."""
+    rows, cols = values.shape
+    out = np.asarray(values, dtype=np.float32)
+    if width != cols:
+        out = out @ _lanczos_weights(cols, width).T
+    if height != rows:
+        out = _lanczos_weights(rows, height) @ out
+    return out
 
 
 def _disk(radius: float) -> np.ndarray:
@@ -860,7 +891,10 @@ def _to_mnist(crop: np.ndarray) -> np.ndarray | None:
     if small.max() <= 0:
         return None
     small = np.clip(small / small.max(), 0.0, 1.0)
-    cy, cx = ndi.center_of_mass(small)
+    # Centre of mass (as ndi.center_of_mass, without its overhead: 50 -> 20 us).
+    total = float(small.sum())
+    cy = float(small.sum(axis=1) @ np.arange(small_h)) / total
+    cx = float(small.sum(axis=0) @ np.arange(small_w)) / total
     top = int(np.clip(round(CENTRE - cy), 0, SIZE - small_h))
     left = int(np.clip(round(CENTRE - cx), 0, SIZE - small_w))
     out = np.zeros((SIZE, SIZE), np.float32)
