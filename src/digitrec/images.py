@@ -807,21 +807,29 @@ def _stroke_width(mask: np.ndarray) -> float:
 
 @lru_cache(maxsize=1024)
 def _lanczos_weights(in_size: int, out_size: int) -> np.ndarray:
-    """(out_size, in_size) float64: row k the weights of output pixel k along one axis, exactly
-    as Pillow computes them for its anti-aliased Lanczos (Resample.c: a 3-lobe windowed sinc
-    stretched by the reduction factor, centred at (k + 0.5) * scale, normalized per row)."""
+    """(out_size, in_size) float32: row k the weights of output pixel k along one axis, as
+    Pillow computes them for its anti-aliased Lanczos (Resample.c: a 3-lobe windowed sinc
+    stretched by the reduction factor, centred at (k + 0.5) * scale, over the input pixels
+    within its support, normalized per row). All rows at once, over each row's support only
+    (most images bring sizes not seen before, so this runs about once per resize)."""
     scale = in_size / out_size
     stretch = max(scale, 1.0)
     support = 3.0 * stretch
-    matrix = np.zeros((out_size, in_size))
-    for k in range(out_size):
-        centre = (k + 0.5) * scale
-        first, stop = max(int(centre - support + 0.5), 0), min(int(centre + support + 0.5), in_size)
-        t = (np.arange(first, stop) - centre + 0.5) / stretch
-        weights = np.where((t >= -3.0) & (t < 3.0), np.sinc(t) * np.sinc(t / 3.0), 0.0)
-        total = weights.sum()
-        matrix[k, first:stop] = weights / total if total != 0.0 else weights
-    return matrix.astype(np.float32)
+    centres = (np.arange(out_size) + 0.5) * scale  # (out,)
+    first = np.maximum(np.floor(centres - support + 0.5), 0.0).astype(np.int64)  # (out,)
+    stop = np.minimum(np.floor(centres + support + 0.5), in_size).astype(np.int64)
+    taps = first[:, None] + np.arange(int(np.ceil(support)) * 2 + 1)  # (out, k)
+    t = (taps - centres[:, None] + 0.5) / stretch
+    x = np.pi * np.where(t == 0.0, 1e-20, t)
+    weights = np.sin(x) / x * (np.sin(x / 3.0) / (x / 3.0))  # sinc(t) * sinc(t / 3)
+    weights[(taps >= stop[:, None]) | (t < -3.0) | (t >= 3.0)] = 0.0
+    totals = weights.sum(axis=1, keepdims=True)
+    weights /= np.where(totals == 0.0, 1.0, totals)
+    matrix = np.zeros((out_size, in_size), np.float32)
+    rows = np.broadcast_to(np.arange(out_size)[:, None], taps.shape)
+    inside = weights != 0.0
+    matrix[rows[inside], taps[inside]] = weights[inside]
+    return matrix
 
 
 def _resize(values: np.ndarray, width: int, height: int) -> np.ndarray:
