@@ -295,6 +295,7 @@ def test_an_ensemble_trains_its_members_apart_and_averages_them_calibrated(tmp_p
     assert all(read_config(m).ensemble == 1 for m in members)
     ensemble, saved = load_model(run)
     assert saved.ensemble == 2 and len(ensemble.members) == 2
+    assert (saved.dataset, saved.data_dir) == (small_mnist.name, small_mnist.source)  # as its members
     temperature = read_calibration(run)["temperature"]
     images = small_mnist.test_images[:64]
     x = images.unsqueeze(1).float() / 255

@@ -507,6 +507,9 @@ def train_ensemble(
     from .mixture import held_out_digits
     from .models import Ensemble
 
+    if dataset is not None and dataset.name != config.dataset and Path(dataset.source).is_dir():
+        # As train() records it: evaluate and report then score the test set the members saw.
+        config = dataclasses.replace(config, dataset=dataset.name, data_dir=dataset.source)
     master_process = int(os.environ.get("RANK", 0)) == 0
     say = log if (master_process and log is not None) else (lambda _line: None)
     run_dir: Path | None = None
