@@ -41,6 +41,8 @@ from . import __version__
 from .augment import augment_batch
 from .checkpoints import (
     load_checkpoint,
+    load_model,
+    read_calibration,
     read_config,
     read_metrics,
     save_checkpoint,
@@ -59,10 +61,10 @@ from .distributed import (
     shard_bounds,
 )
 from .errors import DigitrecError
-from .evaluation import score
+from .evaluation import evaluate, score
 from .fused import FusedMLPStep
-from .mixture import build_mixture
-from .models import create_model, prefer_channels_last
+from .mixture import build_mixture, held_out_digits
+from .models import Ensemble, create_model, prefer_channels_last
 from .runs import CHECKPOINT_FILE, MODEL_FILE
 
 
@@ -502,11 +504,6 @@ def train_ensemble(
     ``evaluate`` and ``report`` measure it). ``resume`` keeps the members that finished and resumes
     the one that did not. ``tensorboard``: each member logs into its own run directory.
     """
-    from .checkpoints import load_model, read_calibration
-    from .evaluation import evaluate
-    from .mixture import held_out_digits
-    from .models import Ensemble
-
     if dataset is not None and dataset.name != config.dataset and Path(dataset.source).is_dir():
         # As train() records it: evaluate and report then score the test set the members saw.
         config = dataclasses.replace(config, dataset=dataset.name, data_dir=dataset.source)
