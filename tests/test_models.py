@@ -140,3 +140,37 @@ def test_an_ensemble_scores_the_mean_of_its_members_fused_or_not(name):
     assert create_ensemble(name, 1).__class__ is create_model(name).__class__
     with pytest.raises(DigitrecError, match="at least one member"):
         create_ensemble(name, 0)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_a_not_digit_head_shifts_all_ten_scores_alike(name):
+    """The head lowers every score by the same softplus: the probabilities stay the classifier's,
+    the energy drops; batch-norm folding keeps it, and a temperature divides only the classifier."""
+    from digitrec.calibration import energy, fold_temperature
+    from digitrec.models import NotDigitHead, fold_batch_norms, with_not_digit_head
+
+    torch.manual_seed(0)
+    model = create_model(name)
+    if name == "lenet":  # tanh on its scores: not a sequence of layers ending in a linear one
+        with pytest.raises(DigitrecError, match="not-a-digit head"):
+            with_not_digit_head(model, 8)
+        return
+    wrapped = with_not_digit_head(model, 8)
+    assert isinstance(wrapped, NotDigitHead)
+    for _ in range(2):  # running statistics that are not the identity
+        wrapped(torch.rand(16, 1, 28, 28))
+    wrapped.eval()
+    x = torch.rand(8, 1, 28, 28)
+    with torch.no_grad():
+        plain = model(x)  # the same layers, without the head
+        shifted = wrapped(x)
+        shift = plain - shifted  # (8, 10)
+        assert (shift > 0).all() and torch.allclose(shift, shift[:, :1].expand_as(shift), atol=1e-5)
+        assert torch.allclose(shifted.softmax(1), plain.softmax(1), atol=1e-6)
+        assert (energy(shifted.numpy()) < energy(plain.numpy())).all()
+        folded = fold_batch_norms(wrapped)
+        assert torch.allclose(folded(x), shifted, atol=1e-5, rtol=1e-4)
+        fold_temperature(folded, 2.0)
+        assert torch.allclose(folded(x), plain / 2 - shift, atol=1e-4, rtol=1e-4)
+    with pytest.raises(DigitrecError, match="already has"):
+        with_not_digit_head(wrapped, 8)

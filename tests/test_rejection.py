@@ -46,13 +46,13 @@ def test_the_bundled_model_carries_its_calibration(recognizer: Recognizer) -> No
 def test_letters_in_unseen_fonts_are_not_digits(recognizer: Recognizer) -> None:
     predictions = recognizer.predict_batch(_letters(96, seed=11))
     flagged = [p for p in predictions if p.digit is None]
-    assert len(flagged) >= 0.6 * len(predictions)  # 75% measured
+    assert len(flagged) >= 0.7 * len(predictions)  # 84% measured (73% before the not-a-digit head)
     assert all(p.rejected in ("not_a_digit", "blank") for p in flagged)
 
 
-# Floors under what the bundled model measures on these very images (90%, 62%, 95%, 100%).
+# Floors under what the bundled model measures on these very images (92%, 82%, 90%, 100%).
 @pytest.mark.parametrize(
-    ("kind", "floor"), [("scribble", 0.75), ("shape", 0.45), ("hatching", 0.8), ("texture", 0.85)]
+    ("kind", "floor"), [("scribble", 0.8), ("shape", 0.65), ("hatching", 0.8), ("texture", 0.85)]
 )
 def test_scribbles_shapes_hatching_textures_are_not_digits(
     recognizer: Recognizer, kind: str, floor: float

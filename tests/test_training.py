@@ -14,7 +14,7 @@ from digitrec.checkpoints import load_checkpoint, load_model, read_metrics, writ
 from digitrec.cli import main
 from digitrec.config import recipe_config
 from digitrec.errors import DigitrecError
-from digitrec.evaluation import evaluate
+from digitrec.evaluation import evaluate, score
 from digitrec.models import create_model
 from digitrec.training import make_optimizer, train
 
@@ -331,3 +331,89 @@ def test_an_ensemble_needs_a_member(capsys):
     assert "argument --ensemble: must be >= 1, got 0" in capsys.readouterr().err
     with pytest.raises(DigitrecError, match="ensemble must be at least 1"):
         recipe_config("fast", ensemble=0)
+
+
+# A mixture with a few of each kind of non-digit, for the not-a-digit head's tests.
+HEAD_MIX = {"usps-train": 100, "not-digits": 400, "fashion-mnist": 100}
+
+
+def _fresh_non_digits(count: int) -> torch.Tensor:
+    """Non-digits drawn from a seed no training run here uses, in MNIST's form: (N, 28, 28) uint8."""
+    from digitrec.mixture import _draw_chunk
+
+    images, _ = _draw_chunk("not-digits", 999, 0, count)
+    return torch.from_numpy(images)
+
+
+def test_a_not_digit_head_is_fitted_after_training_and_lowers_the_energy_of_non_digits(tmp_path, small_mnist):
+    """train fits the head on the frozen features, saves it with the model, and picks the threshold
+    on what the saved model outputs; the probabilities stay the classifier's."""
+    from digitrec.calibration import energy, not_digit_threshold
+    from digitrec.checkpoints import read_calibration
+    from digitrec.mixture import held_out_digits
+    from digitrec.models import NotDigitHead
+
+    config = recipe_config("fast", mix=HEAD_MIX, calibrate=True, not_digit_head=16)
+    run = tmp_path / "head"
+    lines: list[str] = []
+    result = train(config, out_dir=run, dataset=small_mnist, log=lines.append)
+    assert any("not-a-digit head of 16 units fitted" in line for line in lines)
+    model, saved = load_model(run)
+    assert isinstance(model, NotDigitHead) and saved.not_digit_head == 16
+    assert isinstance(result.model, NotDigitHead)
+    digits = small_mnist.test_images[:300]
+    others = _fresh_non_digits(300)
+    with torch.no_grad():
+        shift = {}
+        for name, images in (("digits", digits), ("others", others)):
+            x = images.unsqueeze(1).float() / 255
+            plain = model.scores(model.body(x))
+            shifted = model(x)
+            assert torch.allclose(shifted.softmax(1), plain.softmax(1), atol=1e-5)
+            shift[name] = float((plain - shifted)[:, 0].mean())
+    assert shift["others"] > 3 * shift["digits"]  # the head sees what is not a digit
+    images, _ = held_out_digits(small_mnist, config.mix)
+    threshold = not_digit_threshold(score(model, images).numpy())
+    assert read_calibration(run)["not_digit_energy_below"] == pytest.approx(threshold, abs=1e-4)
+    # A run whose last epoch is saved but whose head is not yet fitted (a weights file without it) loads.
+    from digitrec.checkpoints import save_model
+
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    (partial / "config.json").write_bytes((run / "config.json").read_bytes())
+    plain_model = torch.nn.Sequential(*model.body, model.scores)
+    save_model(partial / "model.safetensors", plain_model, saved, 1)
+    loaded, _ = load_model(partial)
+    assert not isinstance(loaded, NotDigitHead)
+    expected = energy(score(plain_model, digits).numpy())
+    assert np.allclose(energy(score(loaded, digits).numpy()), expected, atol=1e-4)
+
+
+def test_add_not_digit_head_gives_a_finished_run_one_in_place(tmp_path, small_mnist):
+    from digitrec.checkpoints import read_calibration, read_config
+    from digitrec.models import NotDigitHead
+    from digitrec.training import add_not_digit_head
+
+    config = recipe_config("fast", mix=HEAD_MIX, calibrate=True)
+    run = tmp_path / "run"
+    train(config, out_dir=run, dataset=small_mnist, log=None)
+    before, _ = load_model(run)
+    calibration = read_calibration(run)
+    added = add_not_digit_head(run, hidden=16, log=None)
+    after, saved = load_model(run)
+    assert isinstance(after, NotDigitHead) and saved.not_digit_head == 16
+    assert added["temperature"] == calibration["temperature"] == read_calibration(run)["temperature"]
+    assert read_calibration(run)["not_digit_energy_below"] == added["not_digit_energy_below"]
+    images = small_mnist.test_images[:200]
+    assert torch.allclose(score(after, images).softmax(1), score(before, images).softmax(1), atol=1e-5)
+    assert read_config(run).seed == config.seed
+    assert not list(run.glob(".*.tmp"))
+    with pytest.raises(DigitrecError, match="already has a not-a-digit head"):
+        add_not_digit_head(run, hidden=16, log=None)
+
+
+def test_a_not_digit_head_needs_calibration_and_non_digits():
+    with pytest.raises(DigitrecError, match="not_digit_head needs"):
+        recipe_config("fast", mix={"usps-train": 100}, calibrate=True, not_digit_head=16)
+    with pytest.raises(DigitrecError, match="not_digit_head must be"):
+        recipe_config("default", not_digit_head=-1)

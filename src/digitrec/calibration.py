@@ -94,12 +94,20 @@ def fold_temperature(model: Any, temperature: float) -> None:
     from torch import nn
 
     from .errors import DigitrecError
-    from .models import Ensemble
+    from .models import Ensemble, NotDigitHead
 
     if isinstance(model, Ensemble):
         # The mean of the members' scores divided by T is the mean of their scores divided by T.
         for member in model.members:
             fold_temperature(member, temperature)
+        return
+    if isinstance(model, NotDigitHead):
+        # The classifier's scores are divided; the head's shift, common to all ten, stays as it is
+        # (the softmax ignores it): it lowers the calibrated scores' energy.
+        with torch.no_grad():
+            model.scores.weight.div_(temperature)
+            if model.scores.bias is not None:
+                model.scores.bias.div_(temperature)
         return
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     if not linears:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 from pathlib import Path
 from typing import Any
@@ -21,8 +22,11 @@ from torch import nn
 from .config import TrainConfig
 from .errors import DigitrecError
 from .fileio import write_bytes_atomic, write_json_atomic
-from .models import create_ensemble, prefer_channels_last
+from .models import create_ensemble, prefer_channels_last, with_not_digit_head
 from .runs import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, MODEL_FILE
+
+# A not-a-digit head's tensors: head.* in a model, members.<k>.head.* in an ensemble.
+_HEAD_KEY = re.compile(r"(^|\.)head\.")
 
 # Far above anything digitrec writes (config.json is a few KB; the largest checkpoint, weights plus
 # AdamW state of `best-mlp`, about 25 MB), so that a wrong or hostile file is refused by its size
@@ -141,13 +145,17 @@ def save_model(path: Path, model: nn.Module, config: TrainConfig, epoch: int) ->
 
 def load_weights(model: nn.Module, path: Path) -> dict[str, str]:
     tensors, metadata = _read_safetensors(path)
+    _load_tensors(model, path, tensors)
+    return metadata
+
+
+def _load_tensors(model: nn.Module, path: Path, tensors: dict[str, torch.Tensor]) -> None:
     _check_fits(path, model, tensors)
     try:
         model.load_state_dict(tensors)
     except RuntimeError as exc:
         first_line = str(exc).strip().splitlines()[0]
         raise DigitrecError(f"{path}: weights do not fit the model ({first_line})") from None
-    return metadata
 
 
 def load_model(
@@ -160,7 +168,13 @@ def load_model(
         model = create_ensemble(config.model, config.ensemble, **config.model_args)
     except DigitrecError as exc:
         raise DigitrecError(f"{run_dir / CONFIG_FILE}: {exc}") from None
-    load_weights(model, run_dir / MODEL_FILE)
+    path = run_dir / MODEL_FILE
+    tensors, _ = _read_safetensors(path)
+    # A run with a not-a-digit head saves it after its last epoch (training.fit_not_digit_head): the
+    # weights of an earlier epoch have none.
+    if config.not_digit_head and any(_HEAD_KEY.search(name) for name in tensors):
+        model = with_not_digit_head(model, config.not_digit_head)
+    _load_tensors(model, path, tensors)
     return prefer_channels_last(model.to(device)).eval(), config
 
 

@@ -75,6 +75,10 @@ class TrainConfig:
     # Weight of the loss that teaches "not a digit": cross-entropy of a non-digit's scores against the
     # uniform distribution (outlier exposure, Hendrycks et al. 2019). Used only when the mix has some.
     not_digit_weight: float = 0.5
+    # Hidden units of a small head fitted after training on the frozen features of the training set's
+    # digits and non-digits (models.NotDigitHead): it lowers the energy of what it takes for a non-digit,
+    # never the probabilities. 0 = none. Needs calibrate and non-digits in the mix.
+    not_digit_head: int = 0
     usps_dir: str | None = None  # folder of USPS's zip.train.gz, for the mix's usps-train
     # Fit a temperature on held-out digits after training and fold it into the last layer, so the
     # confidences are calibrated (and pick the not-a-digit threshold there). Needs a mix.
@@ -117,6 +121,15 @@ class TrainConfig:
             raise DigitrecError(f"unknown precision {self.precision!r} (known: {', '.join(PRECISIONS)})")
         if not self.not_digit_weight >= 0:
             raise DigitrecError(f"not_digit_weight must be >= 0, got {self.not_digit_weight}")
+        head = self.not_digit_head
+        if not isinstance(head, int) or isinstance(head, bool) or head < 0:
+            raise DigitrecError(f"not_digit_head must be a count of hidden units >= 0, got {head!r}")
+        if self.not_digit_head and not (
+            self.calibrate and (self.mix.get("not-digits", 0) or self.mix.get("fashion-mnist", 0))
+        ):
+            raise DigitrecError(
+                "not_digit_head needs calibrate and non-digits in the mix (not-digits or fashion-mnist)"
+            )
         for name, count in self.mix.items():
             if not isinstance(count, int) or isinstance(count, bool) or count < 0:
                 raise DigitrecError(f"mix: {name} must be a count >= 0, got {count!r}")
@@ -198,6 +211,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         },
         # Other writers (USPS), drawn digits in other traditions, and things that are not digits.
         "mix": {"usps-train": 6291, "drawn-digits": 30000, "not-digits": 24000, "fashion-mnist": 6000},
+        "not_digit_head": 128,
         "calibrate": True,
     },
     # Seconds to 99%: a small CNN with batch norm, one epoch, AdamW with a one-cycle schedule.

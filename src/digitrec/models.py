@@ -251,6 +251,51 @@ class Ensemble(nn.Module):
         return torch.stack([member(x) for member in self.members]).mean(dim=0)  # (B, 10)
 
 
+class NotDigitHead(nn.Module):
+    """A classifier whose ten scores are all lowered by the same amount: ``softplus(head(f))``, a small
+    head's evidence that the image is not a digit, read from the features ``f`` the classifier's last
+    linear layer sees. (B, 1, 28, 28) -> (B, 10).
+
+    The softmax ignores a shift common to all ten scores, so the probabilities, the answer and its
+    calibration are exactly the classifier's; only the energy ``log(sum(exp(scores)))``, which the
+    not-a-digit rule reads (calibration.py), drops by the shift. Outlier exposure teaches the
+    classifier to spread its belief over the digits for a non-digit, which a digit it hesitates over
+    does too; the head, fitted on the frozen features of the training set's digits and non-digits
+    (training.fit_not_digit_head), tells the two apart. Its state dict names the classifier's
+    tensors ``body.<k>.*`` and ``scores.*``, the head's ``head.*``.
+    """
+
+    def __init__(self, classifier: nn.Sequential, hidden: int, dropout: float = 0.2) -> None:
+        super().__init__()
+        if not (isinstance(classifier, nn.Sequential) and isinstance(classifier[-1], nn.Linear)):
+            raise DigitrecError(
+                "a not-a-digit head needs a model that is a sequence of layers ending in a linear "
+                "one (cnn, fastcnn, resnet, mlp)"
+            )
+        if hidden < 1:
+            raise DigitrecError(f"a not-a-digit head needs at least 1 hidden unit, got {hidden}")
+        self.body = classifier[:-1]  # (B, 1, 28, 28) -> (B, F) features
+        self.scores = classifier[-1]  # (B, F) -> (B, 10)
+        features = self.scores.in_features
+        self.head = nn.Sequential(
+            nn.Dropout(dropout), nn.Linear(features, hidden), nn.ReLU(), nn.Linear(hidden, 1)
+        ).to(self.scores.weight.device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = self.body(x)  # (B, F)
+        return self.scores(features) - nn.functional.softplus(self.head(features))  # (B, 10) - (B, 1)
+
+
+def with_not_digit_head(model: nn.Module, hidden: int) -> nn.Module:
+    """``model`` (or each member of an :class:`Ensemble`) inside a :class:`NotDigitHead` of ``hidden``
+    units, sharing the model's layers; the head is untrained."""
+    if isinstance(model, Ensemble):
+        return Ensemble([with_not_digit_head(member, hidden) for member in model.members])
+    if isinstance(model, NotDigitHead):
+        raise DigitrecError("the model already has a not-a-digit head")
+    return NotDigitHead(model, hidden)  # type: ignore[arg-type]
+
+
 def create_ensemble(name: str, count: int, **cfg: Any) -> nn.Module:
     """``count`` models ``name`` (see :func:`create_model`) as one :class:`Ensemble`; ``count`` 1 is
     the plain model."""
