@@ -412,8 +412,11 @@ def test_add_not_digit_head_gives_a_finished_run_one_in_place(tmp_path, small_mn
         add_not_digit_head(run, hidden=16, log=None)
 
 
-def test_a_not_digit_head_needs_calibration_and_non_digits():
+def test_a_not_digit_head_needs_calibration_non_digits_and_a_model_that_takes_one(small_mnist):
     with pytest.raises(DigitrecError, match="not_digit_head needs"):
         recipe_config("fast", mix={"usps-train": 100}, calibrate=True, not_digit_head=16)
     with pytest.raises(DigitrecError, match="not_digit_head must be"):
         recipe_config("default", not_digit_head=-1)
+    config = recipe_config("tutorial-lenet", mix=HEAD_MIX, calibrate=True, not_digit_head=16)
+    with pytest.raises(DigitrecError, match="'lenet' cannot take a not-a-digit head"):
+        train(config, dataset=small_mnist, save=False, log=None)

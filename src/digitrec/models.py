@@ -268,7 +268,7 @@ class NotDigitHead(nn.Module):
 
     def __init__(self, classifier: nn.Sequential, hidden: int, dropout: float = 0.2) -> None:
         super().__init__()
-        if not (isinstance(classifier, nn.Sequential) and isinstance(classifier[-1], nn.Linear)):
+        if not self.fits(classifier):
             raise DigitrecError(
                 "a not-a-digit head needs a model that is a sequence of layers ending in a linear "
                 "one (cnn, fastcnn, resnet, mlp)"
@@ -276,11 +276,16 @@ class NotDigitHead(nn.Module):
         if hidden < 1:
             raise DigitrecError(f"a not-a-digit head needs at least 1 hidden unit, got {hidden}")
         self.body = classifier[:-1]  # (B, 1, 28, 28) -> (B, F) features
-        self.scores = classifier[-1]  # (B, F) -> (B, 10)
+        self.scores = cast(nn.Linear, classifier[-1])  # (B, F) -> (B, 10)
         features = self.scores.in_features
         self.head = nn.Sequential(
             nn.Dropout(dropout), nn.Linear(features, hidden), nn.ReLU(), nn.Linear(hidden, 1)
         ).to(self.scores.weight.device)
+
+    @staticmethod
+    def fits(model: nn.Module) -> bool:
+        """Whether ``model`` can take a head: a sequence of layers ending in a linear one."""
+        return isinstance(model, nn.Sequential) and len(model) > 1 and isinstance(model[-1], nn.Linear)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = self.body(x)  # (B, F)

@@ -277,6 +277,11 @@ def train(
     # --- model and optimizer; the same seed gives the same initial weights on every rank ---
     torch.manual_seed(config.seed)
     model = create_model(config.model, **config.model_args).to(device)
+    if config.not_digit_head and not NotDigitHead.fits(model):  # said now, not after the training
+        raise DigitrecError(
+            f"not_digit_head: model {config.model!r} cannot take a not-a-digit head (it needs a sequence "
+            "of layers ending in a linear one: cnn, fastcnn, resnet, mlp)"
+        )
     model = prefer_channels_last(model)
     # On a GPU, replay each full training step as one CUDA graph (cuda_graphs.py): one process, and a
     # learning rate the graph can read (constant, or AdamW's device tensor).
