@@ -21,7 +21,8 @@ GPU_EVAL_BATCH_SIZE = 2000
 
 @torch.no_grad()
 def score(model: nn.Module, images: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
-    """Scores for uint8 images (N, 28, 28): returns (N, 10) float32 on the images' device.
+    """Scores for uint8 images (N, 28, 28): returns (N, 10) float32 on the images' device (or
+    whatever ``model`` outputs per image: the not-a-digit head's fit reads features with it).
 
     ``batch_size`` defaults to ``EVAL_BATCH_SIZE`` on the CPU and ``GPU_EVAL_BATCH_SIZE`` elsewhere."""
     if batch_size is None:

@@ -694,13 +694,7 @@ def fit_not_digit_head(
 
 def _fit_head(model: NotDigitHead, images: torch.Tensor, labels: torch.Tensor, seed: int) -> None:
     model.eval()
-    with torch.no_grad():
-        features = torch.cat(
-            [
-                model.body(images[start : start + 1000].unsqueeze(1).to(torch.float32).div_(255.0)).float()
-                for start in range(0, len(images), 1000)
-            ]
-        )  # (N, F)
+    features = score(model.body, images)  # (N, F), without autograd
     target = (labels < 0).to(torch.float32)  # 1 = not a digit
     not_digits = int(target.sum())
     if not 0 < not_digits < len(target):
@@ -768,8 +762,7 @@ def add_not_digit_head(
         model, mixture.dataset.train_images, mixture.dataset.train_labels, hidden, config.seed
     )
     say(f"not-a-digit head of {hidden} units fitted in {time.perf_counter() - started:.1f} s")
-    with torch.no_grad():
-        scores = score(model, mixture.holdout_images).double().numpy()
+    scores = score(model, mixture.holdout_images).double().numpy()
     calibration["not_digit_energy_below"] = round(not_digit_threshold(scores, KEEP_HELD_OUT), 6)
     metrics = read_metrics(run_dir)
     save_model(run_dir / MODEL_FILE, model, config, metrics[-1]["epoch"] if metrics else config.epochs)
