@@ -102,6 +102,12 @@ def _usps_chunk(inks: np.ndarray) -> np.ndarray:
     return _normalize_all([render_digit(ink, scale=4) for ink in inks])
 
 
+def _one_thread() -> None:
+    from .images import one_thread_per_process
+
+    one_thread_per_process()
+
+
 def _parallel(jobs: Sequence[tuple[Any, ...]], function: Callable[..., _T]) -> list[_T]:
     """``function(*job)`` for each job, in order, on every core (one process per core)."""
     workers = max(1, min(len(os.sched_getaffinity(0)), len(jobs)))
@@ -113,7 +119,9 @@ def _parallel(jobs: Sequence[tuple[Any, ...]], function: Callable[..., _T]) -> l
     saved = {name: os.environ.get(name) for name in _BLAS_THREADS}
     os.environ.update(dict.fromkeys(_BLAS_THREADS, "1"))
     try:
-        with ProcessPoolExecutor(workers, mp_context=get_context("forkserver")) as pool:
+        with ProcessPoolExecutor(
+            workers, mp_context=get_context("forkserver"), initializer=_one_thread
+        ) as pool:
             return list(pool.map(function, *zip(*jobs, strict=True)))
     finally:
         for name, value in saved.items():

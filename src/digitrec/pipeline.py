@@ -121,6 +121,8 @@ def _worker_main(conn: Any) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     from . import image_io, images  # noqa: F401  (imported before the first request, not during it)
 
+    images.one_thread_per_process()
+
     while True:
         try:
             task = conn.recv_bytes()

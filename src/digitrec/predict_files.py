@@ -86,9 +86,9 @@ def _init_worker() -> None:
     """One thread per worker: the pool is the parallelism (threads inside would oversubscribe)."""
     for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[name] = "1"
-    import cv2
+    from .images import one_thread_per_process
 
-    cv2.setNumThreads(1)
+    one_thread_per_process()
 
 
 def prepare_one(task: tuple[Any, bool]) -> tuple[Any, str | None]:
