@@ -542,9 +542,10 @@ def _without_shadows(stretched: np.ndarray) -> np.ndarray:
         return stretched
     # A stroke's half-width at half intensity (its anti-aliased or blurred edge included),
     # read at its solid pixels; noise leaves pinholes, which would make strokes look thin:
-    # a 5x5 median first.
+    # a 5x5 median first. That median also erases strokes under 3 px wide: hence a floor of
+    # 2 px (without it, a fine pen's strokes measured 0 and were taken out with the shadow).
     inked = cv2.medianBlur((stretched > 0.5).view(np.uint8), 5)
-    radius = float(cv2.distanceTransform(inked, cv2.DIST_L2, 3)[solid].max())
+    radius = max(2.0, float(cv2.distanceTransform(inked, cv2.DIST_L2, 3)[solid].max()))
     factor = max(1.0, radius / 3.0)
     height, width = stretched.shape
     reduced = (max(1, round(width / factor)), max(1, round(height / factor)))
