@@ -85,15 +85,15 @@ SHADOW_LEVEL = 0.15
 SOFT_RATIO = 3.0
 
 
-# --------------------------------------------------------------------------- to float
-
-
 def one_thread_per_process() -> None:
     """For a process in a pool of them (``predict --jobs``, the server's decoders, the training
     mixture's draw): OpenCV without a thread pool of its own. Its threads split an image's
     work but cost more CPU in all (one 280x280 drawing: 3.4-4.3 ms of CPU with 2 threads
     against 2.9-3.5 ms with 1, three interleaved runs), which the other processes need."""
     cv2.setNumThreads(1)
+
+
+# --------------------------------------------------------------------------- to float
 
 
 def _standard_mode(image: Image.Image) -> Image.Image:
@@ -557,8 +557,8 @@ def _without_shadows(stretched: np.ndarray) -> np.ndarray:
     inked = cv2.medianBlur((probe > 0.5).view(np.uint8), 5)
     distance = cv2.distanceTransform(inked, cv2.DIST_L2, 3)
     # A deep shadow can hold solid pixels too, but it is soft: its half-intensity region is
-    # several times its solid part (measured 3.9-6.2x; strokes 1.2-2.3x, noisy and blurred
-    # ones included). Strokes are measured on the firm regions when there are any.
+    # several times its solid part (measured 3.9-6.2x; strokes 1.2-2.3x under uneven light,
+    # noise and a desk around the sheet). Strokes are measured on the firm regions if any.
     count, labels, stats, _ = cv2.connectedComponentsWithStats(inked, connectivity=8)
     owner = labels[solid]  # (S,): the region of each solid pixel (0: erased by the median)
     solid_area = np.bincount(owner, minlength=count)
@@ -596,7 +596,7 @@ def _finish(
         again = _stretch(np.where(beyond, paper, ink), floor, sigma)
         if again is None:
             return None
-        again = _without_shadows(again)
+        again = _without_shadows(again)  # stretched again from the raw ink: shadow and all
         return _InkMap(again, scale, _label_cores(again), halved)
     return _InkMap(stretched, scale, cores, halved)
 

@@ -103,6 +103,7 @@ def _usps_chunk(inks: np.ndarray) -> np.ndarray:
 
 
 def _one_thread() -> None:
+    """A draw worker's initializer (images, and OpenCV with it, imported in the worker only)."""
     from .images import one_thread_per_process
 
     one_thread_per_process()
