@@ -46,13 +46,15 @@ def test_the_bundled_model_carries_its_calibration(recognizer: Recognizer) -> No
 def test_letters_in_unseen_fonts_are_not_digits(recognizer: Recognizer) -> None:
     predictions = recognizer.predict_batch(_letters(96, seed=11))
     flagged = [p for p in predictions if p.digit is None]
-    assert len(flagged) >= 0.7 * len(predictions)  # 84% measured (73% before the not-a-digit head)
+    # 92% measured (84% with the first not-a-digit head, 73% before any)
+    assert len(flagged) >= 0.8 * len(predictions)
     assert all(p.rejected in ("not_a_digit", "blank") for p in flagged)
 
 
-# Floors under what the bundled model measures on these very images (92%, 82%, 90%, 100%).
+# Floors under what the bundled model measures on these very images (97.5%, 97.5%, 100%, 100%;
+# 92%, 82%, 90%, 100% with its first head, fitted on non-digits without shapes or hatching).
 @pytest.mark.parametrize(
-    ("kind", "floor"), [("scribble", 0.8), ("shape", 0.65), ("hatching", 0.8), ("texture", 0.85)]
+    ("kind", "floor"), [("scribble", 0.85), ("shape", 0.85), ("hatching", 0.9), ("texture", 0.9)]
 )
 def test_scribbles_shapes_hatching_textures_are_not_digits(
     recognizer: Recognizer, kind: str, floor: float

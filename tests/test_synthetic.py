@@ -79,6 +79,19 @@ def test_every_kind_of_non_digit_is_drawn(kind: str) -> None:
     assert np.asarray(image).std() > 1  # some ink on the paper
 
 
+def test_the_mixture_draws_every_kind_of_non_digit() -> None:
+    # Version 4 drew NOT_DIGIT_KINDS[i % 6] and made every even i a letter: shapes and hatching,
+    # at even positions, were never drawn, and the benchmark's shapes went unflagged.
+    from collections import Counter
+
+    from digitrec.mixture import not_digit_kind
+
+    counts = Counter(not_digit_kind(index) for index in range(600))
+    assert set(counts) == set(synthetic.NOT_DIGIT_KINDS)
+    assert counts["letter"] == 300
+    assert all(counts[kind] == 60 for kind in synthetic.NOT_DIGIT_KINDS if kind != "letter")
+
+
 def test_the_mixture_adds_each_ingredient_and_holds_digits_out(tmp_path) -> None:
     mnist = load_dataset("mnist")
     base = Dataset("mnist", mnist.train_images[:1200], mnist.train_labels[:1200],

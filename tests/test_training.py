@@ -410,6 +410,14 @@ def test_add_not_digit_head_gives_a_finished_run_one_in_place(tmp_path, small_mn
     assert not list(run.glob(".*.tmp"))
     with pytest.raises(DigitrecError, match="already has a not-a-digit head"):
         add_not_digit_head(run, hidden=16, log=None)
+    # A new head in the old one's place: the classifier (its probabilities) untouched again.
+    replaced = add_not_digit_head(run, hidden=8, log=None, replace=True)
+    again, saved = load_model(run)
+    assert isinstance(again, NotDigitHead) and saved.not_digit_head == 8
+    assert again.head[1].weight.shape[0] == 8
+    assert replaced["temperature"] == calibration["temperature"]
+    assert torch.allclose(score(again, images).softmax(1), score(before, images).softmax(1), atol=1e-5)
+    assert "replace=True" in json.loads((run / "config.json").read_text())["not_digit_head_added_by"]
 
 
 def test_a_not_digit_head_needs_calibration_non_digits_and_a_model_that_takes_one(small_mnist):

@@ -41,8 +41,9 @@ NOT_A_DIGIT = -1  # the label of a training image that is no digit (outlier expo
 # normalized 28x28 images), so an edit to either module never reads stale images. A version
 # number alone did not suffice: an experiment's cache entries, drawn by generator code that was
 # later reverted, carried the same number (3) as the next normalization change. 4: the
-# normalization thins a narrow glyph in a felt-tip pen (the bundled model was trained on 2).
-GENERATOR_VERSION = 4
+# normalization thins a narrow glyph in a felt-tip pen (the bundled model was trained on 2). 5: the
+# non-digits include shapes and hatching (not_digit_kind; mixture.py is not in the digest).
+GENERATOR_VERSION = 5
 FASHION_DIRS = (Path("/usr/share/datasets/fashion-mnist"),)
 HOLDOUT_MNIST = 5_000
 HOLDOUT_USPS = 1_000
@@ -75,6 +76,17 @@ def _normalize_all(images: Sequence[object]) -> np.ndarray:
     return out
 
 
+def not_digit_kind(index: int) -> str:
+    """The kind of non-digit sample ``index`` is: letters, the largest and hardest kind, every other
+    sample; the other kinds in turn between them, each an equal share of the rest."""
+    from . import synthetic
+
+    others = [kind for kind in synthetic.NOT_DIGIT_KINDS if kind != "letter"]
+    # (Taking NOT_DIGIT_KINDS[index % 6] and making every even index a letter, as version 4 did,
+    # never drew a shape or hatching: both sat at even positions.)
+    return "letter" if index % 2 == 0 else others[(index // 2) % len(others)]
+
+
 def _draw_chunk(kind: str, seed: int, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
     """Samples start..stop-1 of ``kind`` ("drawn-digits" or "not-digits"), normalized: images, labels."""
     from . import synthetic
@@ -87,11 +99,7 @@ def _draw_chunk(kind: str, seed: int, start: int, stop: int) -> tuple[np.ndarray
             images.append(synthetic.draw_digit(label, rng))
         else:
             label = NOT_A_DIGIT
-            what = synthetic.NOT_DIGIT_KINDS[index % len(synthetic.NOT_DIGIT_KINDS)]
-            # Letters are the largest and hardest kind: half of all samples.
-            if index % 2 == 0:
-                what = "letter"
-            images.append(synthetic.draw_not_digit(what, rng))
+            images.append(synthetic.draw_not_digit(not_digit_kind(index), rng))
         labels.append(label)
     return _normalize_all(images), np.asarray(labels, np.int64)
 

@@ -311,6 +311,16 @@ def with_not_digit_head(model: nn.Module, hidden: int) -> nn.Module:
     return NotDigitHead(model, hidden)  # type: ignore[arg-type]
 
 
+def without_not_digit_head(model: nn.Module) -> nn.Module:
+    """The classifier inside ``model``'s :class:`NotDigitHead` (each member's, for an
+    :class:`Ensemble`), sharing its layers: ``model`` as it was before a head was added."""
+    if isinstance(model, Ensemble):
+        return Ensemble([without_not_digit_head(member) for member in model.members])
+    if not isinstance(model, NotDigitHead):
+        raise DigitrecError("the model has no not-a-digit head")
+    return nn.Sequential(*cast(nn.Sequential, model.body), model.scores)
+
+
 def create_ensemble(name: str, count: int, **cfg: Any) -> nn.Module:
     """``count`` models ``name`` (see :func:`create_model`) as one :class:`Ensemble`; ``count`` 1 is
     the plain model."""

@@ -64,7 +64,14 @@ from .errors import DigitrecError
 from .evaluation import evaluate, score
 from .fused import FusedMLPStep
 from .mixture import build_mixture, held_out_digits
-from .models import Ensemble, NotDigitHead, create_model, prefer_channels_last, with_not_digit_head
+from .models import (
+    Ensemble,
+    NotDigitHead,
+    create_model,
+    prefer_channels_last,
+    with_not_digit_head,
+    without_not_digit_head,
+)
 from .runs import CHECKPOINT_FILE, CONFIG_FILE, MODEL_FILE
 
 
@@ -731,13 +738,18 @@ def _fit_head(model: NotDigitHead, images: torch.Tensor, labels: torch.Tensor, s
 
 
 def add_not_digit_head(
-    run_dir: str | os.PathLike[str], hidden: int = 128, log: Callable[[str], None] | None = print
+    run_dir: str | os.PathLike[str],
+    hidden: int = 128,
+    log: Callable[[str], None] | None = print,
+    *,
+    replace: bool = False,
 ) -> dict[str, Any]:
     """Give a finished, calibrated run trained with non-digits a not-a-digit head, in place: the
     head fitted as ``train`` fits it (on the run's own mixture, drawn again from its seed or read
     from the cache), the not-a-digit threshold picked again on the held-out digits; the
     temperature and every probability stay as they were. Returns the new calibration record.
-    The model file and config.json are each replaced atomically."""
+    ``replace``: a run that has a head gets a new one in its place (after a change to the
+    mixture's non-digits, say). The model file and config.json are each replaced atomically."""
     import json
 
     from .calibration import KEEP_HELD_OUT, not_digit_threshold
@@ -746,7 +758,11 @@ def add_not_digit_head(
     run_dir = Path(run_dir)
     model, config = load_model(run_dir)
     if config.not_digit_head:
-        raise DigitrecError(f"{run_dir}: the model already has a not-a-digit head")
+        if not replace:
+            raise DigitrecError(
+                f"{run_dir}: the model already has a not-a-digit head (replace=True fits a new one)"
+            )
+        model = without_not_digit_head(model)
     config = dataclasses.replace(config, not_digit_head=hidden).validate()
     data = json.loads((run_dir / CONFIG_FILE).read_text("utf-8"))  # load_model has checked it
     calibration = dict(data.get("calibration") or {})
@@ -769,7 +785,8 @@ def add_not_digit_head(
     extra = {key: value for key, value in data.items() if key != "train"} | {
         "calibration": calibration,
         # The command above trained the classifier; the head came after, by this function.
-        "not_digit_head_added_by": f"digitrec.training.add_not_digit_head(run_dir, hidden={hidden})",
+        "not_digit_head_added_by": f"digitrec.training.add_not_digit_head(run_dir, hidden={hidden}"
+        + (", replace=True)" if replace else ")"),
     }
     write_config(run_dir, config, extra)
     say(f"{run_dir}: not a digit below an energy of {calibration['not_digit_energy_below']:.3f}")
