@@ -298,3 +298,42 @@ def test_the_lanczos_resize_is_pillows():
         ours = _resize(values, width, height)
         assert ours.shape == (height, width) and ours.dtype == np.float32
         assert np.allclose(ours, np.asarray(pillow), rtol=0, atol=2e-6)
+
+
+@pytest.mark.parametrize("height", [600, 140])
+def test_a_large_photo_is_read_coarsely_unless_its_digit_is_small(digits, monkeypatch, height):
+    """A picture over LARGE pixels (a photo) is first analysed area-averaged down to at most
+    LARGE pixels, a quarter of the work: a digit 600 px tall on a 1600 px page (150 px there)
+    gives the 28x28 that the full-resolution analysis gives, to a gray level or two, and reads
+    the same. One 140 px tall (35 px there: under SMALLEST_COARSE) is read again at full
+    resolution: exactly the full analysis's 28x28; and where that finds nothing (a thin 1 in the
+    noise of the page's dim half), the coarse look's digit stands."""
+    from digitrec import images as module
+    from digitrec.recognition import Recognizer
+
+    recognizer = Recognizer.default()
+    images, labels = digits
+    missed = 0
+    for index in (0, 1, 2, 3):
+        page = ink_on_paper(images[index], height=height, canvas=1600).astype(np.float64)
+        light = 0.75 + 0.25 * np.linspace(0.0, 1.0, 1600)[None, :]  # uneven light: the robust path
+        grain = np.random.default_rng(index).normal(0.0, 5.0, page.shape)
+        photo = Image.fromarray(np.clip(page * light + grain, 0, 255).astype(np.uint8))
+        seen = normalize_digit(photo)
+        with monkeypatch.context() as patched:
+            patched.setattr(module, "SMALLEST_COARSE", 10**9)  # never content with the coarse look
+            full = normalize_digit(photo)
+        assert seen is not None
+        assert recognizer.predict_pixels(seen).digit == labels[index]
+        if module._ink_map(photo, coarse=False) is None:  # the full look finds no ink
+            missed += 1
+            assert height < 4 * module.SMALLEST_COARSE
+            continue
+        assert full is not None
+        if height < 4 * module.SMALLEST_COARSE:
+            assert np.array_equal(seen, full)
+        else:
+            assert not np.array_equal(seen, full)  # the coarse look was the one taken
+            assert similarity(seen, full) > 0.97
+            assert np.abs(seen.astype(int) - full).mean() < 4.0  # of 255
+    assert missed < 4

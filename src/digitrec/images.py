@@ -48,11 +48,13 @@ JPEG_DRAFT_PIXELS = ANALYSIS_PIXELS // 2
 LARGE = 250_000
 # Stroke processing happens with the digit's longer side at WORK px (4x the final 20).
 WORK = 4 * BOX
-# A canvas drawing (8-bit colour, at most LARGE pixels) of more than this many pixels is
-# analysed at half resolution, unless its digit then spans under SMALLEST_HALVED px (the work
-# size at full resolution; twice MNIST's 20 px box at half).
+# normalize_digit first looks at a picture coarsely: a canvas drawing (8-bit colour, more than
+# HALVE_ABOVE and at most LARGE pixels) at half resolution, a larger picture (a photo) area-
+# averaged down to at most LARGE pixels. It looks again at full analysis resolution only when
+# the digit spans under SMALLEST_COARSE px there (the work size at full resolution for a halved
+# drawing; twice MNIST's 20 px box).
 HALVE_ABOVE = 60_000
-SMALLEST_HALVED = WORK // 2
+SMALLEST_COARSE = WORK // 2
 # MNIST's median stroke width is 2.8 px for a digit 20 px tall (2*area/boundary of
 # the >0.5 mask), i.e. 14% of the digit's height. Thinner strokes are thickened.
 MNIST_STROKE = 0.14
@@ -421,15 +423,17 @@ class _InkMap:
     scale: float  # analysis pixels per original pixel (<= 1)
     # 8-connected labels of ink > 0.5 and their count, when already computed (None: not yet).
     cores: tuple[np.ndarray, int] | None = None
-    halved: bool = False  # analysed at half resolution (see _ink_map's halve)
+    coarse: bool = False  # analysed below full analysis resolution (see _ink_map's coarse)
 
 
-def _ink_map(image: Image.Image, scale: float = 1.0, halve: bool = False) -> _InkMap | None:
+def _ink_map(image: Image.Image, scale: float = 1.0, coarse: bool = False) -> _InkMap | None:
     """White-ink-on-black map of the image at analysis resolution, or None if there is no ink.
 
-    ``scale``: the image's pixels per original pixel, when it was decoded reduced. ``halve``:
+    ``scale``: the image's pixels per original pixel, when it was decoded reduced. ``coarse``:
     an 8-bit colour image of HALVE_ABOVE to LARGE pixels (a drawing from a canvas) is
-    analysed at half its resolution (2x2 block means), a third of the work.
+    analysed at half its resolution (2x2 block means), a third of the work; a larger one
+    (a photo) area-averaged down to at most LARGE pixels instead of ANALYSIS_PIXELS, a
+    quarter of the work (the map's ``coarse`` says whether either happened).
 
     1. to float channels (transparency composited); large images area-averaged down;
     2. subtract a smooth robust background (lighting gradient, shadow, tinted paper); a
@@ -447,10 +451,11 @@ def _ink_map(image: Image.Image, scale: float = 1.0, halve: bool = False) -> _In
     7. a soft shadow the background fit left (wider than any stroke) is taken out
        (:func:`_without_shadows`).
     """
-    channels = _to_channels(image, ANALYSIS_PIXELS)
+    reduced = coarse and image.width * image.height > LARGE
+    channels = _to_channels(image, LARGE if reduced else ANALYSIS_PIXELS)
     scale *= channels.scale
     rgb = channels.rgb
-    halved = halve and rgb is not None and HALVE_ABOVE < rgb.shape[0] * rgb.shape[1] <= LARGE
+    halved = coarse and rgb is not None and HALVE_ABOVE < rgb.shape[0] * rgb.shape[1] <= LARGE and not reduced
     if halved and rgb is not None:
         half = cv2.resize(rgb, (rgb.shape[1] // 2, rgb.shape[0] // 2), interpolation=cv2.INTER_AREA)
         channels = _Channels(channels.scale / 2, None, half)
@@ -471,7 +476,7 @@ def _ink_map(image: Image.Image, scale: float = 1.0, halve: bool = False) -> _In
         if quick is None:
             return None
         if not isinstance(quick, str):
-            return _finish(quick[0], quick[1], scale, halved)
+            return _finish(quick[0], quick[1], scale, halved or reduced)
     values = channels.values
     height, width, count = values.shape
     # Large pictures: the ink's colour and the noise are estimated on every other row and
@@ -524,7 +529,7 @@ def _ink_map(image: Image.Image, scale: float = 1.0, halve: bool = False) -> _In
     if stretched is None:
         return None
     stretched = _without_shadows(stretched)
-    return _finish(stretched, lambda: (ink, paper, floor, sigma), scale, halved)
+    return _finish(stretched, lambda: (ink, paper, floor, sigma), scale, halved or reduced)
 
 
 def _without_shadows(stretched: np.ndarray) -> np.ndarray:
@@ -585,7 +590,7 @@ _Unstretched = Callable[[], tuple[np.ndarray, float, float, float]]
 
 
 def _finish(
-    stretched: np.ndarray, unstretched: _Unstretched, scale: float, halved: bool = False
+    stretched: np.ndarray, unstretched: _Unstretched, scale: float, coarse: bool = False
 ) -> _InkMap | None:
     """The ink map, with the desk around a photographed sheet removed."""
     cores = _label_cores(stretched)
@@ -597,8 +602,8 @@ def _finish(
         if again is None:
             return None
         again = _without_shadows(again)  # stretched again from the raw ink: shadow and all
-        return _InkMap(again, scale, _label_cores(again), halved)
-    return _InkMap(stretched, scale, cores, halved)
+        return _InkMap(again, scale, _label_cores(again), coarse)
+    return _InkMap(stretched, scale, cores, coarse)
 
 
 def _histogram(levels: np.ndarray) -> np.ndarray:
@@ -1040,6 +1045,10 @@ def normalize_digit(image: Any) -> np.ndarray | None:
        ones thinned); scale to fit 20x20 keeping the aspect ratio (anti-aliased);
     6. paste into 28x28 with the centre of mass at the centre.
 
+    A picture over LARGE pixels (a photo) is looked at first reduced to at most LARGE
+    pixels, and again at the full analysis resolution only when its digit spans under
+    SMALLEST_COARSE px there (a canvas drawing likewise at half resolution).
+
     Returns None when the image is blank or near blank (no ink, or only specks): no
     digit found, rather than a guess.
     """
@@ -1050,21 +1059,26 @@ def normalize_digit(image: Any) -> np.ndarray | None:
     already = _already_mnist(decoded)
     if already is not None:
         return already
-    for halve in (True, False):
-        inkmap = _ink_map(decoded, scale, halve=halve)
+    # Seen coarsely, a digit that came out small, or none found, is looked for again at full
+    # resolution (a faint fine pen averaged down can fall under the contrast floor); if that
+    # finds none, the coarse look's small digit stands (a small digit on a large noisy page:
+    # averaging down lifts it out of the noise).
+    found = None
+    for coarse in (True, False) if decoded.width * decoded.height > HALVE_ABOVE else (False,):
+        inkmap = _ink_map(decoded, scale, coarse=coarse)
         if inkmap is None:
-            return None
+            continue
         labels, pieces = _components(inkmap.ink, inkmap.cores)
         pieces = [p for p in pieces if _large_enough(p, inkmap.ink.shape)]
         if not pieces:
-            return None
+            continue
         merged = pieces[0]
         for piece in pieces[1:]:
             merged = _union(merged, piece)
-        # Halved, a digit that came out small is read again at full resolution.
-        if not inkmap.halved or max(merged.width, merged.height) >= SMALLEST_HALVED:
-            return _to_mnist(_piece_crop(inkmap.ink, labels, merged))
-    raise AssertionError("unreachable: the second pass is never halved")
+        found = _piece_crop(inkmap.ink, labels, merged)
+        if not inkmap.coarse or max(merged.width, merged.height) >= SMALLEST_COARSE:
+            break
+    return None if found is None else _to_mnist(found)
 
 
 # --------------------------------------------------------------------------- several digits
