@@ -360,6 +360,7 @@ def test_a_large_photo_is_read_coarsely_unless_its_digit_is_small(digits, monkey
             assert height < 4 * module.SMALLEST_COARSE
             continue
         assert full is not None
+        # The coarse look reduces the 1600 px page by 4 (to at most LARGE pixels), the full one by 2.
         if height < 4 * module.SMALLEST_COARSE:
             assert np.array_equal(seen, full)
         else:
