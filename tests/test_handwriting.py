@@ -264,6 +264,31 @@ def test_handwriting_benchmark_quick_keeps_a_floor(tmp_path, capsys):
     assert "| **4-digit numbers (exact)** |" in capsys.readouterr().out
 
 
+def test_benchmark_presents_digits_as_other_collections_scanned_them():
+    # Semeion's scanner stretched every digit to fill its 16x16 box; UCI's 8x8 optdigits counted a
+    # 32x32 bitmap's ink in 4x4 blocks, keeping the digit's aspect.
+    from benchmarks.handwriting import optical_8x8, scanner_box
+
+    narrow = np.zeros((32, 32), np.uint8)
+    narrow[2:30, 14:18] = 255  # a 1, 28x4 px
+    rng = np.random.default_rng(0)
+
+    def ink_box(page: Image.Image) -> tuple[int, int]:
+        dark = np.asarray(page) < 128
+        rows, cols = np.where(dark.any(axis=1))[0], np.where(dark.any(axis=0))[0]
+        return int(rows[-1] - rows[0] + 1), int(cols[-1] - cols[0] + 1)
+
+    stretched = scanner_box(narrow, rng)
+    assert stretched.size == (16 * 8 + 64, 16 * 8 + 64)  # 16 cells of 8 px, a quarter's margin
+    assert ink_box(stretched) == (128, 128)
+    counted = optical_8x8(narrow, rng)
+    assert counted.size == (8 * 8 + 32, 8 * 8 + 32)
+    height, width = ink_box(counted)
+    assert height >= 40 and width <= 16  # 6 of 8 cells fully inked, 1 cell wide: the aspect kept
+    levels = optical_8x8(np.pad(narrow[:, :16], ((0, 0), (0, 16))), rng)  # blocks half inked
+    assert 100 < np.asarray(levels).min() < 160  # half a block's ink is mid-gray, not black
+
+
 def test_benchmark_refuses_a_quick_run_for_the_readme(tmp_path, capsys):
     from benchmarks.handwriting import main
 

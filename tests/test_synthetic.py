@@ -148,3 +148,61 @@ def test_mixture_errors_are_one_line(tmp_path) -> None:
         build_mixture(mnist, {"usps-test": 5}, seed=0)
     with pytest.raises(DigitrecError, match=r"USPS folder not found.*--usps-dir"):
         build_mixture(mnist, {"usps-train": 5}, seed=0, usps_dir=str(tmp_path / "nowhere"))
+
+
+def _ink_box(image: np.ndarray) -> tuple[int, int]:
+    """(height, width) of the dark ink's bounding box on a light page."""
+    rows, cols = np.where((image < 128).any(axis=1))[0], np.where((image < 128).any(axis=0))[0]
+    return int(rows[-1] - rows[0] + 1), int(cols[-1] - cols[0] + 1)
+
+
+def test_rescan_presents_a_digit_on_other_scanners_grids() -> None:
+    # A narrow 1 (20x4 px of ink): stretched to fill the box half the time, its aspect kept otherwise;
+    # on grids of 8 to 32 cells, each cell 2-8 px; reproducible per sample.
+    one = np.zeros((28, 28), np.uint8)
+    one[4:24, 12:16] = 255
+    rngs = [synthetic.sample_rng(2, "rescanned-digits", i) for i in range(60)]
+    pages = [np.asarray(synthetic.rescan(one, rng)) for rng in rngs]
+    again = np.asarray(synthetic.rescan(one, synthetic.sample_rng(2, "rescanned-digits", 0)))
+    assert np.array_equal(pages[0], again)
+    aspects = [width / height for height, width in map(_ink_box, pages)]
+    assert sum(a > 0.8 for a in aspects) >= 15 and sum(a < 0.4 for a in aspects) >= 15
+    for page in pages:
+        assert page.shape[0] == page.shape[1] and page[0, 0] == 255  # a square scan, white margin
+        assert 8 * 2 * 1.5 <= page.shape[0] <= 32 * 8 * 1.5 + 1
+    assert all(normalize_digit(page) is not None for page in pages)
+
+
+def test_rescanned_digits_come_from_the_given_digits_and_are_cached(tmp_path) -> None:
+    from digitrec.mixture import rescanned
+
+    mnist = load_dataset("mnist")
+    inks = list(mnist.train_images[:300].numpy())
+    labels = mnist.train_labels[:300].numpy()
+    images, picked = rescanned(inks, labels, 40, seed=5, cache_dir=tmp_path)
+    assert images.shape == (40, 28, 28) and images.dtype == np.uint8
+    assert (images.reshape(40, -1).max(axis=1) == 255).all()
+    # Each sample keeps its source's label: a 16x16 USPS digit and a 28x28 MNIST one alike.
+    sevens = [ink for ink, label in zip(inks, labels, strict=True) if label == 7]
+    usps_like = [np.asarray(ink[::2, ::2]) for ink in sevens]  # 14x14 ink maps
+    _, only_sevens = rescanned(usps_like, np.full(len(usps_like), 7), 10, seed=5, cache_dir=tmp_path)
+    assert (only_sevens == 7).all()
+    assert len(list((tmp_path / "mixture").iterdir())) == 2
+    again, again_labels = rescanned(inks, labels, 40, seed=5, cache_dir=tmp_path)  # read back
+    assert np.array_equal(images, again) and np.array_equal(picked, again_labels)
+    other, _ = rescanned(inks, labels, 40, seed=6, cache_dir=tmp_path)
+    assert not np.array_equal(images, other)
+
+
+def test_the_mixture_rescans_only_digits_it_trains_on(tmp_path) -> None:
+    # With calibrate, the digits held out for calibration are never rescanned into training.
+    mnist = load_dataset("mnist")
+    base = Dataset("mnist", mnist.train_images[:240], mnist.train_labels[:240],
+                   mnist.test_images[:10], mnist.test_labels[:10], mnist.source)  # fmt: skip
+    mixture = build_mixture(base, {"rescanned-digits": 500}, seed=1, calibrate=True, cache_dir=tmp_path)
+    held = 240 // 12
+    added = mixture.dataset.train_labels[240 - held :]
+    assert len(added) == 240 - held  # every digit trained on, each rescanned once
+    assert mixture.holdout_labels is not None
+    trained = sorted(mixture.dataset.train_labels[: 240 - held].tolist())
+    assert sorted(added.tolist()) == trained

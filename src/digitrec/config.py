@@ -210,7 +210,13 @@ RECIPES: dict[str, dict[str, Any]] = {
             "stroke": 0.15,
         },
         # Other writers (USPS), drawn digits in other traditions, and things that are not digits.
-        "mix": {"usps-train": 6291, "drawn-digits": 30000, "not-digits": 24000, "fashion-mnist": 6000},
+        "mix": {
+            "usps-train": 6291,
+            "rescanned-digits": 20000,
+            "drawn-digits": 30000,
+            "not-digits": 24000,
+            "fashion-mnist": 6000,
+        },
         "not_digit_head": 128,
         "calibrate": True,
     },

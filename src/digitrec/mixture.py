@@ -3,10 +3,12 @@
 A recipe's ``mix`` names each ingredient and how many samples of it to add to MNIST's
 training set (README "Training data")::
 
-    usps-train      USPS's zip.train (real handwriting from U.S. mail), read from --usps-dir
-    drawn-digits    digits from fonts, Hershey strokes and hand-made styles (synthetic.py)
-    not-digits      letters, scribbles, shapes, smileys, hatching, textures (label -1)
-    fashion-mnist   Fashion-MNIST training images (label -1), from Debian's dataset-fashion-mnist
+    usps-train        USPS's zip.train (real handwriting from U.S. mail), read from --usps-dir
+    rescanned-digits  MNIST's (and usps-train's) training digits as other scanners deliver them:
+                      coarse grids, stretched to fill the box, binarized (synthetic.rescan)
+    drawn-digits      digits from fonts, Hershey strokes and hand-made styles (synthetic.py)
+    not-digits        letters, scribbles, shapes, smileys, hatching, textures (label -1)
+    fashion-mnist     Fashion-MNIST training images (label -1), from Debian's dataset-fashion-mnist
 
 Every image passes through :func:`digitrec.images.normalize_digit`, as ``predict`` would
 read it. Drawn samples are cached (``$DIGITREC_CACHE_DIR/mixture``), keyed by seed, count,
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import zlib
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -33,9 +36,11 @@ import torch
 from .data import Dataset, default_cache_dir, load_idx_folder
 from .errors import DigitrecError
 from .fileio import atomic_write
+from .handwriting import DigitSet
 
 _T = TypeVar("_T")
-INGREDIENTS = ("usps-train", "drawn-digits", "not-digits", "fashion-mnist")
+INGREDIENTS = ("usps-train", "rescanned-digits", "drawn-digits", "not-digits", "fashion-mnist")
+RESCANNED = "rescanned-digits"
 NOT_A_DIGIT = -1  # the label of a training image that is no digit (outlier exposure)
 # Part of every cache key, with a digest of the code that draws and normalizes (the cache holds
 # normalized 28x28 images), so an edit to either module never reads stale images. A version
@@ -188,11 +193,9 @@ def drawn(kind: str, count: int, seed: int, cache_dir: Path | None) -> tuple[np.
     return images, labels
 
 
-def _usps(
-    usps_dir: str | None, cache_dir: Path | None, count: int, calibrate: bool
-) -> tuple[np.ndarray, ...]:
-    """USPS train digits normalized as predict reads them: (train images, labels, held-out images,
-    labels). The whole set is cached (by content) once a build has normalized all of it."""
+def _usps_split(usps_dir: str | None, count: int, calibrate: bool) -> tuple[DigitSet, np.ndarray, np.ndarray]:
+    """USPS's training digits (16x16 ink maps) and the indexes of the ``count`` trained on and of
+    those held out for calibration (a fixed permutation picks both)."""
     from .handwriting import default_shared_data, load_usps
 
     folder = Path(usps_dir) if usps_dir else default_shared_data() / "usps"
@@ -207,6 +210,15 @@ def _usps(
     held_count = min(HOLDOUT_USPS, count // 6) if calibrate else 0
     held = order[len(order) - held_count :] if held_count else order[:0]
     chosen = order[: min(count, len(order) - len(held))]
+    return digits, chosen, held
+
+
+def _usps(
+    usps_dir: str | None, cache_dir: Path | None, count: int, calibrate: bool
+) -> tuple[np.ndarray, ...]:
+    """USPS train digits normalized as predict reads them: (train images, labels, held-out images,
+    labels). The whole set is cached (by content) once a build has normalized all of it."""
+    digits, chosen, held = _usps_split(usps_dir, count, calibrate)
     needed = np.concatenate([chosen, held])
     name = f"usps-train-v{GENERATOR_VERSION}-{_code_digest()}.npz"
     path = cache_dir / "mixture" / name if cache_dir else None
@@ -224,13 +236,60 @@ def _usps(
         jobs = [(digits.images[needed[a : a + step]],) for a in range(0, len(needed), step)]
         if jobs:
             images[needed] = np.concatenate(_parallel(jobs, _usps_chunk))
-        if path is not None and len(needed) == len(order):
+        if path is not None and len(needed) == len(digits.labels):
             try:
                 with atomic_write(path) as handle:
                     np.savez_compressed(handle, images=images, labels=digits.labels)
             except OSError:
                 pass  # an unwritable cache costs time, not correctness
     return images[chosen], digits.labels[chosen], images[held], digits.labels[held]
+
+
+def _rescan_chunk(inks: list[np.ndarray], seed: int, start: int) -> np.ndarray:
+    from . import synthetic
+
+    rngs = [synthetic.sample_rng(seed, RESCANNED, start + k) for k in range(len(inks))]
+    return _normalize_all([synthetic.rescan(ink, rng) for ink, rng in zip(inks, rngs, strict=True)])
+
+
+def rescanned(
+    inks: Sequence[np.ndarray], labels: np.ndarray, count: int, seed: int, cache_dir: Path | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """``count`` of the real digits ``inks`` (ink maps, 255 = ink, any size) picked at random and
+    each presented as another scanner would (synthetic.rescan), normalized: images, labels. Cached,
+    keyed by the picked digits' content as well as the seed and code."""
+    pick = np.sort(
+        np.random.default_rng([seed, zlib.crc32(RESCANNED.encode())]).choice(
+            len(inks), size=min(count, len(inks)), replace=False
+        )
+    )
+    picked = [np.ascontiguousarray(inks[i], np.uint8) for i in pick]
+    content = hashlib.sha256()
+    for ink in picked:
+        content.update(f"{ink.shape}".encode())
+        content.update(ink.tobytes())
+    key = _cache_key(f"{RESCANNED}|{content.hexdigest()}", seed, len(picked))
+    path = cache_dir / "mixture" / f"{RESCANNED}-{key}.npz" if cache_dir else None
+    if path is not None and path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as saved:
+                return saved["images"], saved["labels"]
+        except (OSError, ValueError, KeyError):
+            pass  # a damaged entry is drawn again
+    step = 500
+    jobs = [(picked[a : a + step], seed, a) for a in range(0, len(picked), step)]
+    parts = _parallel(jobs, _rescan_chunk)
+    images = np.concatenate(parts) if parts else np.zeros((0, 28, 28), np.uint8)
+    chosen_labels = np.asarray(labels, np.int64)[pick]
+    inked = images.reshape(len(images), -1).max(axis=1) > 0  # a digit lost on a coarse grid
+    images, chosen_labels = images[inked], chosen_labels[inked]
+    if path is not None:
+        try:
+            with atomic_write(path) as handle:
+                np.savez_compressed(handle, images=images, labels=chosen_labels)
+        except OSError:
+            pass  # an unwritable cache costs time, not correctness
+    return images, chosen_labels
 
 
 def _fashion(count: int) -> np.ndarray:
@@ -300,6 +359,17 @@ def build_mixture(
             if calibrate:
                 held_images.append(usps_held)
                 held_labels.append(usps_held_labels.astype(np.int64))
+        elif name == RESCANNED:
+            # MNIST's training digits (those trained on) and, with usps-train in the mix, USPS's.
+            inks: list[np.ndarray] = list(train_images)
+            pool_labels = [train_labels]
+            if mix.get("usps-train", 0) > 0:
+                usps, chosen, _held = _usps_split(usps_dir, int(mix["usps-train"]), calibrate)
+                inks.extend(usps.images[chosen])
+                pool_labels.append(usps.labels[chosen])
+            images, labels = rescanned(inks, np.concatenate(pool_labels), count, seed, cache)
+            parts_images.append(images)
+            parts_labels.append(labels)
         elif name == "fashion-mnist":
             parts_images.append(_fashion(count))
             parts_labels.append(np.full(count, NOT_A_DIGIT, np.int64))

@@ -322,6 +322,47 @@ def to_paper(
     return Image.fromarray((np.clip(gray, 0, 1) * 255.0 + 0.5).astype(np.uint8), mode="L")
 
 
+def rescan(ink: np.ndarray, rng: np.random.Generator) -> Image.Image:
+    """A real digit's ink map (H, W) uint8, 255 = ink, as another scanner's pipeline would deliver it.
+
+    Digit sets other than MNIST were scanned on coarser grids and size-normalized differently:
+    Semeion's and USPS's digits are stretched to fill a 16x16 box, optdigits' 32x32 bitmaps are
+    binary and the UCI 8x8 version counts the ink of each 4x4 block. MNIST's own writers'
+    digits, passed through such a pipeline at random, teach the model those presentations with
+    real strokes: a grid of 8, 12, 16 or 32 cells, half the time stretched to fill it (else the
+    aspect kept), binarized at a random threshold 60% of the time (before the block counting),
+    then drawn dark on light paper, 2-8 px a cell, as a user's enlargement of the scan shows it.
+    """
+    values = np.asarray(ink, np.float32) / 255.0
+    rows, cols = np.where(values.max(axis=1) > 0.1)[0], np.where(values.max(axis=0) > 0.1)[0]
+    if len(rows):
+        values = values[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    grid = int(rng.choice([8, 12, 16, 16, 32]))
+    fine = 4 * grid if grid <= 16 else grid  # binarized at 4x the grid, then counted in 4x4 blocks
+    height, width = values.shape
+    if rng.random() < 0.5:  # stretched to fill the box
+        size = (fine, fine)
+    else:
+        longer = max(height, width)
+        size = (max(1, round(fine * width / longer)), max(1, round(fine * height / longer)))
+    scaled = np.asarray(Image.fromarray(values, mode="F").resize(size, Image.Resampling.BILINEAR))
+    box = np.zeros((fine, fine), np.float32)
+    top, left = (fine - size[1]) // 2, (fine - size[0]) // 2
+    box[top : top + size[1], left : left + size[0]] = scaled
+    if rng.random() < 0.6:
+        box = (box > rng.uniform(0.3, 0.6)).astype(np.float32)
+    if fine > grid:
+        box = box.reshape(grid, fine // grid, grid, fine // grid).mean(axis=(1, 3))
+    paper = Image.fromarray((255.0 - np.clip(box, 0, 1) * 255.0 + 0.5).astype(np.uint8), mode="L")
+    scale = int(rng.integers(2, 9))  # px a cell
+    filter_ = Image.Resampling.BICUBIC if rng.random() < 0.7 else Image.Resampling.NEAREST
+    drawn = paper.resize((grid * scale, grid * scale), filter_)
+    pad = round(grid * scale * 0.25)
+    page = Image.new("L", (drawn.width + 2 * pad, drawn.height + 2 * pad), 255)
+    page.paste(drawn, (pad, pad))
+    return page
+
+
 # --------------------------------------------------------------------------- digits and non-digits
 
 
