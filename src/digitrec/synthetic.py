@@ -326,12 +326,13 @@ def rescan(ink: np.ndarray, rng: np.random.Generator) -> Image.Image:
     """A real digit's ink map (H, W) uint8, 255 = ink, as another scanner's pipeline would deliver it.
 
     Digit sets other than MNIST were scanned on coarser grids and size-normalized differently:
-    Semeion's and USPS's digits are stretched to fill a 16x16 box, optdigits' 32x32 bitmaps are
-    binary and the UCI 8x8 version counts the ink of each 4x4 block. MNIST's own writers'
-    digits, passed through such a pipeline at random, teach the model those presentations with
-    real strokes: a grid of 8, 12, 16 or 32 cells, half the time stretched to fill it (else the
-    aspect kept), binarized at a random threshold 60% of the time (before the block counting),
-    then drawn dark on light paper, 2-8 px a cell, as a user's enlargement of the scan shows it.
+    Semeion's digits are stretched to fill a 16x16 box and binarized, USPS's are 16x16 gray,
+    optdigits' 32x32 bitmaps are binary and the UCI 8x8 version counts the ink of each 4x4 block.
+    MNIST's own writers' digits, passed through such a pipeline at random, teach the model those
+    presentations with real strokes: a grid of 8, 12, 16 or 32 cells, half the time stretched to
+    fill it (else the aspect kept), binarized at a random threshold 60% of the time (before the
+    block counting), then drawn dark on light paper, 2-8 px a cell, as a user's enlargement of the
+    scan shows it.
     """
     values = np.asarray(ink, np.float32) / 255.0
     rows, cols = np.where(values.max(axis=1) > 0.1)[0], np.where(values.max(axis=0) > 0.1)[0]
