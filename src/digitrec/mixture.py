@@ -165,23 +165,20 @@ def _cache_key(kind: str, seed: int, count: int) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
-def drawn(kind: str, count: int, seed: int, cache_dir: Path | None) -> tuple[np.ndarray, np.ndarray]:
-    """``count`` normalized samples of ``kind``, from the cache or drawn now (on every core)."""
-    from . import synthetic
-
-    synthetic.check_sources()
-    path = cache_dir / "mixture" / f"{kind}-{_cache_key(kind, seed, count)}.npz" if cache_dir else None
+def _cached_samples(
+    path: Path | None, make: Callable[[], tuple[np.ndarray, np.ndarray]]
+) -> tuple[np.ndarray, np.ndarray]:
+    """(images, labels) read from the cache file ``path``, or made now by ``make``, the samples
+    left blank by normalization dropped, and written to ``path`` (when given)."""
     if path is not None and path.is_file():
         try:
             with np.load(path, allow_pickle=False) as saved:
                 return saved["images"], saved["labels"]
         except (OSError, ValueError, KeyError):
-            pass  # a damaged entry is drawn again
-    step = 500
-    parts = _parallel([(kind, seed, a, min(a + step, count)) for a in range(0, count, step)], _draw_chunk)
-    images = np.concatenate([p[0] for p in parts]) if parts else np.zeros((0, 28, 28), np.uint8)
-    labels = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.int64)
-    # A drawing that normalization finds no ink in (a glyph lost at 8x8, say) never reaches a model.
+            pass  # a damaged entry is made again
+    images, labels = make()
+    # A sample that normalization finds no ink in (a glyph or a digit lost at 8x8, say) never
+    # reaches a model.
     inked = images.reshape(len(images), -1).max(axis=1) > 0
     images, labels = images[inked], labels[inked]
     if path is not None:
@@ -191,6 +188,24 @@ def drawn(kind: str, count: int, seed: int, cache_dir: Path | None) -> tuple[np.
         except OSError:
             pass  # an unwritable cache costs time, not correctness
     return images, labels
+
+
+def drawn(kind: str, count: int, seed: int, cache_dir: Path | None) -> tuple[np.ndarray, np.ndarray]:
+    """``count`` normalized samples of ``kind``, from the cache or drawn now (on every core)."""
+    from . import synthetic
+
+    synthetic.check_sources()
+    path = cache_dir / "mixture" / f"{kind}-{_cache_key(kind, seed, count)}.npz" if cache_dir else None
+
+    def draw() -> tuple[np.ndarray, np.ndarray]:
+        step = 500
+        jobs = [(kind, seed, a, min(a + step, count)) for a in range(0, count, step)]
+        parts = _parallel(jobs, _draw_chunk)
+        images = np.concatenate([p[0] for p in parts]) if parts else np.zeros((0, 28, 28), np.uint8)
+        labels = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.int64)
+        return images, labels
+
+    return _cached_samples(path, draw)
 
 
 def _usps_split(usps_dir: str | None, count: int, calibrate: bool) -> tuple[DigitSet, np.ndarray, np.ndarray]:
@@ -270,26 +285,15 @@ def rescanned(
         content.update(ink.tobytes())
     key = _cache_key(f"{RESCANNED}|{content.hexdigest()}", seed, len(picked))
     path = cache_dir / "mixture" / f"{RESCANNED}-{key}.npz" if cache_dir else None
-    if path is not None and path.is_file():
-        try:
-            with np.load(path, allow_pickle=False) as saved:
-                return saved["images"], saved["labels"]
-        except (OSError, ValueError, KeyError):
-            pass  # a damaged entry is drawn again
-    step = 500
-    jobs = [(picked[a : a + step], seed, a) for a in range(0, len(picked), step)]
-    parts = _parallel(jobs, _rescan_chunk)
-    images = np.concatenate(parts) if parts else np.zeros((0, 28, 28), np.uint8)
-    chosen_labels = np.asarray(labels, np.int64)[pick]
-    inked = images.reshape(len(images), -1).max(axis=1) > 0  # a digit lost on a coarse grid
-    images, chosen_labels = images[inked], chosen_labels[inked]
-    if path is not None:
-        try:
-            with atomic_write(path) as handle:
-                np.savez_compressed(handle, images=images, labels=chosen_labels)
-        except OSError:
-            pass  # an unwritable cache costs time, not correctness
-    return images, chosen_labels
+
+    def draw() -> tuple[np.ndarray, np.ndarray]:
+        step = 500
+        jobs = [(picked[a : a + step], seed, a) for a in range(0, len(picked), step)]
+        parts = _parallel(jobs, _rescan_chunk)
+        images = np.concatenate(parts) if parts else np.zeros((0, 28, 28), np.uint8)
+        return images, np.asarray(labels, np.int64)[pick]
+
+    return _cached_samples(path, draw)
 
 
 def _fashion(count: int) -> np.ndarray:
