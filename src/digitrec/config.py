@@ -69,8 +69,8 @@ class TrainConfig:
     label_smoothing: float = 0.0
     ema: float = 0.0  # decay of the weight average per step; 0 = off. The average is what is saved.
     augment: dict[str, float] = field(default_factory=dict)  # AugmentConfig fields; empty = off
-    # Samples added to the training set per ingredient (mixture.py): usps-train, drawn-digits,
-    # not-digits, fashion-mnist. Empty = the dataset alone.
+    # Samples added to the training set per ingredient (mixture.py): usps-train, rescanned-digits,
+    # drawn-digits, not-digits, fashion-mnist. Empty = the dataset alone.
     mix: dict[str, int] = field(default_factory=dict)
     # Weight of the loss that teaches "not a digit": cross-entropy of a non-digit's scores against the
     # uniform distribution (outlier exposure, Hendrycks et al. 2019). Used only when the mix has some.
