@@ -212,7 +212,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         # Other writers (USPS), drawn digits in other traditions, and things that are not digits.
         "mix": {
             "usps-train": 6291,
-            "rescanned-digits": 20000,
+            "rescanned-digits": 40000,
             "drawn-digits": 30000,
             "not-digits": 24000,
             "fashion-mnist": 6000,
