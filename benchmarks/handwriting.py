@@ -48,13 +48,6 @@ def photo(ink: np.ndarray, rng: np.random.Generator) -> Image.Image:
     return Image.open(io.BytesIO(buffer.getvalue()))
 
 
-def _tight(ink: np.ndarray) -> np.ndarray:
-    """The ink map cropped to its ink (pixels above a tenth of full ink), as float in [0, 1]."""
-    values = ink.astype(np.float32) / 255.0
-    rows, cols = np.where(values.max(axis=1) > 0.1)[0], np.where(values.max(axis=0) > 0.1)[0]
-    return values[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1] if len(rows) else values
-
-
 def _resized(values: np.ndarray, side: int) -> np.ndarray:
     return np.asarray(Image.fromarray(values, mode="F").resize((side, side), Image.Resampling.BILINEAR))
 
@@ -62,7 +55,7 @@ def _resized(values: np.ndarray, side: int) -> np.ndarray:
 def scanner_box(ink: np.ndarray, rng: np.random.Generator) -> Image.Image:
     """Semeion's presentation (80 Italian writers, UCI): the digit stretched to fill a 16x16 box,
     each pixel then made black or white at a fixed threshold; shown 8x with a margin."""
-    box = _resized(_tight(ink), 16) > 0.5
+    box = _resized(rendered._tight(ink, above=25), 16) > 0.5  # cropped at a tenth of full ink
     return render_digit(box.astype(np.uint8) * 255, 8)
 
 

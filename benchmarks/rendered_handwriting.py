@@ -24,10 +24,10 @@ NUMBERS = "4-digit numbers (exact)"
 Sample = tuple[Image.Image, str]
 
 
-def _tight(digit: np.ndarray) -> np.ndarray:
-    """Crop a (28, 28) uint8 MNIST digit to its ink, as float in [0, 1]."""
-    rows = np.where(digit.max(axis=1) > 0)[0]
-    cols = np.where(digit.max(axis=0) > 0)[0]
+def _tight(digit: np.ndarray, above: int = 0) -> np.ndarray:
+    """Crop a uint8 ink map (an MNIST digit, 255 = ink) to its pixels over ``above``, as float in [0, 1]."""
+    rows = np.where(digit.max(axis=1) > above)[0]
+    cols = np.where(digit.max(axis=0) > above)[0]
     return digit[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1].astype(np.float32) / 255.0
 
 

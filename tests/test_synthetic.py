@@ -199,10 +199,16 @@ def test_the_mixture_rescans_only_digits_it_trains_on(tmp_path) -> None:
     mnist = load_dataset("mnist")
     base = Dataset("mnist", mnist.train_images[:240], mnist.train_labels[:240],
                    mnist.test_images[:10], mnist.test_labels[:10], mnist.source)  # fmt: skip
+    from digitrec.mixture import rescanned
+
     mixture = build_mixture(base, {"rescanned-digits": 500}, seed=1, calibrate=True, cache_dir=tmp_path)
-    held = 240 // 12
-    added = mixture.dataset.train_labels[240 - held :]
-    assert len(added) == 240 - held  # every digit trained on, each rescanned once
-    assert mixture.holdout_labels is not None
-    trained = sorted(mixture.dataset.train_labels[: 240 - held].tolist())
-    assert sorted(added.tolist()) == trained
+    kept = 240 - 240 // 12
+    assert mixture.holdout_labels is not None and len(mixture.holdout_labels) == 240 // 12
+    trained_inks = list(mixture.dataset.train_images[:kept].numpy())
+    trained_labels = mixture.dataset.train_labels[:kept].numpy()
+    # Every digit trained on, each rescanned once: exactly what rescanning those digits alone gives
+    # (drawn afresh in another cache folder, not read back).
+    expected, expected_labels = rescanned(trained_inks, trained_labels, 500, 1, tmp_path / "other")
+    assert len(expected) == kept
+    assert np.array_equal(mixture.dataset.train_images[kept:].numpy(), expected)
+    assert np.array_equal(mixture.dataset.train_labels[kept:].numpy(), expected_labels)

@@ -179,12 +179,17 @@ def load_named_set(name: str, folder: str | os.PathLike[str]) -> DigitSet:
     raise DigitrecError(f"unknown set {name!r}: use one of {', '.join(NAMED_SETS)}")
 
 
-def render_digit(ink: np.ndarray, scale: int = 8, margin: float = 0.25) -> Image.Image:
+def render_digit(
+    ink: np.ndarray,
+    scale: int = 8,
+    margin: float = 0.25,
+    resample: Image.Resampling = Image.Resampling.BICUBIC,
+) -> Image.Image:
     """An ink map (H, W) uint8, 255 = ink, as a scan would show it: dark ink on white paper,
-    ``scale`` times larger (bicubic), with a white margin of ``margin`` of the larger side."""
+    ``scale`` times larger (by ``resample``), with a white margin of ``margin`` of the larger side."""
     height, width = ink.shape
     paper = Image.fromarray(255 - np.asarray(ink, np.uint8), "L")
-    drawn = paper.resize((width * scale, height * scale), Image.Resampling.BICUBIC)
+    drawn = paper.resize((width * scale, height * scale), resample)
     pad = round(max(height, width) * scale * margin)
     page = Image.new("L", (width * scale + 2 * pad, height * scale + 2 * pad), 255)
     page.paste(drawn, (pad, pad))

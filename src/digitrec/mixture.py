@@ -28,7 +28,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import torch
@@ -36,7 +36,9 @@ import torch
 from .data import Dataset, default_cache_dir, load_idx_folder
 from .errors import DigitrecError
 from .fileio import atomic_write
-from .handwriting import DigitSet
+
+if TYPE_CHECKING:
+    from .handwriting import DigitSet
 
 _T = TypeVar("_T")
 INGREDIENTS = ("usps-train", "rescanned-digits", "drawn-digits", "not-digits", "fashion-mnist")
@@ -228,12 +230,11 @@ def _usps_split(usps_dir: str | None, count: int, calibrate: bool) -> tuple[Digi
     return digits, chosen, held
 
 
-def _usps(
-    usps_dir: str | None, cache_dir: Path | None, count: int, calibrate: bool
-) -> tuple[np.ndarray, ...]:
-    """USPS train digits normalized as predict reads them: (train images, labels, held-out images,
-    labels). The whole set is cached (by content) once a build has normalized all of it."""
-    digits, chosen, held = _usps_split(usps_dir, count, calibrate)
+def _usps(split: tuple[DigitSet, np.ndarray, np.ndarray], cache_dir: Path | None) -> tuple[np.ndarray, ...]:
+    """USPS train digits (a _usps_split) normalized as predict reads them: (train images, labels,
+    held-out images, labels). The whole set is cached (by content) once a build has normalized
+    all of it."""
+    digits, chosen, held = split
     needed = np.concatenate([chosen, held])
     name = f"usps-train-v{GENERATOR_VERSION}-{_code_digest()}.npz"
     path = cache_dir / "mixture" / name if cache_dir else None
@@ -351,13 +352,17 @@ def build_mixture(
         held_labels.append(train_labels[held])
         train_images, train_labels = train_images[np.sort(keep)], train_labels[np.sort(keep)]
     parts_images, parts_labels = [train_images], [train_labels]
+    # USPS's split, read once: usps-train normalizes it, rescanned-digits rescans its chosen digits.
+    usps_count = int(mix.get("usps-train", 0))
+    usps = _usps_split(usps_dir, usps_count, calibrate) if usps_count > 0 else None
     for name in INGREDIENTS:
         count = int(mix.get(name, 0))
         if count <= 0:
             continue
         say(f"mixture: adding {count} {name}")
         if name == "usps-train":
-            images, labels, usps_held, usps_held_labels = _usps(usps_dir, cache, count, calibrate)
+            assert usps is not None  # count > 0
+            images, labels, usps_held, usps_held_labels = _usps(usps, cache)
             parts_images.append(images)
             parts_labels.append(labels.astype(np.int64))
             if calibrate:
@@ -367,10 +372,10 @@ def build_mixture(
             # MNIST's training digits (those trained on) and, with usps-train in the mix, USPS's.
             inks: list[np.ndarray] = list(train_images)
             pool_labels = [train_labels]
-            if mix.get("usps-train", 0) > 0:
-                usps, chosen, _held = _usps_split(usps_dir, int(mix["usps-train"]), calibrate)
-                inks.extend(usps.images[chosen])
-                pool_labels.append(usps.labels[chosen])
+            if usps is not None:
+                usps_digits, usps_chosen, _ = usps
+                inks.extend(usps_digits.images[usps_chosen])
+                pool_labels.append(usps_digits.labels[usps_chosen])
             images, labels = rescanned(inks, np.concatenate(pool_labels), count, seed, cache)
             parts_images.append(images)
             parts_labels.append(labels)

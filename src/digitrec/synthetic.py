@@ -34,6 +34,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from .errors import DigitrecError
+from .handwriting import render_digit
 
 FONT_ROOTS = (Path("/usr/share/fonts"),)
 HERSHEY_DIR = Path("/usr/share/hershey-fonts")
@@ -354,14 +355,11 @@ def rescan(ink: np.ndarray, rng: np.random.Generator) -> Image.Image:
         box = (box > rng.uniform(0.3, 0.6)).astype(np.float32)
     if fine > grid:
         box = box.reshape(grid, fine // grid, grid, fine // grid).mean(axis=(1, 3))
-    paper = Image.fromarray((255.0 - np.clip(box, 0, 1) * 255.0 + 0.5).astype(np.uint8), mode="L")
     scale = int(rng.integers(2, 9))  # px a cell
-    filter_ = Image.Resampling.BICUBIC if rng.random() < 0.7 else Image.Resampling.NEAREST
-    drawn = paper.resize((grid * scale, grid * scale), filter_)
-    pad = round(grid * scale * 0.25)
-    page = Image.new("L", (drawn.width + 2 * pad, drawn.height + 2 * pad), 255)
-    page.paste(drawn, (pad, pad))
-    return page
+    resample = Image.Resampling.BICUBIC if rng.random() < 0.7 else Image.Resampling.NEAREST
+    # Rounded on the paper's side (255 - ink), as the bundled model's training data was.
+    paper = (255.0 - np.clip(box, 0, 1) * 255.0 + 0.5).astype(np.uint8)
+    return render_digit(255 - paper, scale, resample=resample)
 
 
 # --------------------------------------------------------------------------- digits and non-digits
