@@ -56,6 +56,30 @@ def test_every_digit_is_drawn_and_normalizes(label: int) -> None:
         assert pixels is not None and pixels.max() == 255
 
 
+@pytest.mark.parametrize(
+    ("label", "shape"),
+    [(label, shape) for label, shapes in synthetic.STROKE_DIGITS.items() for shape in range(len(shapes))],
+)
+def test_every_hand_made_shape_is_drawn_and_normalizes(label: int, shape: int) -> None:
+    for seed in range(4):
+        ink = synthetic._draw_strokes(synthetic.STROKE_DIGITS[label][shape], np.random.default_rng(seed))
+        assert ink.shape == (synthetic.CANVAS, synthetic.CANVAS) and ink.max() == 1.0
+        assert not (ink[0].any() or ink[-1].any() or ink[:, 0].any() or ink[:, -1].any())  # nothing cut off
+        pixels = normalize_digit(synthetic.to_paper(ink, np.random.default_rng(seed)))
+        assert pixels is not None and pixels.max() == 255
+
+
+def test_pens_range_from_fine_to_felt_tip() -> None:
+    # optdigits-orig's writers used felt-tip pens: strokes a quarter of the digit's height (its
+    # flagged 1s read as 4 when training only saw thinner pens).
+    widths = []
+    for seed in range(40):
+        ink = synthetic._draw_strokes([[(0.5, 0.0), (0.5, 1.0)]], np.random.default_rng(seed)) > 0.5
+        rows = np.where(ink.any(axis=1))[0]
+        widths.append(ink.sum() / (rows[-1] - rows[0] + 1) / (rows[-1] - rows[0] + 1))  # width / height
+    assert min(widths) < 0.08 and max(widths) > 0.2
+
+
 def test_drawing_is_deterministic_per_sample() -> None:
     first = np.asarray(synthetic.draw_digit(4, synthetic.sample_rng(1, "drawn-digits", 3)))
     again = np.asarray(synthetic.draw_digit(4, synthetic.sample_rng(1, "drawn-digits", 3)))

@@ -85,6 +85,7 @@ STROKE_DIGITS: dict[int, list[Glyph]] = {
         [[(0.0, 0.5), (0.6, 0.0), (0.6, 1.0)]],  # long flag (European)
         [[(0.05, 0.45), (0.6, 0.0), (0.6, 1.0)], [(0.2, 1.0), (0.95, 1.0)]],  # flag and base
         [[(0.3, 0.15), (0.55, 0.0), (0.55, 1.0)], [(0.3, 1.0), (0.8, 1.0)]],
+        [[(0.2, 0.3), (0.5, 0.0), (0.5, 1.0)], [(0.25, 1.0), (0.75, 1.0)]],  # narrow, flag and foot
     ],
     2: [
         [[(0.1, 0.25), (0.3, 0.02), (0.65, 0.0), (0.85, 0.22), (0.8, 0.45), (0.12, 0.95), (0.05, 0.82),
@@ -99,6 +100,9 @@ STROKE_DIGITS: dict[int, list[Glyph]] = {
         [[(0.25, 0.0), (0.05, 0.62), (0.95, 0.62)], [(0.7, 0.15), (0.7, 1.0)]],  # open top
         [[(0.3, 0.0), (0.15, 0.6), (0.9, 0.6)], [(0.65, 0.0), (0.65, 1.0)]],
         [[(0.72, 1.0), (0.72, 0.0), (0.02, 0.66), (0.98, 0.66)]],  # closed
+        # Rounded and open at the top (optdigits-orig's writers; read as 6 by a model that never saw it).
+        [[(0.45, 0.0), (0.2, 0.4), (0.1, 0.62), (0.3, 0.68), (0.9, 0.62)], [(0.68, 0.3), (0.68, 1.0)]],
+        [[(0.5, 0.0), (0.15, 0.55), (0.3, 0.7), (0.7, 0.62), (0.72, 0.3), (0.7, 1.0)]],  # in one stroke
     ],
     5: [
         [[(0.85, 0.0), (0.2, 0.0), (0.15, 0.45), (0.5, 0.38), (0.85, 0.55), (0.85, 0.85), (0.55, 1.0),
@@ -229,7 +233,8 @@ def _draw_strokes(strokes: Sequence[Sequence[tuple[float, float]]], rng: np.rand
     centre = (low + high) / 2
     image = Image.new("L", (CANVAS, CANVAS), 0)
     draw = ImageDraw.Draw(image)
-    width = max(1, round(rng.uniform(0.03, 0.14) * CANVAS))
+    # Up to 18% of the canvas (28% of the glyph's height): felt-tip pens, as in optdigits-orig.
+    width = max(1, round(rng.uniform(0.03, 0.18) * CANVAS))
     for stroke in points:
         xy = [(float(x), float(y)) for x, y in (stroke - centre) * scale + CANVAS / 2]
         if len(xy) > 1:
@@ -368,10 +373,10 @@ def rescan(ink: np.ndarray, rng: np.random.Generator) -> Image.Image:
 def draw_digit(label: int, rng: np.random.Generator) -> Image.Image:
     """One digit ``label`` as a small scan, from a font, a Hershey face or a hand-made stroke shape."""
     roll = rng.random()
-    if roll < 0.5:
+    if roll < 0.45:
         fonts = font_files()
         ink = _draw_text(str(label), fonts[int(rng.integers(len(fonts)))], rng)
-    elif roll < 0.75 or label not in STROKE_DIGITS:
+    elif roll < 0.65 or label not in STROKE_DIGITS:
         faces = hershey_glyphs()[str(label)]
         ink = _draw_strokes(faces[int(rng.integers(len(faces)))], rng)
     else:
