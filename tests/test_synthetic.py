@@ -147,7 +147,7 @@ def test_the_cache_key_follows_the_drawing_and_normalizing_code(tmp_path, monkey
     before = _cache_key("drawn-digits", 42, 30_000)
     assert _cache_key("drawn-digits", 42, 30_000) == before  # stable while the code is
     edited = tmp_path / "images.py"
-    edited.write_bytes(Path(str(images.__file__)).read_bytes() + b"\nTHIN_TO = 0.8\n")
+    edited.write_bytes(Path(str(images.__file__)).read_bytes() + b"\nMNIST_STROKE = 0.15\n")
     monkeypatch.setattr(images, "__file__", str(edited))
     assert _cache_key("drawn-digits", 42, 30_000) != before
 
