@@ -17,6 +17,16 @@ def test_bundled_model_is_small_and_documents_how_it_was_made():
     assert info["digitrec_version"] and info["torch_version"] and isinstance(info["train"]["seed"], int)
 
 
+def test_bundled_model_was_trained_by_the_recipe_as_shipped():
+    # `digitrec train --recipe default` must make the bundled model again (up to the seed's
+    # luck): each setting the recipe fixes is the one the bundled model was trained with.
+    from digitrec.config import RECIPES
+
+    trained = json.loads((default_model_dir() / "config.json").read_text())["train"]
+    for key, value in RECIPES["default"].items():
+        assert trained[key] == value, key
+
+
 def test_bundled_model_accuracy_on_mnist_test(mnist):
     model, _ = load_model(default_model_dir())
     report = evaluate(model, mnist.test_images, mnist.test_labels)
