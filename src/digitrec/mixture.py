@@ -51,7 +51,7 @@ NOT_A_DIGIT = -1  # the label of a training image that is no digit (outlier expo
 # normalization thins a narrow glyph in a felt-tip pen (the bundled model was trained on 2). 5: the
 # non-digits include shapes and hatching (not_digit_kind; mixture.py is not in the digest). 6: no
 # thinning of felt-tip glyphs.
-GENERATOR_VERSION = 6
+GENERATOR_VERSION = 7
 FASHION_DIRS = (Path("/usr/share/datasets/fashion-mnist"),)
 HOLDOUT_MNIST = 5_000
 HOLDOUT_USPS = 1_000

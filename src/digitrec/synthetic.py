@@ -78,6 +78,9 @@ OUT = 36  # px a side of the image handed to normalize_digit (as a small scan wo
 
 # Hand-made strokes in a unit box (x right, y down): the styles fonts rarely have.
 _CIRCLE = [(0.45 + 0.3 * math.cos(t), 0.3 + 0.28 * math.sin(t)) for t in np.linspace(0, 2 * math.pi, 25)]
+_SMALL_CIRCLE = [
+    (0.45 + 0.23 * math.cos(t), 0.22 + 0.2 * math.sin(t)) for t in np.linspace(0, 2 * math.pi, 25)
+]
 STROKE_DIGITS: dict[int, list[Glyph]] = {
     1: [
         [[(0.5, 0.0), (0.5, 1.0)]],
@@ -86,6 +89,10 @@ STROKE_DIGITS: dict[int, list[Glyph]] = {
         [[(0.05, 0.45), (0.6, 0.0), (0.6, 1.0)], [(0.2, 1.0), (0.95, 1.0)]],  # flag and base
         [[(0.3, 0.15), (0.55, 0.0), (0.55, 1.0)], [(0.3, 1.0), (0.8, 1.0)]],
         [[(0.2, 0.3), (0.5, 0.0), (0.5, 1.0)], [(0.25, 1.0), (0.75, 1.0)]],  # narrow, flag and foot
+        # Narrow 1s, as tall as 2-3 times their width in felt-tip pen (optdigits-orig's writers; the
+        # model read them as 4): a flag and a small foot, and a flag drawn down and back up to the stem.
+        [[(0.38, 0.3), (0.62, 0.0), (0.62, 1.0)], [(0.45, 1.0), (0.8, 1.0)]],
+        [[(0.6, 0.3), (0.3, 0.55), (0.6, 0.0), (0.6, 1.0)], [(0.42, 1.0), (0.78, 1.0)]],
     ],
     2: [
         [[(0.1, 0.25), (0.3, 0.02), (0.65, 0.0), (0.85, 0.22), (0.8, 0.45), (0.12, 0.95), (0.05, 0.82),
@@ -103,6 +110,8 @@ STROKE_DIGITS: dict[int, list[Glyph]] = {
         # Rounded and open at the top (optdigits-orig's writers; read as 6 by a model that never saw it).
         [[(0.45, 0.0), (0.2, 0.4), (0.1, 0.62), (0.3, 0.68), (0.9, 0.62)], [(0.68, 0.3), (0.68, 1.0)]],
         [[(0.5, 0.0), (0.15, 0.55), (0.3, 0.7), (0.7, 0.62), (0.72, 0.3), (0.7, 1.0)]],  # in one stroke
+        # A long, nearly upright left stroke rounding into a low bar; the stem starts below the top.
+        [[(0.35, 0.0), (0.22, 0.45), (0.15, 0.7), (0.3, 0.8), (0.95, 0.74)], [(0.72, 0.42), (0.72, 1.0)]],
     ],
     5: [
         [[(0.85, 0.0), (0.2, 0.0), (0.15, 0.45), (0.5, 0.38), (0.85, 0.55), (0.85, 0.85), (0.55, 1.0),
@@ -116,11 +125,14 @@ STROKE_DIGITS: dict[int, list[Glyph]] = {
         [[(0.05, 0.05), (0.95, 0.0), (0.4, 1.0)]],
         [[(0.05, 0.05), (0.95, 0.0), (0.4, 1.0)], [(0.3, 0.5), (0.85, 0.5)]],  # with a bar
         [[(0.05, 0.25), (0.08, 0.0), (0.95, 0.0), (0.45, 1.0)], [(0.35, 0.52), (0.9, 0.48)]],
+        [[(0.05, 0.05), (0.95, 0.0), (0.35, 1.0)], [(0.45, 0.66), (0.92, 0.62)]],  # a low bar, to the right
     ],
     9: [
         [_CIRCLE, [(0.75, 0.3), (0.75, 1.0)]],  # straight tail
         [_CIRCLE, [(0.75, 0.3), (0.7, 0.8), (0.5, 1.0), (0.25, 0.98), (0.12, 0.85)]],  # curved tail
         [_CIRCLE, [(0.75, 0.3), (0.55, 1.0)]],
+        # A small loop over a tail that swings out and hooks back like a 3's lower bowl.
+        [_SMALL_CIRCLE, [(0.68, 0.22), (0.8, 0.55), (0.72, 0.85), (0.5, 1.0), (0.18, 0.93)]],
     ],
 }  # fmt: skip
 
