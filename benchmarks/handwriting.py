@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
             {"type": int, "default": 500},
             "digits per set and presentation, 0 = all (default: 500)",
         ),
-        ("--numbers", {"type": int, "default": 200}, "4-digit numbers per set (default: 200)"),
+        ("--numbers", {"type": int, "default": 1000}, "4-digit numbers per set (default: 1000)"),
         ("--seed", {"type": int, "default": 0}, "sampling and rendering seed (default: 0)"),
         ("--quick", {"action": "store_true"}, "a smoke run: 60 digits and 20 numbers per set (default: off)"),
         ("--out", {}, "JSON file to write (default: benchmarks/results/handwriting-<time>.json)"),
