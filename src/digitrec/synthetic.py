@@ -89,8 +89,9 @@ STROKE_DIGITS: dict[int, list[Glyph]] = {
         [[(0.05, 0.45), (0.6, 0.0), (0.6, 1.0)], [(0.2, 1.0), (0.95, 1.0)]],  # flag and base
         [[(0.3, 0.15), (0.55, 0.0), (0.55, 1.0)], [(0.3, 1.0), (0.8, 1.0)]],
         [[(0.2, 0.3), (0.5, 0.0), (0.5, 1.0)], [(0.25, 1.0), (0.75, 1.0)]],  # narrow, flag and foot
-        # Narrow 1s, as tall as 2-3 times their width in felt-tip pen (optdigits-orig's writers; the
-        # model read them as 4): a flag and a small foot, and a flag drawn down and back up to the stem.
+        # Narrow 1s, two to three times as tall as wide (optdigits-orig's writers, in felt-tip pens;
+        # read as 4 by a model that had only wide ones): a flag and a small foot, and a flag drawn
+        # down and back up to the stem.
         [[(0.38, 0.3), (0.62, 0.0), (0.62, 1.0)], [(0.45, 1.0), (0.8, 1.0)]],
         [[(0.6, 0.3), (0.3, 0.55), (0.6, 0.0), (0.6, 1.0)], [(0.42, 1.0), (0.78, 1.0)]],
     ],
