@@ -192,7 +192,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     # from outside MNIST (other pens, sizes, slants) as well as MNIST itself.
     "default": {
         "model": "cnn",
-        "epochs": 5,
+        "epochs": 7,
         "batch_size": 128,
         "optimizer": "adamw",
         "lr": 3e-3,
