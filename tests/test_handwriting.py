@@ -238,20 +238,19 @@ def test_evaluate_images_rejects_ensembles_and_report_alone(tmp_path, capsys):
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("name", "floor"),
-    [("optdigits-orig", 0.97), ("usps", 0.975)],
+    ("name", "folder", "size", "floor"),
+    [("optdigits-orig", OPTDIGITS, 2880, 0.97), ("usps", USPS, 2007, 0.975)],
 )
-def test_bundled_model_reads_other_writers_whole_sets(name, floor, capsys):
+def test_bundled_model_reads_other_writers_whole_sets(name, folder, size, floor, capsys):
     """Issue #14's measure, kept from rotting: the bundled model reads every digit of the shared
-    real sets through ``digitrec evaluate --images`` (the predict path). Measured 0.977-0.979 on
-    optdigits-orig and 0.981-0.983 on USPS test by the models bundled since 2026-12-02; the
-    floors sit below the seeds' spread. The 1s with a long flag are the class that fell furthest
-    (0.70 before the drawn digits), so they keep their own floor."""
-    folder = {"optdigits-orig": OPTDIGITS, "usps": USPS}[name]
+    real sets through ``digitrec evaluate --images`` (the predict path). The four models bundled
+    on 2026-12-02 read 0.974-0.985 of optdigits-orig and 0.979-0.983 of USPS test; the floors sit
+    below that. The 1s with a long flag are the class that fell furthest (0.70 before the drawn
+    digits), so they keep their own floor."""
     needs(folder)
     assert cli_exit_code(["evaluate", "--images", f"{name}:{folder}", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["num_examples"] == {"optdigits-orig": 2880, "usps": 2007}[name]
+    assert report["num_examples"] == size
     assert report["accuracy"] >= floor, report["accuracy"]
     recall = [row["recall"] for row in report["per_class"]]
     assert min(recall) >= 0.85 and recall[1] >= 0.88, recall
