@@ -5,8 +5,9 @@
     python -m benchmarks.serve_speed --quick                  # a smoke run: 1 round of 100 requests
 
 Starts three servers on loopback, one per contender, and loads them from this process (the
-client, :func:`benchmarks.load_serve.run_load`: one keep-alive connection per client thread,
-the same 280x280 PNG of an MNIST digit) in interleaved rounds (A B C, A B C, ...), so that a
+client, :func:`benchmarks.load_serve.run_load`: one keep-alive connection per client, all driven
+from one selector loop, or with ``--client threads`` a thread with http.client each; the same
+280x280 PNG of an MNIST digit) in interleaved rounds (A B C, A B C, ...), so that a
 noisy, shared machine affects every contender alike; the table quotes the median of the
 rounds and ratios against the reference:
 
@@ -36,11 +37,13 @@ from typing import Any
 if __package__ in (None, ""):  # run by its path: make "benchmarks" importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.load_serve import RESULTS, make_png, run_load, started_server
+from benchmarks.load_serve import CLIENTS, RESULTS, make_png, run_load, started_server
 
 # The goal (#18): 16 clients, 280x280 PNGs.
 TARGET_RPS = 300.0
 TARGET_P99_MS = 60.0
+
+CLIENT_WORDS = {"events": "one selector loop", "threads": "a thread with http.client each"}
 
 CONTENDERS: dict[str, list[str]] = {
     "reference": ["--batch-window", "0", "--backend", "torch"],
@@ -88,7 +91,7 @@ def model_speed(batches: tuple[int, ...], repeats: int) -> list[dict[str, Any]]:
     return rows
 
 
-def run(requests: int, concurrency: int, rounds: int, warmup: int) -> dict[str, Any]:
+def run(requests: int, concurrency: int, rounds: int, warmup: int, client: str) -> dict[str, Any]:
     body, label = make_png(0, 280)
     rounds_by_name: dict[str, list[dict[str, Any]]] = {name: [] for name in CONTENDERS}
     commands: dict[str, list[str]] = {}
@@ -99,7 +102,7 @@ def run(requests: int, concurrency: int, rounds: int, warmup: int) -> dict[str, 
             servers[name], commands[name] = server, server.command
         for index in range(rounds):
             for name, server in servers.items():
-                result = run_load(server.url, body, requests, concurrency, warmup)
+                result = run_load(server.url, body, requests, concurrency, warmup, client)
                 rounds_by_name[name].append(result)
                 latency = result["latency_ms"]
                 assert isinstance(latency, dict)
@@ -129,6 +132,7 @@ def run(requests: int, concurrency: int, rounds: int, warmup: int) -> dict[str, 
         "image": {"width": 280, "height": 280, "png_bytes": len(body), "label": label},
         "requests_per_round": requests,
         "concurrency": concurrency,
+        "client": client,
         "rounds": rounds,
         "server_commands": commands,
         "summary": summary,
@@ -139,7 +143,8 @@ def run(requests: int, concurrency: int, rounds: int, warmup: int) -> dict[str, 
 def table(result: dict[str, Any]) -> str:
     lines = [
         f"digitrec serve load, {result['timestamp']}: {result['machine']['cpu']}, "
-        f"{result['machine']['cpus']} CPUs; {result['concurrency']} clients, 280x280 PNG, "
+        f"{result['machine']['cpus']} CPUs; {result['concurrency']} clients "
+        f"({CLIENT_WORDS[result.get('client', 'threads')]}), 280x280 PNG, "
         f"median of {result['rounds']} rounds of {result['requests_per_round']} requests",
         "",
         "| server | errors | throughput | p50 | p90 | p99 | throughput vs reference | goal met |",
@@ -180,7 +185,14 @@ def cpu_name() -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=2000, help="requests per round (default: 2000)")
-    parser.add_argument("--concurrency", type=int, default=16, help="client threads (default: 16)")
+    parser.add_argument("--concurrency", type=int, default=16, help="client connections (default: 16)")
+    parser.add_argument(
+        "--client",
+        choices=CLIENTS,
+        default="events",
+        help="events: one selector loop drives the connections; threads: a thread with http.client each "
+        "(benchmarks/load_serve.py) (default: events)",
+    )
     parser.add_argument("--rounds", type=int, default=3, help="rounds per contender (default: 3)")
     parser.add_argument("--warmup", type=int, default=20, help="untimed requests per round (default: 20)")
     parser.add_argument("--quick", action="store_true", help="1 round of 100 requests (default: off)")
@@ -206,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
             "python": platform.python_version(),
         },
     }
-    result.update(run(args.requests, args.concurrency, args.rounds, args.warmup))
+    result.update(run(args.requests, args.concurrency, args.rounds, args.warmup, args.client))
     result["model_speed"] = model_speed((1, 8, 32), 20 if args.quick else 200)
     out = Path(args.out) if args.out else RESULTS / f"serve_speed-{time.strftime('%Y%m%d-%H%M%S')}.json"
     from digitrec.fileio import write_json_atomic
