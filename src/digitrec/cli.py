@@ -1139,7 +1139,7 @@ def _add_serve(commands: argparse._SubParsersAction[_Parser]) -> None:
         default=0,
         metavar="N",
         help="processes per server process that decode and normalize images "
-        "(default: 0, the CPUs divided by --workers)",
+        "(default: 0, twice the CPUs divided by --workers)",
     )
     limits = serve.add_argument_group("limits")
     for option in SERVE_LIMITS:
