@@ -86,6 +86,16 @@ def decode_processes(server: Server) -> list[int]:
     return [pid for pid in children if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
 
 
+def test_decode_processes_default_to_two_per_cpu_shared_by_the_workers() -> None:
+    from digitrec.serving import ServeConfig, decode_processes
+
+    cpus = len(os.sched_getaffinity(0))
+    assert decode_processes(ServeConfig(), workers=1) == 2 * cpus
+    assert decode_processes(ServeConfig(), workers=2) == cpus
+    assert decode_processes(ServeConfig(), workers=4 * cpus) == 1  # never none
+    assert decode_processes(ServeConfig(decode_processes=3), workers=2) == 3  # as asked
+
+
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux's /proc")
 def test_a_killed_decode_process_is_replaced(onnx_server: Server, mnist: Any) -> None:
     before = decode_processes(onnx_server)
