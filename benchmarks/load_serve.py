@@ -384,19 +384,24 @@ def _load_events(
             send_next(conn, registered=True)
 
 
+def add_client_argument(parser: argparse.ArgumentParser) -> None:
+    """``--client``, for this tool and benchmarks/serve_speed.py."""
+    parser.add_argument(
+        "--client",
+        choices=CLIENTS,
+        default="events",
+        help="events: one selector loop drives the connections; threads: a thread with http.client each "
+        "(default: events)",
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", help="an already running server (default: start one on a free port)")
     parser.add_argument("--run", help="run directory for the started server (default: the bundled model)")
     parser.add_argument("--requests", type=int, default=2000, help="requests to time (default: 2000)")
     parser.add_argument("--concurrency", type=int, default=16, help="client connections (default: 16)")
-    parser.add_argument(
-        "--client",
-        choices=CLIENTS,
-        default="events",
-        help="events: every connection from one selector loop; threads: a thread with http.client per "
-        "connection (default: events)",
-    )
+    add_client_argument(parser)
     parser.add_argument("--warmup", type=int, default=10, help="untimed requests first (default: 10)")
     parser.add_argument("--size", type=int, default=280, help="PNG side in pixels (default: 280)")
     parser.add_argument("--digit-index", type=int, default=0, help="MNIST test image to send (default: 0)")

@@ -37,7 +37,7 @@ from typing import Any
 if __package__ in (None, ""):  # run by its path: make "benchmarks" importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.load_serve import CLIENTS, RESULTS, make_png, run_load, started_server
+from benchmarks.load_serve import RESULTS, add_client_argument, make_png, run_load, started_server
 
 # The goal (#18): 16 clients, 280x280 PNGs.
 TARGET_RPS = 300.0
@@ -186,13 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=2000, help="requests per round (default: 2000)")
     parser.add_argument("--concurrency", type=int, default=16, help="client connections (default: 16)")
-    parser.add_argument(
-        "--client",
-        choices=CLIENTS,
-        default="events",
-        help="events: one selector loop drives the connections; threads: a thread with http.client each "
-        "(benchmarks/load_serve.py) (default: events)",
-    )
+    add_client_argument(parser)
     parser.add_argument("--rounds", type=int, default=3, help="rounds per contender (default: 3)")
     parser.add_argument("--warmup", type=int, default=20, help="untimed requests per round (default: 20)")
     parser.add_argument("--quick", action="store_true", help="1 round of 100 requests (default: off)")
