@@ -37,13 +37,11 @@ from typing import Any
 if __package__ in (None, ""):  # run by its path: make "benchmarks" importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.load_serve import RESULTS, add_client_argument, make_png, run_load, started_server
+from benchmarks.load_serve import CLIENTS, RESULTS, add_client_argument, make_png, run_load, started_server
 
 # The goal (#18): 16 clients, 280x280 PNGs.
 TARGET_RPS = 300.0
 TARGET_P99_MS = 60.0
-
-CLIENT_WORDS = {"events": "one selector loop", "threads": "a thread with http.client each"}
 
 CONTENDERS: dict[str, list[str]] = {
     "reference": ["--batch-window", "0", "--backend", "torch"],
@@ -144,7 +142,7 @@ def table(result: dict[str, Any]) -> str:
     lines = [
         f"digitrec serve load, {result['timestamp']}: {result['machine']['cpu']}, "
         f"{result['machine']['cpus']} CPUs; {result['concurrency']} clients "
-        f"({CLIENT_WORDS[result.get('client', 'threads')]}), 280x280 PNG, "
+        f"({CLIENTS[result.get('client', 'threads')]}), 280x280 PNG, "
         f"median of {result['rounds']} rounds of {result['requests_per_round']} requests",
         "",
         "| server | errors | throughput | p50 | p90 | p99 | throughput vs reference | goal met |",
