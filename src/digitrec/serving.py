@@ -982,9 +982,11 @@ class GuardedH11Protocol(H11Protocol):
     # -- uvicorn's hooks
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.raw = transport
-        super().connection_made(cast(asyncio.Transport, _ConnectionTransport(transport, self)))
+        # asyncio's socket transport, or another loop's with the same methods (uvloop's
+        # TCPTransport is no subclass of asyncio.Transport; tests/serve/test_hardening.py
+        # runs this protocol on uvloop).
+        self.raw = cast(asyncio.Transport, transport)
+        super().connection_made(cast(asyncio.Transport, _ConnectionTransport(self.raw, self)))
         self._idle_since = self.loop.time()
         self._rearm()
 
@@ -1218,6 +1220,9 @@ def _serve(
         # to the idle timeout the protocol keeps too.
         "http": GuardedH11Protocol,
         "ws": "none",
+        # asyncio's own loop, whatever is installed: uvicorn's "auto" takes uvloop when present
+        # (uvicorn[standard]), which measured no faster here (docs/speed.md); one loop, tested.
+        "loop": "asyncio",
         "timeout_keep_alive": config.idle_timeout,
     }
     # uvicorn traps SIGTERM, finishes the requests in flight, restores the handler it found and

@@ -9,6 +9,8 @@ import json
 import shutil
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -18,10 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from benchmarks.load_serve import ServeProcess, free_port, wait_ready
 
 import digitrec
 
-from .conftest import Server, encode, on_paper, parse_metrics, run_server
+from .conftest import Server, encode, on_paper, parse_metrics, run_server, server_env
 from .test_api import open_request, predict_head, read_response
 
 
@@ -271,3 +274,43 @@ def test_show_run_path_shows_it(run_dir: Path, tmp_path: Path) -> None:
         status, _, body = live.request("GET", "/v1/models")
     assert status == 200
     assert json.loads(body)["models"][0]["source"] == str(run_dir)
+
+
+# ---- 6. another event loop ----------------------------------------------------------------------
+
+UVLOOP_SERVER = """
+import sys
+import uvicorn
+from digitrec.serving import GuardedH11Protocol, ServeConfig, create_app
+
+app = create_app(ServeConfig(idle_timeout=float(sys.argv[2])))
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), loop="uvloop", http=GuardedH11Protocol,
+            ws="none", log_level="warning")
+"""
+
+
+def test_the_guarded_protocol_runs_on_uvloop(tmp_path: Path, mnist: Any) -> None:
+    # `digitrec serve` runs asyncio's loop, but uvloop is what uvicorn[standard] installs and
+    # uvicorn's "auto" picks: the protocol once refused uvloop's transport on every connection.
+    port = free_port()
+    log_path = tmp_path / "uvloop.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", UVLOOP_SERVER, str(port), "1"],
+            stdout=log, stderr=subprocess.STDOUT, env=server_env(),
+        )  # fmt: skip
+    server = ServeProcess(port, proc, log_path, [])
+    try:
+        wait_ready("127.0.0.1", port, 60.0, proc)
+        png = encode(on_paper(mnist.test_images[0].numpy()))
+        status, _, body = server.request("POST", "/v1/predict", png, {"Content-Type": "image/png"})
+        assert status == 200 and json.loads(body)["digit"] == int(mnist.test_labels[0]), body
+        idle = socket.create_connection(("127.0.0.1", port), timeout=10)
+        try:
+            assert wait_closed(idle)[0] == b""  # its idle deadline (1 s) closed it
+        finally:
+            idle.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert "Traceback" not in server.log(), server.log()
