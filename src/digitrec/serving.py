@@ -1190,6 +1190,8 @@ def _serve(
 ) -> None:
     import uvicorn
 
+    # Before the model loads and the decode processes start: a port in use is the user's to fix.
+    check_can_listen(host, port)
     if config.backend == "onnx" and workers > 1:
         onnx_file = scratch / "model.onnx"
         onnx_file.write_bytes(export_onnx_bytes(config.run))
@@ -1247,6 +1249,31 @@ def _serve(
         pass
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def check_can_listen(host: str, port: int) -> None:
+    """DigitrecError (one line) if ``host:port`` cannot be listened on: a port in use, a port
+    below 1024 without the right, an address not of this machine. Binds as uvicorn will
+    (SO_REUSEADDR, so a port that a stopped server left in TIME_WAIT is free), then closes;
+    port 0 (any free port) always passes."""
+    import errno
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                why = "the port is in use (another server?); pass another --port"
+            elif exc.errno == errno.EACCES:
+                why = "permission denied (ports below 1024 need privileges); pass --port 1024 or above"
+            elif exc.errno == errno.EADDRNOTAVAIL:
+                why = "not an address of this machine; pass --host 127.0.0.1 or 0.0.0.0"
+            else:
+                why = exc.strerror or str(exc)
+            raise DigitrecError(f"cannot listen on {host}:{port}: {why}") from None
 
 
 class _Stopped(Exception):

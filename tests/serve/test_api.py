@@ -510,6 +510,31 @@ def test_bad_run_directory_is_a_one_line_error(tmp_path: Any) -> None:
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("case", ["port in use", "address not ours"])
+def test_a_port_or_address_it_cannot_listen_on_is_a_one_line_error(case: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        host, port = "127.0.0.1", taken.getsockname()[1]
+        if case == "address not ours":
+            host = "192.0.2.1"  # TEST-NET-1 (RFC 5737): never a local address
+        started = time.monotonic()
+        result = subprocess.run(
+            [sys.executable, "-m", "digitrec", "serve", "--host", host, "--port", str(port)],
+            capture_output=True,
+            text=True,
+            env=server_env(),
+            timeout=120,
+        )
+    assert result.returncode == 2, result.stderr
+    expected = "the port is in use" if case == "port in use" else "not an address of this machine"
+    assert result.stderr.strip().count("\n") == 0, result.stderr
+    assert f"cannot listen on {host}:{port}: {expected}" in result.stderr
+    # Said before the model loads and the decode processes start.
+    assert "Application startup" not in result.stdout + result.stderr
+    assert time.monotonic() - started < 60
+
+
 def test_the_page_and_its_assets_are_served_offline(server: Server) -> None:
     status, headers, body = server.request("GET", "/")
     assert status == 200 and headers["content-type"].startswith("text/html")
