@@ -1235,6 +1235,11 @@ def _serve(
             import torch
 
             torch.set_num_threads(1)
+            # One process keeps its metrics in memory. A $PROMETHEUS_MULTIPROC_DIR inherited from
+            # the shell (another app's deployment) would make prometheus_client write this
+            # server's metrics into that folder, summed with whatever stale files it holds, or
+            # fail at start-up when it is missing; --workers N sets its own (below).
+            os.environ.pop(MULTIPROC_ENV, None)
             uvicorn.run(create_app(config, recognizer=recognizer), **options)
         else:
             # The workers are spawned: they see these, and import prometheus_client afresh,

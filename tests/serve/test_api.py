@@ -552,6 +552,28 @@ def test_the_page_and_its_assets_are_served_offline(server: Server) -> None:
             assert not re.search(rb"https?://|//cdn|@import|url\(", text), link
 
 
+@pytest.mark.parametrize("folder", ["missing", "another app's"])
+def test_an_inherited_prometheus_multiproc_dir_is_not_used(tmp_path: Any, folder: str) -> None:
+    # Deployments of other apps set PROMETHEUS_MULTIPROC_DIR in the shell; one server process
+    # keeps its own metrics in memory, neither failing on a missing folder nor writing into one.
+    others = tmp_path / "other-app-metrics"
+    if folder != "missing":
+        others.mkdir()
+        (others / "counter_123.db").write_bytes(b"")  # stands for another app's file; untouched
+    env = {**server_env(), "PROMETHEUS_MULTIPROC_DIR": str(others)}
+    with started_server(model_args(), tmp_path, env=env) as live:
+        status, _, _ = live.request("GET", "/healthz")
+        assert status == 200
+        samples = scrape(live)
+        assert samples['digitrec_http_requests_total{route="/healthz",method="GET",status="200"}'] == 1
+        assert samples["digitrec_serve_processes"] == 1
+    if folder == "missing":
+        assert not others.exists()
+    else:
+        assert [path.name for path in others.iterdir()] == ["counter_123.db"]
+    assert "Traceback" not in live.log()
+
+
 @pytest.mark.slow
 def test_several_worker_processes(tmp_path: Any, mnist: Any) -> None:
     png = encode(on_paper(mnist.test_images[0].numpy()))
