@@ -428,3 +428,35 @@ def test_a_not_digit_head_needs_calibration_non_digits_and_a_model_that_takes_on
     config = recipe_config("tutorial-lenet", mix=HEAD_MIX, calibrate=True, not_digit_head=16)
     with pytest.raises(DigitrecError, match="'lenet' cannot take a not-a-digit head"):
         train(config, dataset=small_mnist, save=False, log=None)
+
+
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({"RANK": "0"}, "RANK=0 is set but WORLD_SIZE, MASTER_ADDR, MASTER_PORT are not"),
+        (
+            {"RANK": "0", "WORLD_SIZE": "1", "MASTER_PORT": "29500"},
+            "RANK=0 is set but MASTER_ADDR is not",
+        ),
+        (
+            {"RANK": "first", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"},
+            "RANK='first' and WORLD_SIZE='1' must be whole numbers",
+        ),
+        (
+            {"RANK": "2", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"},
+            "RANK=2 must be between 0 and WORLD_SIZE-1=1",
+        ),
+    ],
+)
+def test_a_stray_rank_in_the_environment_is_a_one_line_error(tmp_path, monkeypatch, capsys, env, message):
+    # A RANK left in the shell by a cluster's job script, without torchrun's other variables:
+    # torch's rendezvous would raise a traceback after the data loaded; this says so at once.
+    for name in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    out = tmp_path / "run"
+    assert main(["train", "--recipe", "fast", "--epochs", "1", "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
+    assert not out.exists()

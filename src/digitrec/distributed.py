@@ -38,6 +38,33 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def torchrun_rank() -> int | None:
+    """This process's rank when torchrun started it (``RANK`` set), else None.
+
+    A ``RANK`` left in the shell (a cluster's job script, another launcher) without the rest of
+    what torchrun sets is the user's to fix: one line, not torch's rendezvous traceback.
+    """
+    value = os.environ.get("RANK")
+    if value is None:
+        return None
+    missing = [name for name in ("WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if not os.environ.get(name)]
+    if missing:
+        raise DigitrecError(
+            f"RANK={value} is set but {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not: "
+            "start a distributed run with torchrun (or digitrec train --nproc N), or unset RANK"
+        )
+    try:
+        rank, world_size = int(value), int(os.environ["WORLD_SIZE"])
+    except ValueError:
+        raise DigitrecError(
+            f"RANK={value!r} and WORLD_SIZE={os.environ['WORLD_SIZE']!r} must be whole numbers "
+            "(torchrun sets them)"
+        ) from None
+    if not 0 <= rank < world_size:
+        raise DigitrecError(f"RANK={rank} must be between 0 and WORLD_SIZE-1={world_size - 1}")
+    return rank
+
+
 def join_process_group(backend: str, rank: int, world_size: int) -> None:
     """Join the process group that torchrun set up in the environment.
 

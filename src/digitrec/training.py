@@ -59,6 +59,7 @@ from .distributed import (
     resolve_device,
     restarted_by_torchrun,
     shard_bounds,
+    torchrun_rank,
 )
 from .errors import DigitrecError
 from .evaluation import evaluate, score
@@ -201,11 +202,12 @@ def train(
         tensorboard_log.summary_writer_class()  # fails now, before anything is written, if it is missing
 
     # --- processes: one, or many under torchrun (nanoGPT's wiring) ---
-    ddp = int(os.environ.get("RANK", -1)) != -1
-    if ddp:
+    torchrun = torchrun_rank()  # None: not started by torchrun
+    ddp = torchrun is not None
+    if torchrun is not None:
         import torch.distributed as dist
 
-        rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        rank, world_size = torchrun, int(os.environ["WORLD_SIZE"])
         local_rank = int(os.environ.get("LOCAL_RANK", 0))
         device = resolve_device(config.device)
         if device.type == "cuda":
@@ -528,7 +530,7 @@ def train_ensemble(
     if dataset is not None and dataset.name != config.dataset and Path(dataset.source).is_dir():
         # As train() records it: evaluate and report then score the test set the members saw.
         config = dataclasses.replace(config, dataset=dataset.name, data_dir=dataset.source)
-    master_process = int(os.environ.get("RANK", 0)) == 0
+    master_process = (torchrun_rank() or 0) == 0
     say = log if (master_process and log is not None) else (lambda _line: None)
     run_dir: Path | None = None
     if save:
