@@ -239,3 +239,22 @@ def test_progress_bar_only_on_a_terminal(tmp_path, digits, run_dir, capsys, monk
     assert "/3 [" in captured.err and "img/s" in captured.err and len(captured.out.splitlines()) == 3
     assert main(["predict", *paths, "--run", str(run_dir), "--json", "--progress", "off"]) == 0
     assert capsys.readouterr().err == ""
+
+
+def test_a_file_name_that_is_not_utf8_is_written_back_as_its_bytes(tmp_path, seven, run_dir, capsys):
+    import os
+    import subprocess
+
+    # A name from another system's encoding (Latin-1 "ÿ7.png"): Python sees it as a surrogate escape.
+    path = tmp_path / os.fsdecode(b"\xff7.png")
+    Image.fromarray(seven).save(path, format="PNG")
+    out = tmp_path / "out.csv"
+    args = ["predict", str(path), "--run", str(run_dir)]
+    assert main([*args, "--format", "csv", "--output", str(out)]) == 0
+    assert os.fsencode(str(path)) + b",7," in out.read_bytes()
+    # Printed on a stdout whose errors are strict (as in an en_US.UTF-8 locale).
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8:strict"}
+    command = [sys.executable, "-m", "digitrec", *args]
+    result = subprocess.run(command, capture_output=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr.decode(errors="replace")
+    assert result.stdout.startswith(os.fsencode(str(path)) + b": 7 "), result.stdout

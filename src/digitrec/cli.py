@@ -913,6 +913,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.onnx and args.run:
         raise DigitrecError("--onnx and --run each choose the model; pass one of them")
     names = expand(args.files, args.glob)
+    # A file name that is not valid UTF-8 (bytes from another system) arrives as surrogate
+    # escapes (PEP 383); printed, it goes back as the same bytes, as ls prints it, instead of
+    # a UnicodeEncodeError where stdout's errors are strict (a UTF-8 locale other than C.UTF-8).
+    reconfigure = getattr(sys.stdout, "reconfigure", None)
+    if reconfigure is not None:
+        reconfigure(errors="surrogateescape")
     show_paths = _show_input_paths(args.show_input, len(names)) if args.show_input else None
     # With stdin among the files, the model loads first: a broken --run is reported at once,
     # not after waiting for input. Otherwise the workers start now and work while it loads.
@@ -1004,7 +1010,8 @@ def _predict_files(
     if out.collected is not None:
         from .fileio import write_bytes_atomic
 
-        write_bytes_atomic(args.output, out.collected.getvalue().encode("utf-8"))
+        # surrogateescape: a file name that is not valid UTF-8 goes back as its own bytes.
+        write_bytes_atomic(args.output, out.collected.getvalue().encode("utf-8", "surrogateescape"))
     return EXIT_SOME_FAILED if failed else 0
 
 
