@@ -258,3 +258,25 @@ def test_a_file_name_that_is_not_utf8_is_written_back_as_its_bytes(tmp_path, sev
     result = subprocess.run(command, capture_output=True, env=env, timeout=120)
     assert result.returncode == 0, result.stderr.decode(errors="replace")
     assert result.stdout.startswith(os.fsencode(str(path)) + b": 7 "), result.stdout
+
+
+def test_a_reader_that_stops_early_ends_it_quietly(tmp_path, seven):
+    import subprocess
+
+    # `digitrec predict DIR | head -1`: once head exits, the writes fail with EPIPE.
+    folder = tmp_path / "many"
+    folder.mkdir()
+    png = encode(Image.fromarray(seven), "PNG")
+    for k in range(300):  # 300 rows of JSON, about 100 KB: more than a pipe holds
+        (folder / f"{k:03d}.png").write_bytes(png)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "digitrec", "predict", "--json", "--jobs", "1", str(folder)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.readline()  # the first row, then the reader is gone
+    proc.stdout.close()
+    errors = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141, errors
+    assert "Traceback" not in errors and "BrokenPipeError" not in errors, errors

@@ -10,6 +10,7 @@ flags that override a recipe come from one table, :data:`TRAIN_OPTIONS`, and
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -23,6 +24,7 @@ from .errors import DigitrecError
 from .predict_files import IMAGE_SUFFIXES  # torch-free and light, as --help must be
 
 EXIT_USAGE = 2
+EXIT_BROKEN_PIPE = 128 + 13  # the shell's status for a process that SIGPIPE ended (as cat's)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -1212,11 +1214,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         if args.command == "train":
-            return int(args.handler(args, list(argv) if argv is not None else sys.argv[1:]))
-        return int(args.handler(args))
+            code = int(args.handler(args, list(argv) if argv is not None else sys.argv[1:]))
+        else:
+            code = int(args.handler(args))
+        sys.stdout.flush()  # what is still buffered fails here, within reach of the handler below
+        return code
     except DigitrecError as exc:
         print(f"digitrec {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print(f"digitrec {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader of stdout went away (`digitrec predict DIR | head`): stop quietly, with the
+        # status of a process SIGPIPE ended, as cat's. stdout then points at /dev/null, so that
+        # the interpreter's last flush of what is left in its buffer does not fail again.
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
