@@ -1,4 +1,6 @@
 import math
+import os
+import time
 
 import pytest
 import torch
@@ -174,3 +176,116 @@ def test_a_not_digit_head_shifts_all_ten_scores_alike(name):
         assert torch.allclose(folded(x), plain / 2 - shift, atol=1e-4, rtol=1e-4)
     with pytest.raises(DigitrecError, match="already has"):
         with_not_digit_head(wrapped, 8)
+
+
+def _inference_variants(name):
+    """``name``'s model as a Recognizer scores it (eval mode, batch norms folded, with trained-like
+    running statistics), with a not-digit head where it takes one, and fused as an ensemble of 2."""
+    from digitrec.models import NotDigitHead, create_ensemble, fold_batch_norms, fuse_ensemble
+
+    torch.manual_seed(0)
+    models = {"plain": create_model(name), "ensemble": create_ensemble(name, 2)}
+    if NotDigitHead.fits(create_model(name)):
+        from digitrec.models import with_not_digit_head
+
+        models["head"] = with_not_digit_head(create_model(name), 8)
+    for model in models.values():
+        for _ in range(2):  # running statistics that are not the identity
+            model(torch.rand(16, 1, 28, 28))
+    return {kind: fold_batch_norms(fuse_ensemble(model.eval())) for kind, model in models.items()}
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_model_traces_to_the_same_scores_at_any_batch_size(name):
+    from digitrec.models import traced_for_inference
+
+    for kind, model in _inference_variants(name).items():
+        traced = traced_for_inference(model, torch.rand(4, 1, 28, 28))
+        # Traced indeed (a fallback to the model would pass the comparison below trivially).
+        assert isinstance(traced, torch.jit.ScriptModule), (name, kind)
+        for batch in (1, 3, 4, 17):
+            x = torch.rand(batch, 1, 28, 28)
+            with torch.inference_mode():
+                expected = model(x)
+                assert torch.allclose(traced(x), expected, atol=1e-5, rtol=1e-5), (name, kind, batch)
+
+
+class _BranchOnBatchSize(nn.Module):
+    """Python logic a trace cannot keep: the branch taken while tracing is baked in."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(784, 10)
+
+    def forward(self, x):
+        scores = self.linear(x.flatten(1))
+        return scores if x.shape[0] > 1 else scores * 0
+
+
+class _ThroughNumpy(nn.Module):
+    """A forward a trace cannot follow at all (its output leaves torch)."""
+
+    def forward(self, x):
+        return torch.from_numpy(x.flatten(1)[:, :10].numpy() * 2)
+
+
+@pytest.mark.parametrize("model", [_BranchOnBatchSize(), _ThroughNumpy()], ids=["branch", "numpy"])
+def test_a_model_that_does_not_trace_faithfully_stays_eager(model, recwarn):
+    from digitrec.models import traced_for_inference
+
+    assert traced_for_inference(model, torch.rand(4, 1, 28, 28)) is model
+    assert not recwarn.list  # TorchScript's deprecation and tracer warnings are not the user's
+
+
+def _cpu_seconds(thread_id: int) -> float:
+    """CPU time of one of this process's threads, from Linux's scheduler statistics (ns)."""
+    with open(f"/proc/self/task/{thread_id}/schedstat") as stats:
+        return int(stats.read().split()[0]) / 1e9
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="reads thread CPU times from Linux's /proc")
+def test_a_traced_forward_pass_runs_while_another_thread_holds_the_gil():
+    """The reason for tracing: the main thread holds the GIL for half a second (a C call that
+    keeps it, as a busy event loop does until it must switch); meanwhile an eager forward pass
+    stalls at its next layer, a traced one computes on. Measured as the model thread's CPU time
+    in that half second, on a network of many equal layers (each about 2 ms) so that "its next
+    layer" is a small, known amount of work."""
+    import ctypes
+    import threading
+
+    from digitrec.models import traced_for_inference
+
+    torch.manual_seed(0)
+    eager = nn.Sequential(
+        nn.Flatten(), nn.Linear(784, 512), *[nn.Linear(512, 512) for _ in range(300)]
+    ).eval()
+    traced = traced_for_inference(eager, torch.rand(4, 1, 28, 28))
+    assert isinstance(traced, torch.jit.ScriptModule)
+    x = torch.rand(512, 1, 28, 28)  # one forward pass: about a second of one core
+    usleep = ctypes.PyDLL(None).usleep  # a PyDLL call keeps the GIL for its whole length
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        busy = {}
+        for kind, model in (("eager", eager), ("traced", traced)):
+            entered = threading.Event()
+
+            def forward(model=model, entered=entered):
+                entered.set()
+                with torch.inference_mode():
+                    model(x)
+
+            worker = threading.Thread(target=forward)
+            worker.start()
+            entered.wait()
+            time.sleep(0.05)  # the GIL let go: the worker is inside its forward pass
+            before = _cpu_seconds(worker.native_id)
+            usleep(500_000)
+            busy[kind] = _cpu_seconds(worker.native_id) - before
+            worker.join()
+    finally:
+        torch.set_num_threads(threads)
+    # Traced: up to half a second of CPU (a core to itself while the main thread sleeps);
+    # eager: a layer's worth. The margins leave room for a busy machine.
+    assert busy["traced"] > 0.1, busy
+    assert busy["eager"] < 0.05, busy

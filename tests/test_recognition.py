@@ -213,6 +213,27 @@ def test_concurrent_predictions_agree_with_sequential(digits, recognizer):
     np.testing.assert_allclose(np.array(concurrent), np.array(sequential), atol=1e-6)
 
 
+def test_a_recognizer_for_concurrent_calls_reads_as_the_plain_one(mnist, recognizer, run_dir):
+    """concurrent=True (the server's) scores a traced copy of the model: the same probabilities,
+    from a thread pool too."""
+    import torch
+
+    traced = Recognizer.from_run(run_dir, concurrent=True)
+    assert any(isinstance(cell.cell_contents, torch.jit.ScriptModule) for cell in traced._scorer.__closure__)
+    inputs = list(mnist.test_images[:300].numpy())  # (28, 28) uint8 each
+    expected = recognizer.predict_normalized(inputs, [None] * len(inputs))
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        chunks = pool.map(
+            lambda k: traced.predict_normalized(inputs[k : k + 7], [None] * 7), range(0, 294, 7)
+        )
+    got = [p for chunk in chunks for p in chunk]
+    assert [p.digit for p in got] == [p.digit for p in expected[:294]]
+    np.testing.assert_allclose(
+        [p.probabilities for p in got], [p.probabilities for p in expected[:294]], atol=1e-6
+    )
+    assert traced.info() == recognizer.info()
+
+
 def test_default_is_the_bundled_model():
     info = Recognizer.default().info()
     assert info["source"] == "bundled" and info["val_accuracy"] >= 0.99

@@ -177,9 +177,11 @@ def load_recognizer(run: str | None, backend: str = "torch", onnx_file: str | No
     be stale as an .onnx file next to it could."""
     from .recognition import Recognizer
 
-    recognizer = Recognizer.from_run(run) if run else Recognizer.default()
     if backend == "torch":
-        return recognizer
+        # The model runs in inference threads beside the event loop's: traced, it never waits
+        # for the GIL (models.traced_for_inference).
+        return Recognizer.from_run(run, concurrent=True) if run else Recognizer.default(concurrent=True)
+    recognizer = Recognizer.from_run(run) if run else Recognizer.default()
     from .onnx_runtime import OnnxScorer
 
     data = Path(onnx_file).read_bytes() if onnx_file else export_onnx_bytes(run)
