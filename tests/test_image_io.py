@@ -114,6 +114,33 @@ def test_animated_image_reads_its_first_frame(seven):
         np.testing.assert_array_equal(out, normalize_digit(encode(first, fmt)))
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf], ids=["nan", "inf", "-inf"])
+def test_a_float_image_with_pixels_that_are_not_numbers(tmp_path, bad):
+    """32-bit float TIFFs (mode F) are read; one whose pixels are not all finite is refused, as
+    such a float array is (before: NaN reached the normalization as RuntimeWarnings and "no
+    digit", inf was read as ink)."""
+    pixels = np.zeros((40, 40), np.float32)
+    pixels[10:30, 18:22] = bad
+    path = tmp_path / "float.tiff"
+    Image.fromarray(pixels, mode="F").save(path)
+    with pytest.raises(ImageError, match=r"float\.tiff: float image has NaN or infinite pixel values"):
+        load_image(path)
+    with pytest.raises(ImageError, match="NaN or infinite"):
+        load_image(path.read_bytes())
+    with pytest.raises(ImageError, match="NaN or infinite"):
+        load_image(Image.fromarray(pixels, mode="F"))
+    pixels[10:30, 18:22] = 1.0  # the same stroke, finite: read
+    Image.fromarray(pixels, mode="F").save(path)
+    assert load_image(path).mode == "F"
+
+
+def test_a_file_without_end_is_read_no_further_than_the_limit():
+    """A device or a pipe has no size to check first: /dev/zero is refused at the byte limit,
+    not read until the memory runs out."""
+    with pytest.raises(ImageError, match="/dev/zero: file too large"):
+        load_image("/dev/zero")
+
+
 def test_other_bad_sources(tmp_path):
     with pytest.raises(ImageError, match="file not found"):
         load_image(tmp_path / "missing.png")

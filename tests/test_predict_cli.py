@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -198,6 +199,16 @@ def test_predict_glob_and_folder_errors(tmp_path, digits, run_dir, capsys):
     assert captured.out == ""
     message = f"{tmp_path}: no file matches --glob '*.webp' in the folder or its sub-folders"
     assert captured.err.strip() == f"digitrec predict: error: {message}"
+
+
+def test_predict_skips_a_fifo_in_a_folder(tmp_path, seven, run_dir, capsys):
+    """A FIFO named like an image inside a folder is skipped, as grep -r skips it (before: the
+    run blocked on it forever, waiting for a writer)."""
+    Image.fromarray(seven).save(tmp_path / "a.png")
+    os.mkfifo(tmp_path / "b.png")  # no writer: opening it for reading would block
+    assert main(["predict", str(tmp_path), "--run", str(run_dir), "--jobs", "1"]) == 0
+    (line,) = capsys.readouterr().out.splitlines()
+    assert line.startswith(f"{tmp_path / 'a.png'}: 7 ")
 
 
 def test_predict_csv_quoting_error_rows_and_output_file(tmp_path, seven, run_dir, capsys):

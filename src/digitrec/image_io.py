@@ -58,6 +58,13 @@ def _check_size(width: int, height: int, where: str) -> None:
         raise ImageError(f"{where}: absurd dimensions {width}x{height} (aspect ratio above {MAX_ASPECT:g}:1)")
 
 
+def _check_finite(image: Image.Image, where: str) -> None:
+    """A float image (a 32-bit TIFF, mode F) whose pixels are not all numbers has no ink to read:
+    refused, as a float array with them is (NaN would reach the normalization as garbage)."""
+    if image.mode == "F" and not np.isfinite(np.asarray(image)).all():
+        raise ImageError(f"{where}: float image has NaN or infinite pixel values")
+
+
 # warnings.catch_warnings changes process-wide state: two threads inside it at once can
 # leave the "error" filter installed for good. Opening (parsing the header, where Pillow
 # checks for bombs) is quick, so openers take turns; decoding runs in parallel.
@@ -89,6 +96,7 @@ def _decode(data: bytes, where: str, min_pixels: int | None = None) -> tuple[Ima
         scale = image.width / full_width
         # In place: with no EXIF orientation nothing happens (exif_transpose would copy the image).
         ImageOps.exif_transpose(image, in_place=True)
+        _check_finite(image, where)
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
         raise ImageError(f"{where}: refused as a decompression bomb ({exc})") from None
     except UnidentifiedImageError:
@@ -145,6 +153,7 @@ def load_image_reduced(source: Any, min_pixels: int | None) -> tuple[Image.Image
     where = _describe(source)
     if isinstance(source, Image.Image):
         _check_size(source.width, source.height, where)
+        _check_finite(source, where)
         return source, 1.0
     if isinstance(source, np.ndarray):
         return _from_array(source, where), 1.0
@@ -162,7 +171,12 @@ def load_image_reduced(source: Any, min_pixels: int | None) -> tuple[Image.Image
                 raise ImageError(
                     f"{where}: file too large ({size} bytes; at most {MAX_FILE_BYTES // 2**20} MiB)"
                 )
-            data = path.read_bytes()
+            # At most one byte past the limit: a pipe or a device (/dev/zero, a FIFO) has no size
+            # to check beforehand, and reading it whole could fill the memory.
+            with path.open("rb") as file:
+                data = file.read(MAX_FILE_BYTES + 1)
+            if len(data) > MAX_FILE_BYTES:
+                raise ImageError(f"{where}: file too large (over {MAX_FILE_BYTES // 2**20} MiB)")
         except FileNotFoundError:
             raise ImageError(f"{where}: file not found") from None
         except ImageError:

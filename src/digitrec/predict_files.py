@@ -59,8 +59,8 @@ def _wanted(name: str, pattern: str | None) -> bool:
 
 def expand(paths: Sequence[str], pattern: str | None = None) -> list[str]:
     """The files to read, in order: each path as given, a folder replaced by the files under it
-    (every sub-folder, sorted by path; hidden entries skipped) whose name matches ``pattern``
-    (shell-style, case-sensitive; default: an image extension). A path that does not exist
+    (every sub-folder, sorted by path; hidden entries, FIFOs and devices skipped) whose name
+    matches ``pattern`` (shell-style, case-sensitive; default: an image extension). A path that does not exist
     stays, to be reported as a file not found. Raises DigitrecError for a folder with no
     matching file, or one that cannot be listed."""
     files: list[str] = []
@@ -72,7 +72,10 @@ def expand(paths: Sequence[str], pattern: str | None = None) -> list[str]:
         errors: list[OSError] = []
         for folder, subfolders, names in os.walk(path, onerror=errors.append):
             subfolders[:] = [name for name in subfolders if not name.startswith(".")]
-            found += [os.path.join(folder, name) for name in names if _wanted(name, pattern)]
+            # Not a FIFO, socket or device (skipped as grep -r skips them): reading one would
+            # block the run or never end. A broken link stays, to be reported.
+            paths_here = (os.path.join(folder, name) for name in names if _wanted(name, pattern))
+            found += [path for path in paths_here if os.path.isfile(path) or not os.path.exists(path)]
         if errors:
             raise DigitrecError(f"{errors[0].filename}: cannot list the folder ({errors[0].strerror})")
         if not found:
