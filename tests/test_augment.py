@@ -53,7 +53,18 @@ def test_stroke_thickens_or_thins_each_chosen_image(digits):
     assert (out[thinner] <= digits[thinner] + 1e-6).all()
 
 
-@pytest.mark.parametrize("settings", [{"stroke": 0.6}, {"rotate": -5}, {"elastic_sigma": 0}, {"blur": 1}])
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"stroke": 0.6},
+        {"rotate": -5},
+        {"elastic_sigma": 0},
+        {"blur": 1},
+        {"rotate": float("inf")},  # an infinite angle makes every grid NaN
+        {"elastic_sigma": float("inf")},
+        {"scale": float("nan")},
+    ],
+)
 def test_bad_settings_are_refused(settings):
     from digitrec.config import TrainConfig
     from digitrec.errors import DigitrecError

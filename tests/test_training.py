@@ -53,6 +53,29 @@ def test_run_directory_and_metrics(tmp_path, small_mnist):
     assert _weights_equal(result.model, load_model(run)[0])
 
 
+def test_a_diverged_run_stops_in_one_line_and_saves_no_nan_model(
+    tmp_path, small_mnist, small_mnist_dir, capsys
+):
+    """A learning rate far too high turns the loss (and the weights) into NaN: training stops at
+    the end of that epoch, before the NaN weights are checkpointed or saved as the run's model
+    (before: "loss nan" printed, then the NaN model saved and "saved <run>")."""
+    config = recipe_config("tutorial-mlp", epochs=2, lr=1e30)
+    with pytest.raises(
+        DigitrecError, match=r"training diverged: the loss is nan in epoch 1 \(learning rate 1e\+30\)"
+    ):
+        train(config, out_dir=tmp_path / "api", dataset=small_mnist, log=None)
+    run = tmp_path / "cli"
+    args = ["train", "--data-dir", str(small_mnist_dir), "--lr", "1e30", "--epochs", "2", "--no-progress"]
+    assert main([*args, "--out", str(run)]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.strip().startswith("digitrec train: error: training diverged")
+    assert len(captured.err.strip().splitlines()) == 1 and "saved" not in captured.out
+    for folder in (tmp_path / "api", run):
+        assert (
+            not (folder / "model.safetensors").exists() and not (folder / "checkpoint.safetensors").exists()
+        )
+
+
 def test_evaluate_matches_the_last_logged_val_accuracy(tmp_path, small_mnist):
     train(recipe_config("tutorial-mlp", epochs=2), out_dir=tmp_path / "r", dataset=small_mnist, log=None)
     model, _ = load_model(tmp_path / "r")

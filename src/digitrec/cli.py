@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -41,6 +42,8 @@ def _bounded(kind: type, minimum: float, inclusive: bool = True) -> Any:
         except ValueError:
             noun = "an integer" if kind is int else "a number"
             raise argparse.ArgumentTypeError(f"expected {noun}, got {text!r}") from None
+        if not math.isfinite(value):  # float("nan") and float("inf") parse, and compare as no bound expects
+            raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
         if value < minimum or (not inclusive and value == minimum):
             relation = ">=" if inclusive else ">"
             raise argparse.ArgumentTypeError(f"must be {relation} {minimum:g}, got {text}")

@@ -9,6 +9,7 @@ The whole :class:`TrainConfig` is saved in every run's ``config.json``; its
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,11 +31,11 @@ class AugmentConfig:
 
     def __post_init__(self) -> None:
         for name in ("rotate", "translate", "scale", "shear", "elastic", "stroke"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
         if self.stroke > 0.5:
             raise ValueError(f"stroke is a probability of at most 0.5, got {self.stroke}")
-        if not self.elastic_sigma > 0:
+        if not (math.isfinite(self.elastic_sigma) and self.elastic_sigma > 0):
             raise ValueError(f"elastic_sigma must be positive, got {self.elastic_sigma}")
 
     @property
@@ -99,12 +100,12 @@ class TrainConfig:
             raise DigitrecError(f"ensemble must be at least 1 member, got {self.ensemble}")
         if self.batch_size < 1:
             raise DigitrecError(f"batch size must be at least 1, got {self.batch_size}")
-        if not self.lr > 0:
-            raise DigitrecError(f"learning rate must be positive, got {self.lr}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise DigitrecError(f"learning rate must be a finite number > 0, got {self.lr}")
         if not 0 <= self.momentum < 1:
             raise DigitrecError(f"momentum must lie in [0, 1), got {self.momentum}")
-        if self.weight_decay < 0:
-            raise DigitrecError(f"weight decay must be >= 0, got {self.weight_decay}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise DigitrecError(f"weight decay must be a finite number >= 0, got {self.weight_decay}")
         if self.schedule not in SCHEDULES:
             raise DigitrecError(f"unknown schedule {self.schedule!r} (known: {', '.join(SCHEDULES)})")
         if not 0 <= self.warmup < 1:
@@ -119,7 +120,7 @@ class TrainConfig:
             raise DigitrecError(f"bad augmentation settings: {exc}") from None
         if self.precision not in PRECISIONS:
             raise DigitrecError(f"unknown precision {self.precision!r} (known: {', '.join(PRECISIONS)})")
-        if not self.not_digit_weight >= 0:
+        if not (math.isfinite(self.not_digit_weight) and self.not_digit_weight >= 0):
             raise DigitrecError(f"not_digit_weight must be >= 0, got {self.not_digit_weight}")
         head = self.not_digit_head
         if not isinstance(head, int) or isinstance(head, bool) or head < 0:

@@ -447,6 +447,13 @@ def train(
             f"training acc {row['train_accuracy']:.4f}  validation acc {row['val_accuracy']:.4f}  "
             f"{epoch_seconds:.2f} s"
         )
+        if not math.isfinite(row["train_loss"]):
+            # Diverged (a learning rate too high for the model): the weights are NaN or infinite from
+            # here on. Stopped before they overwrite the last checkpoint or become the run's model.
+            raise DigitrecError(
+                f"training diverged: the loss is {row['train_loss']} in epoch {epoch + 1} (learning rate "
+                f"{config.lr:g}); nothing of that epoch was saved: try a lower --lr"
+            )
         if run_dir is not None and master_process:
             # Metrics first, then the checkpoint: a kill in between is healed by resume.
             checkpointed = False
