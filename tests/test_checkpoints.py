@@ -86,6 +86,29 @@ def test_atomic_write_keeps_the_old_file_on_failure(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["file.bin"]
 
 
+def test_atomic_write_refuses_to_replace_a_fifo_or_device_and_follows_no_link(tmp_path):
+    """Moving the finished file into place would replace a FIFO or device node itself (as root,
+    `digitrec export --out /dev/full` replaced the device with a file): refused in one line, the
+    node left as it is (a FIFO here; a device node is not ours to risk in a test). A link to a
+    regular file is replaced by the file, its target untouched."""
+    import stat
+
+    fifo = tmp_path / "pipe.onnx"
+    os.mkfifo(fifo)
+    message = r"pipe\.onnx: not a regular file \(a device, FIFO or socket\)"
+    with pytest.raises(DigitrecError, match=message), atomic_write(fifo) as handle:
+        handle.write(b"data")
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pipe.onnx"]  # no temp file left
+    original = tmp_path / "original.bin"
+    original.write_bytes(b"old")
+    link = tmp_path / "link.bin"
+    link.symlink_to(original)
+    with atomic_write(link) as handle:
+        handle.write(b"new")
+    assert link.read_bytes() == b"new" and not link.is_symlink() and original.read_bytes() == b"old"
+
+
 def test_a_tensor_learning_rate_is_saved_as_a_number_and_restored_in_place(tmp_path):
     """A CUDA-graphed AdamW keeps its learning rate in a tensor that the graph reads: a checkpoint
     stores a number, and loading fills the running optimizer's tensor instead of replacing it."""

@@ -109,6 +109,10 @@ def test_scorer_runs_without_importing_torch(exported):
         (["export", "{tmp}/missing"], "run directory not found"),
         (["export", "{run}", "--out", "{tmp}"], "is a folder"),
         (["export", "{run}", "--opset", "17"], "--opset: must be >= 18"),
+        # Above what onnx knows the exporter fell back to opset 18 and printed a C++ assertion.
+        (["export", "{run}", "--opset", "99"], "--opset must be 18-"),
+        # The run's own weights, overwritten by the ONNX file before.
+        (["export", "{run}", "--out", "{run}/model.safetensors"], "is a file of the run itself"),
         (["export", "{run}", "--format", "tflite"], "invalid choice"),
     ],
 )
@@ -119,6 +123,7 @@ def test_bad_export_input_is_one_line_exit_2(exported, tmp_path, capsys, args, m
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
     assert list(tmp_path.iterdir()) == []
+    load_model(run)  # the run is intact
 
 
 def test_predict_with_onnx_runs_without_torch(tmp_path, small_mnist, capsys):

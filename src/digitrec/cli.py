@@ -567,7 +567,7 @@ def _add_export(commands: argparse._SubParsersAction[_Parser]) -> None:
         "--opset",
         type=_bounded(int, 18),
         default=18,
-        help="ONNX opset version, 18 or newer (default: 18)",
+        help="ONNX opset version, from 18 to the newest the installed onnx knows (default: 18)",
     )
     export.set_defaults(handler=cmd_export)
 

@@ -52,16 +52,19 @@ def _require_onnx() -> Any:
 def _quiet_exporter() -> Iterator[None]:
     # The exporter logs a warning per optional torchvision op it cannot register and emits
     # deprecation warnings from its internals: noise for a user who asked for a file.
-    logger = logging.getLogger("torch.onnx")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+    # onnxscript logs its version converter's fallbacks (checked below: the opset written).
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             warnings.simplefilter("ignore", DeprecationWarning)
             yield
     finally:
-        logger.setLevel(level)
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 def model_to_onnx(
@@ -91,6 +94,10 @@ def model_to_onnx(
     if program is None:  # only when exporting to a path; typed Optional for that case
         raise DigitrecError("ONNX export failed: the exporter returned no program")
     proto = program.model_proto
+    # Where no converter reaches the opset asked for, the exporter keeps the one it made (18).
+    written = next((entry.version for entry in proto.opset_import if entry.domain in ("", "ai.onnx")), None)
+    if written != opset:
+        raise DigitrecError(f"ONNX export failed: the exporter wrote opset {written}, not {opset}")
     proto.producer_name, proto.producer_version = "digitrec", __version__
     proto.doc_string = (
         f"input '{INPUT_NAME}': float32 (N, 1, 28, 28) in [0, 1]; output '{OUTPUT_NAME}': float32 (N, 10) "
@@ -107,12 +114,18 @@ def export_onnx(
     run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | None = None, opset: int = DEFAULT_OPSET
 ) -> Path:
     """Export the model of ``run_dir`` to ``out`` (default ``run_dir/model.onnx``), atomically."""
-    if opset < DEFAULT_OPSET:
-        raise DigitrecError(f"--opset must be {DEFAULT_OPSET} or newer, got {opset}")
+    newest = _require_onnx().defs.onnx_opset_version()
+    if not DEFAULT_OPSET <= opset <= newest:
+        raise DigitrecError(
+            f"--opset must be {DEFAULT_OPSET}-{newest} (the newest the installed onnx knows), got {opset}"
+        )
     run_dir = Path(run_dir)
     target = Path(out) if out is not None else run_dir / ONNX_FILE
     if target.is_dir():
         raise DigitrecError(f"{target}: is a folder; --out names the .onnx file to write")
+    if target.suffix != ".onnx" and target.is_file() and target.resolve().parent == run_dir.resolve():
+        # --out runs/x/model.safetensors: the run's own weights (or config, checkpoint, metrics).
+        raise DigitrecError(f"{target}: is a file of the run itself; --out names the .onnx file to write")
     write_bytes_atomic(target, onnx_bytes(run_dir, opset))
     return target
 

@@ -12,6 +12,7 @@ import errno
 import hashlib
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,8 +23,18 @@ from .errors import DigitrecError
 
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[Any]]:
-    """Open a temp file beside ``path``; on success fsync it and move it into place."""
+    """Open a temp file beside ``path``; on success fsync it and move it into place.
+
+    ``path`` may be missing, a regular file, or a link to one (the link is replaced, its target
+    left as it was); not a device, FIFO or socket: moving a file over /dev/full would replace the
+    device itself (as root), where a plain open() would have written into it."""
     target = Path(path)
+    try:
+        kind = os.stat(target).st_mode
+    except OSError:
+        kind = None  # missing (or unreachable: the write below says so)
+    if kind is not None and not (stat.S_ISREG(kind) or stat.S_ISDIR(kind)):
+        raise DigitrecError(f"{target}: not a regular file (a device, FIFO or socket); name a file to write")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
