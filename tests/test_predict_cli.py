@@ -211,6 +211,22 @@ def test_predict_skips_a_fifo_in_a_folder(tmp_path, seven, run_dir, capsys):
     assert line.startswith(f"{tmp_path / 'a.png'}: 7 ")
 
 
+@pytest.mark.parametrize("flag", ["--output", "--show-input"])
+def test_predict_refuses_to_write_over_an_image_it_reads(tmp_path, seven, run_dir, capsys, flag):
+    """--output a.png or --show-input a.png among the inputs replaced the user's image with the
+    results (CSV, or the 28x28 input) after reading it; now one line before anything is read."""
+    image = tmp_path / "a.png"
+    Image.fromarray(seven).save(image)
+    before = image.read_bytes()
+    other = tmp_path / "sub" / ".." / "a.png"  # the same file by another name
+    assert main(["predict", str(image), "--run", str(run_dir), flag, str(other)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    message = f"{other}: is one of the images to read; writing there would replace it"
+    assert captured.err.strip() == f"digitrec predict: error: {message}"
+    assert image.read_bytes() == before
+
+
 def test_predict_csv_quoting_error_rows_and_output_file(tmp_path, seven, run_dir, capsys):
     import csv
 

@@ -673,6 +673,17 @@ def _show_input_paths(template: str, count: int) -> list[str]:
     return [str(path.with_name(f"{path.stem}-{index}{path.suffix}")) for index in range(1, count + 1)]
 
 
+def _refuse_to_overwrite_inputs(inputs: list[str], outputs: list[str]) -> None:
+    """Checked before anything is read: ``predict a.png --output a.png`` (or --show-input a.png)
+    would replace the user's image with the results once they are in."""
+    if not outputs:
+        return
+    read = {os.path.realpath(name) for name in inputs if name != "-"}
+    for output in outputs:
+        if os.path.realpath(output) in read:
+            raise DigitrecError(f"{output}: is one of the images to read; writing there would replace it")
+
+
 def _save_input(path: str, prediction: Any) -> None:
     """The 28x28 the model saw (several side by side with --multi), written atomically."""
     import io
@@ -925,6 +936,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if reconfigure is not None:
         reconfigure(errors="surrogateescape")
     show_paths = _show_input_paths(args.show_input, len(names)) if args.show_input else None
+    _refuse_to_overwrite_inputs(names, ([args.output] if args.output else []) + (show_paths or []))
     # With stdin among the files, the model loads first: a broken --run is reported at once,
     # not after waiting for input. Otherwise the workers start now and work while it loads.
     recognizer = _load_recognizer(args) if "-" in names else None
