@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from digitrec.cli import main
 from digitrec.data import (
     KNOWN_DATASETS,
     SPLIT_FILES,
@@ -45,6 +46,18 @@ def test_cache_holds_verified_arrays_and_heals(tmp_path):
     assert torch.equal(first.train_images, second.train_images)
     assert torch.equal(first.test_labels, second.test_labels)
     assert np.load(cached[0]).size > 0
+
+
+def test_an_unwritable_cache_costs_time_not_the_run(tmp_path, monkeypatch):
+    """The cache folder cannot be made (a read-only home; here a path through a file): the data
+    loads as without a cache (before: "cannot write ...npy; nothing was written", exit 2, from
+    `digitrec train` itself)."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    dataset = load_dataset("mnist", cache_dir=blocker / "cache")
+    assert len(dataset.train_labels) == 60000 and not (blocker / "cache").exists()
+    monkeypatch.setenv("DIGITREC_CACHE_DIR", str(blocker / "cache"))
+    assert main(["train", "--epochs", "1", "--no-progress", "--out", str(tmp_path / "run")]) == 0
 
 
 @pytest.mark.parametrize("gz", [True, False])

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from .errors import DigitrecError
-from .fileio import atomic_write, find_data_file, sha256_hex, write_bytes_atomic
+from .fileio import find_data_file, sha256_hex, write_bytes_atomic, write_cache_file
 from .idx import parse_idx, read_idx_bytes
 
 DATA_DIR_ENV = "DIGITREC_DATA_DIR"
@@ -140,11 +140,7 @@ def _load_array(path: Path, expected_sha256: str | None, cache_dir: Path | None)
             )
     array = parse_idx(content, str(path))
     if cached is not None:
-        try:
-            with atomic_write(cached) as handle:
-                np.save(handle, array, allow_pickle=False)
-        except OSError:
-            pass  # a read-only cache folder costs speed, not correctness
+        write_cache_file(cached, lambda handle: np.save(handle, array, allow_pickle=False))
     return array
 
 

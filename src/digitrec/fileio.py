@@ -14,7 +14,7 @@ import json
 import os
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -74,6 +74,14 @@ def _fsync_dir(folder: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def write_cache_file(path: str | os.PathLike[str], save: Callable[[IO[Any]], None]) -> None:
+    """Write a cache entry with ``save(handle)`` atomically, or not at all: an unwritable cache
+    folder (a read-only home, $DIGITREC_CACHE_DIR through a file) costs time on the next run, it
+    never stops this one."""
+    with contextlib.suppress(DigitrecError), atomic_write(path) as handle:
+        save(handle)
 
 
 def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:

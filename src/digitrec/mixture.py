@@ -35,7 +35,7 @@ import torch
 
 from .data import Dataset, default_cache_dir, load_idx_folder
 from .errors import DigitrecError
-from .fileio import atomic_write
+from .fileio import write_cache_file
 
 if TYPE_CHECKING:
     from .handwriting import DigitSet
@@ -185,11 +185,7 @@ def _cached_samples(
     inked = images.reshape(len(images), -1).max(axis=1) > 0
     images, labels = images[inked], labels[inked]
     if path is not None:
-        try:
-            with atomic_write(path) as handle:
-                np.savez_compressed(handle, images=images, labels=labels)
-        except OSError:
-            pass  # an unwritable cache costs time, not correctness
+        write_cache_file(path, lambda handle: np.savez_compressed(handle, images=images, labels=labels))
     return images, labels
 
 
@@ -254,11 +250,9 @@ def _usps(split: tuple[DigitSet, np.ndarray, np.ndarray], cache_dir: Path | None
         if jobs:
             images[needed] = np.concatenate(_parallel(jobs, _usps_chunk))
         if path is not None and len(needed) == len(digits.labels):
-            try:
-                with atomic_write(path) as handle:
-                    np.savez_compressed(handle, images=images, labels=digits.labels)
-            except OSError:
-                pass  # an unwritable cache costs time, not correctness
+            write_cache_file(
+                path, lambda handle: np.savez_compressed(handle, images=images, labels=digits.labels)
+            )
     return images[chosen], digits.labels[chosen], images[held], digits.labels[held]
 
 
