@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 
@@ -119,6 +120,20 @@ def test_bad_input_is_one_line_exit_2_nothing_written(
     assert message in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert not (tmp_path / "out").exists() and not (tmp_path / "runs").exists()
+
+
+def test_the_cli_gives_openblas_one_thread_unless_told_otherwise(monkeypatch, capsys):
+    """Set before NumPy loads (OpenBLAS reads it then): its spinning threads cost the process
+    pools' workers CPU for no gain on digitrec's small matrices. A user's own value stands."""
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
+    assert main(["recipes"]) == 0
+    assert os.environ["OPENBLAS_NUM_THREADS"] == "1"
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "3")
+    assert main(["recipes"]) == 0
+    assert os.environ["OPENBLAS_NUM_THREADS"] == "3"
+    capsys.readouterr()
+    code = "import digitrec.cli, sys; assert 'numpy' not in sys.modules, 'numpy loaded before main() runs'"
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_usage_errors_exit_2_via_the_console_script():

@@ -247,6 +247,27 @@ def test_default_model_missing_is_a_clear_error(tmp_path, monkeypatch):
         Recognizer.default()
 
 
+def test_many_inputs_are_scored_in_batches_of_at_most_score_batch(mnist, recognizer):
+    """70 inputs: three forward passes (32, 32, 6), the rows in input order, the same as scored
+    one by one (a batch of 64 costs more per image than two of 32 on a CPU)."""
+    from digitrec.recognition import SCORE_BATCH
+
+    inputs = list(mnist.test_images[:70].numpy())  # (28, 28) uint8 each
+    sizes = []
+
+    def recording(batch):
+        sizes.append(len(batch))
+        return recognizer._scorer(batch)
+
+    counting = Recognizer.from_scorer(recording, recognizer.info())
+    together = counting.predict_normalized(inputs, [None] * len(inputs))
+    assert sizes == [SCORE_BATCH, SCORE_BATCH, 70 - 2 * SCORE_BATCH] and SCORE_BATCH == 32
+    alone = [recognizer.predict_normalized([one], [None])[0] for one in inputs]
+    np.testing.assert_allclose(
+        [p.probabilities for p in together], [p.probabilities for p in alone], atol=1e-6
+    )
+
+
 def test_recognition_runs_without_torch(tmp_path, mnist):
     """A non-torch backend plugs in through from_scorer; nothing imports torch."""
     means = np.stack(
