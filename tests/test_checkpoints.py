@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -7,9 +8,11 @@ import pytest
 import torch
 
 from digitrec.checkpoints import (
+    last_metrics,
     load_checkpoint,
     load_model,
     read_config,
+    read_metrics,
     save_checkpoint,
     save_model,
     write_config,
@@ -223,6 +226,41 @@ def test_a_broken_run_directory_gets_one_line_and_exit_2(tmp_path, capsys, case)
         err = capsys.readouterr().err
         assert len(err.strip().splitlines()) == 1, err
         assert err.startswith(f"digitrec {command[0]}: error: {run}") and message in err, err
+
+
+GOOD_ROW = {"epoch": 1, "train_loss": 0.5, "train_accuracy": 0.9, "val_accuracy": 0.91, "epoch_seconds": 1.0}
+
+
+@pytest.mark.parametrize(
+    ("line", "problem"),
+    [
+        ('{"epoch": 1, "train_loss": "x"}', "train_loss is 'x', not a number"),
+        ('{"epoch": 1, "train_loss": 0.5}', "train_accuracy is missing"),
+        ("[1, 2]", "expected an object, got list"),
+        (json.dumps({**GOOD_ROW, "epoch": 0}), "epoch is 0"),
+        (json.dumps({**GOOD_ROW, "epoch": 1.5}), "epoch is 1.5, not a number"),
+        (json.dumps({**GOOD_ROW, "val_accuracy": True}), "val_accuracy is True, not a number"),
+    ],
+)
+def test_a_damaged_metrics_file_is_one_line_where_it_is_needed_only(tmp_path, capsys, line, problem):
+    """A hand-edited metrics.jsonl row: report and resume, which need the rows, stop in one line
+    (before: a KeyError traceback from report); the model itself stays usable (predict, export
+    read the last row for display only)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    _run_dir(run)
+    (run / "metrics.jsonl").write_text(json.dumps(GOOD_ROW) + "\n" + line + "\n")
+    message = f"metrics.jsonl:2: not a row of digitrec's metrics \\({re.escape(problem)}\\)"
+    with pytest.raises(DigitrecError, match=message):
+        read_metrics(run)
+    for command in (["report", str(run)], ["train", "--resume", str(run), "--epochs", "4", "--no-progress"]):
+        assert cli_exit_code(command) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and "metrics.jsonl:2" in err, err
+    from digitrec.recognition import Recognizer
+
+    assert "val_accuracy" not in Recognizer.from_run(run).info()
+    assert last_metrics(run) is None
 
 
 def test_serve_refuses_a_broken_run_with_one_line(tmp_path):

@@ -275,7 +275,42 @@ def read_metrics(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
     for number, line in enumerate(path.read_text("utf-8").splitlines(), 1):
         if line.strip():
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
             except ValueError:
                 raise DigitrecError(f"{path}:{number}: not valid JSON") from None
+            problem = _metrics_row_problem(row)
+            if problem:
+                # A hand-edited or foreign file: said here, not as a KeyError in report or resume.
+                raise DigitrecError(f"{path}:{number}: not a row of digitrec's metrics ({problem})")
+            rows.append(row)
     return rows
+
+
+def last_metrics(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The last row of the run's metrics, for display only (a model's info, an export's
+    metadata): None where there are none or the file is damaged, which costs the display its
+    figures and never the use of the model."""
+    try:
+        rows = read_metrics(run_dir)
+    except DigitrecError:
+        return None
+    return rows[-1] if rows else None
+
+
+# What every row of metrics.jsonl holds (an ensemble's last row has members_val_accuracy too).
+METRIC_FIELDS = ("epoch", "train_loss", "train_accuracy", "val_accuracy", "epoch_seconds")
+
+
+def _metrics_row_problem(row: Any) -> str | None:
+    if not isinstance(row, dict):
+        return f"expected an object, got {type(row).__name__}"
+    for name in METRIC_FIELDS:
+        value = row.get(name)
+        if name not in row:
+            return f"{name} is missing"
+        wanted = int if name == "epoch" else (int, float)
+        if isinstance(value, bool) or not isinstance(value, wanted):
+            return f"{name} is {value!r}, not a number"
+    if row["epoch"] < 1:
+        return f"epoch is {row['epoch']}"
+    return None

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from . import __version__
-from .checkpoints import load_model, read_calibration, read_metrics
+from .checkpoints import last_metrics, load_model, read_calibration
 from .errors import DigitrecError
 from .fileio import write_bytes_atomic
 from .models import fuse_ensemble
@@ -134,12 +134,12 @@ def onnx_bytes(run_dir: str | os.PathLike[str], opset: int = DEFAULT_OPSET) -> b
     """The serialized ONNX model of ``run_dir``, with its metadata (what export_onnx writes)."""
     _require_onnx()  # before loading anything: a missing package is the user's first problem
     model, config = load_model(run_dir)
-    metrics = read_metrics(run_dir)
+    last = last_metrics(run_dir)
     metadata = {
         "digitrec_config": json.dumps(config.to_dict()),
         "digitrec_version": __version__,
-        "epoch": str(metrics[-1]["epoch"]) if metrics else "",
-        "val_accuracy": str(metrics[-1]["val_accuracy"]) if metrics else "",
+        "epoch": str(last["epoch"]) if last else "",
+        "val_accuracy": str(last["val_accuracy"]) if last else "",
         # The temperature is already folded into the weights; the rejection threshold travels here.
         "not_digit_energy_below": str(read_calibration(run_dir).get("not_digit_energy_below", "")),
     }

@@ -202,7 +202,7 @@ class Recognizer:
         event loop beside its inference threads). On the CPU it is then traced with TorchScript
         (:func:`~digitrec.models.traced_for_inference`), whose forward pass never waits for the
         GIL: the same scores, about 0.1 s more to load."""
-        from .checkpoints import load_model, read_calibration, read_metrics
+        from .checkpoints import last_metrics, load_model, read_calibration
         from .distributed import resolve_device
         from .models import count_parameters, fold_batch_norms, fuse_ensemble, traced_for_inference
 
@@ -221,7 +221,7 @@ class Recognizer:
             scoring_model = traced_for_inference(scoring_model, example)
             if side_by_side is not None:
                 side_by_side = traced_for_inference(side_by_side, example)
-        metrics = read_metrics(run_dir)
+        last = last_metrics(run_dir)
         info: dict[str, Any] = {
             "name": config.model,
             "parameters": count_parameters(model),
@@ -234,8 +234,8 @@ class Recognizer:
         }
         if config.ensemble > 1:
             info["ensemble"] = config.ensemble  # members averaged; "parameters" counts them all
-        if metrics and "val_accuracy" in metrics[-1]:
-            info["val_accuracy"] = metrics[-1]["val_accuracy"]
+        if last is not None:
+            info["val_accuracy"] = last["val_accuracy"]
         calibration = read_calibration(run_dir)
         info["temperature"] = calibration.get("temperature", 1.0)
         below = calibration.get("not_digit_energy_below")
