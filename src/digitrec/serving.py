@@ -1201,6 +1201,10 @@ def _serve(
     # Fail fast with a one-line DigitrecError (a bad --run, onnxruntime missing), before binding.
     recognizer = load_recognizer(config.run, config.backend, config.onnx_file)
     shown = "localhost" if host in ("127.0.0.1", "0.0.0.0", "::") else host
+    if ":" in shown:
+        shown = f"[{shown}]"  # an IPv6 address in a URL (RFC 3986): http://[::1]:8000/
+    # Port 0: the system picks a free one when uvicorn binds; uvicorn's own line names it.
+    where = f"open http://{shown}:{port}/" if port else "a free port, which uvicorn names below"
     processes = decode_processes(config, workers)
     batching = (
         f"batches within {config.batch_window * 1000:g} ms, {processes} decode processes"
@@ -1209,7 +1213,7 @@ def _serve(
     )
     print(
         f"digitrec serve: model {recognizer.info().get('name', '?')} "
-        f"({config.run or 'bundled default'}) on {config.backend}, {batching}; open http://{shown}:{port}/",
+        f"({config.run or 'bundled default'}) on {config.backend}, {batching}; {where}",
         flush=True,
     )
     options: dict[str, Any] = {

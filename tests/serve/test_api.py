@@ -535,6 +535,39 @@ def test_a_port_or_address_it_cannot_listen_on_is_a_one_line_error(case: str) ->
     assert time.monotonic() - started < 60
 
 
+def _ipv6_loopback_port() -> int | None:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+            return int(probe.getsockname()[1])
+    except OSError:
+        return None
+
+
+@pytest.mark.parametrize("case", ["ipv6", "port 0"])
+def test_the_start_line_names_an_address_a_browser_can_open(case: str) -> None:
+    """ "open http://::1:8000/" is no URL (RFC 3986 wants [::1]); with --port 0 the system picks
+    the port when uvicorn binds, so the line sends the reader to uvicorn's, not to ":0"."""
+    if case == "ipv6":
+        port = _ipv6_loopback_port()
+        if port is None:
+            pytest.skip("no IPv6 loopback on this machine")
+        host, expected = "::1", f"; open http://[::1]:{port}/"
+    else:
+        host, port, expected = "127.0.0.1", 0, "; a free port, which uvicorn names below"
+    command = [sys.executable, "-m", "digitrec", "serve", "--host", host, "--port", str(port)]
+    proc = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=server_env()
+    )
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()  # printed once the model is loaded, before uvicorn starts
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    assert first.startswith("digitrec serve: model ") and first.rstrip().endswith(expected), first
+
+
 def test_the_page_and_its_assets_are_served_offline(server: Server) -> None:
     status, headers, body = server.request("GET", "/")
     assert status == 200 and headers["content-type"].startswith("text/html")
