@@ -146,6 +146,27 @@ def test_resume_before_the_first_checkpoint_starts_from_scratch(tmp_path, small_
     assert [row["epoch"] for row in read_metrics(run)] == [1, 2]
 
 
+def test_resuming_a_model_without_its_checkpoint_is_one_line_and_keeps_the_model(tmp_path, capsys):
+    """The bundled model ships without checkpoint.safetensors: --resume on (a copy of) it said "no
+    epoch had completed; starting from scratch", then "already holds a run; pass --resume"."""
+    import shutil
+
+    from digitrec.runs import default_model_dir
+
+    run = tmp_path / "bundled-copy"
+    shutil.copytree(default_model_dir(), run)
+    before = (run / "model.safetensors").read_bytes()
+    assert main(["train", "--resume", str(run), "--epochs", "8", "--no-progress"]) == 2
+    captured = capsys.readouterr()
+    message = f"{run}: holds a trained model but no checkpoint.safetensors to resume from"
+    message += "; train a new run with --out"
+    assert (
+        captured.err.strip() == f"digitrec train: error: {message}"
+        and "starting from scratch" not in captured.out
+    )
+    assert (run / "model.safetensors").read_bytes() == before
+
+
 def test_kill_at_any_moment_leaves_a_loadable_checkpoint(tmp_path, small_mnist_dir, small_mnist):
     """SIGKILL a real training process at several moments; each time the checkpoint loads and
     resuming finishes with exactly the weights of an uninterrupted run."""

@@ -244,6 +244,13 @@ def train(
         if (resume or restarted) and not has_checkpoint:
             if resume:
                 read_config(run_dir)  # it must still be a run directory (a clear error if not)
+                if (run_dir / MODEL_FILE).exists():
+                    # A model without its training state (the bundled model; a run pruned to
+                    # ship): nothing to go on from, and starting over would overwrite the model.
+                    raise DigitrecError(
+                        f"{run_dir}: holds a trained model but no {CHECKPOINT_FILE} to resume from; "
+                        "train a new run with --out"
+                    )
             say(f"{run_dir}: no epoch had completed; starting from scratch")
             resume = False
         elif restarted:
