@@ -305,9 +305,9 @@ def _metrics_row_problem(row: Any) -> str | None:
     if not isinstance(row, dict):
         return f"expected an object, got {type(row).__name__}"
     for name in METRIC_FIELDS:
-        value = row.get(name)
         if name not in row:
             return f"{name} is missing"
+        value = row[name]
         wanted = int if name == "epoch" else (int, float)
         if isinstance(value, bool) or not isinstance(value, wanted):
             return f"{name} is {value!r}, not a number"

@@ -31,8 +31,9 @@ class AugmentConfig:
 
     def __post_init__(self) -> None:
         for name in ("rotate", "translate", "scale", "shear", "elastic", "stroke"):
-            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
-                raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value}")
         if self.stroke > 0.5:
             raise ValueError(f"stroke is a probability of at most 0.5, got {self.stroke}")
         if not (math.isfinite(self.elastic_sigma) and self.elastic_sigma > 0):
