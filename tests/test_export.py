@@ -6,11 +6,13 @@ import sys
 import numpy as np
 import pytest
 
-from digitrec.checkpoints import load_model, read_metrics
+from digitrec.checkpoints import load_model, read_calibration, read_metrics
 from digitrec.cli import main
 from digitrec.config import recipe_config
 from digitrec.errors import DigitrecError
 from digitrec.evaluation import score
+from digitrec.fileio import sha256_hex
+from digitrec.models import count_parameters
 from digitrec.training import train
 
 from .conftest import cli_exit_code
@@ -74,6 +76,11 @@ def test_batch_axis_is_dynamic_and_metadata_travels(exported, mnist):
     assert scorer.info["model"] == config.model and scorer.info["recipe"] == config.recipe
     assert scorer.info["epoch"] == 2 and scorer.info["val_accuracy"] == read_metrics(run)[-1]["val_accuracy"]
     assert scorer.info["config"] == config.to_dict() and scorer.info["format"] == "onnx"
+    # What a Recognizer's info needs without torch, and which weights the graph was made from.
+    model, _ = load_model(run)
+    assert scorer.info["parameters"] == count_parameters(model)
+    assert scorer.info["temperature"] == read_calibration(run).get("temperature", 1.0)
+    assert scorer.info["weights_sha256"] == sha256_hex((run / "model.safetensors").read_bytes())
 
 
 def test_scorer_rejects_bad_images_and_bad_files(exported, tmp_path):

@@ -188,6 +188,36 @@ def test_predict_folder_with_workers_same_rows_same_order(tmp_path, digits, run_
     assert sum(by_name[f"d{k:02d}.png"]["digit"] == labels[k] for k in range(9)) >= 8
 
 
+def test_the_bundled_model_predicts_without_torch(tmp_path, digits, run_dir, capsys):
+    """With no --run, predict scores the bundled model's shipped ONNX copy on onnxruntime and never
+    imports torch (half a second to start instead of two and a half): the same rows as the
+    bundled weights on PyTorch (--run), probabilities to float rounding."""
+    import subprocess
+
+    pytest.importorskip("onnxruntime")
+    _tree(tmp_path, digits)
+    code = (
+        "import sys\n"
+        "from digitrec.cli import main\n"
+        f"rc = main(['predict', {str(tmp_path)!r}, '--json', '--jobs', '2'])\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+        "sys.exit(rc)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr  # broken.png is an error row
+    assert main(["predict", str(tmp_path), "--run", str(run_dir), "--json", "--jobs", "1"]) == 1
+    via_onnx = [json.loads(line) for line in proc.stdout.splitlines()]
+    via_torch = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(via_onnx) == len(via_torch) == 14
+    for fast, slow in zip(via_onnx, via_torch, strict=True):
+        assert (fast["file"], fast.get("digit"), fast.get("error")) == (
+            slow["file"],
+            slow.get("digit"),
+            slow.get("error"),
+        )
+        np.testing.assert_allclose(fast.get("probabilities", []), slow.get("probabilities", []), atol=1e-5)
+
+
 def test_predict_glob_and_folder_errors(tmp_path, digits, run_dir, capsys):
     _tree(tmp_path, digits)
     assert main(["predict", str(tmp_path), "--run", str(run_dir), "--glob", "e*.png", "--jobs", "1"]) == 0

@@ -239,6 +239,62 @@ def test_default_is_the_bundled_model():
     assert info["source"] == "bundled" and info["val_accuracy"] >= 0.99
 
 
+def test_the_shipped_onnx_copy_is_the_bundled_model(run_dir, recognizer, mnist):
+    """backend="auto" scores the bundled model with its shipped ONNX copy: exported from these very
+    weights (a re-bundled model fails here until `digitrec export` is run on it again), the same
+    info but the backend, the same digits and probabilities to float rounding."""
+    pytest.importorskip("onnxruntime")
+    from digitrec.fileio import sha256_hex
+    from digitrec.onnx_runtime import OnnxScorer
+
+    stored = OnnxScorer(run_dir / "model.onnx").info
+    assert stored["weights_sha256"] == sha256_hex((run_dir / "model.safetensors").read_bytes())
+    fast = Recognizer.default(backend="auto")
+    assert fast.info()["backend"] == "onnx"
+    assert {**fast.info(), "backend": "torch"} == Recognizer.default().info()
+    inputs = list(mnist.test_images[:500].numpy())  # (28, 28) uint8 each
+    via_onnx = fast.predict_normalized(inputs, [None] * 500)
+    via_torch = recognizer.predict_normalized(inputs, [None] * 500)
+    assert [p.digit for p in via_onnx] == [p.digit for p in via_torch]
+    assert [p.rejected for p in via_onnx] == [p.rejected for p in via_torch]
+    np.testing.assert_allclose(
+        [p.probabilities for p in via_onnx], [p.probabilities for p in via_torch], atol=1e-5
+    )
+
+
+def _bundled_copy(folder: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    import shutil
+
+    import digitrec.recognition as recognition
+
+    shutil.copytree(default_model_dir(), folder)
+    monkeypatch.setattr(recognition, "default_model_dir", lambda: folder)
+    return folder
+
+
+def test_a_stale_or_absent_onnx_copy_is_not_used(tmp_path, monkeypatch):
+    """An ONNX copy exported from other weights, a missing copy, or no onnxruntime: PyTorch scores."""
+    onnx = pytest.importorskip("onnx")
+    folder = _bundled_copy(tmp_path / "bundled", monkeypatch)
+    assert Recognizer.default(backend="auto").info()["backend"] == "onnx"  # the copy as shipped
+    model = onnx.load(str(folder / "model.onnx"))
+    for entry in model.metadata_props:
+        if entry.key == "weights_sha256":
+            entry.value = "0" * 64  # exported from other weights
+    onnx.save(model, str(folder / "model.onnx"))
+    assert Recognizer.default(backend="auto").info()["backend"] == "torch"
+    (folder / "model.onnx").unlink()
+    assert Recognizer.default(backend="auto").info()["backend"] == "torch"
+    assert Recognizer.default().info()["backend"] == "torch"  # "torch" is the default backend
+
+
+def test_without_onnxruntime_auto_is_torch(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime raises ImportError
+    assert Recognizer.default(backend="auto").info()["backend"] == "torch"
+    with pytest.raises(DigitrecError, match="unknown backend 'onnx'"):
+        Recognizer.default(backend="onnx")
+
+
 def test_default_model_missing_is_a_clear_error(tmp_path, monkeypatch):
     import digitrec.recognition as recognition
 

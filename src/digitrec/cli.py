@@ -351,7 +351,12 @@ def _evaluate_images(args: argparse.Namespace) -> int:
         raise DigitrecError("--images evaluates one model without --tta or --data-dir")
     run = args.runs[0] if args.runs else None
     labelled = open_source(args.images)
-    recognizer = Recognizer.from_run(run, args.device) if run else Recognizer.default(args.device)
+    # The model as predict scores it (the bundled one on onnxruntime where it can).
+    recognizer = (
+        Recognizer.from_run(run, args.device)
+        if run
+        else Recognizer.default(args.device, backend="auto", threads=PREDICT_ONNX_THREADS)
+    )
     result = evaluate_images(recognizer, labelled)
     model = recognizer.info()["name"]
     if args.report:
@@ -656,6 +661,11 @@ EXIT_SOME_FAILED = 1
 # Files are scored this many at a time: one batched forward each, bounded memory; the
 # results of a chunk are written together.
 PREDICT_CHUNK = 64
+# onnxruntime's threads for predict's model: one. Its batches of at most 32 are small, the
+# cores are the workers' (they normalize), and a pool of a thread per core spins between
+# calls, taking CPU from them (10,000 drawings, --jobs 2: the command's process spent 18.8 s
+# of CPU with a thread per core, 8.9 s with one, 13.4 s on torch).
+PREDICT_ONNX_THREADS = 1
 PREDICT_FORMATS = ("text", "jsonl", "csv")
 
 
@@ -955,11 +965,11 @@ def _load_recognizer(args: argparse.Namespace) -> Any:
     if args.onnx:
         from .onnx_runtime import OnnxScorer
 
-        scorer = OnnxScorer(args.onnx)
+        scorer = OnnxScorer(args.onnx, threads=PREDICT_ONNX_THREADS)
         return Recognizer.from_scorer(scorer, scorer.info)
     if args.run:
         return Recognizer.from_run(args.run, args.device)
-    return Recognizer.default(args.device)
+    return Recognizer.default(args.device, backend="auto", threads=PREDICT_ONNX_THREADS)
 
 
 def _predict_files(
@@ -1139,7 +1149,8 @@ def _add_serve(commands: argparse._SubParsersAction[_Parser]) -> None:
         choices=("torch", "onnx"),
         default="torch",
         help="what scores: PyTorch, or onnxruntime on the model exported to ONNX at startup "
-        "(about 5 s more; needs digitrec[onnx]) (default: torch)",
+        "(about 5 s more, none for the bundled model, which ships its copy; needs "
+        "digitrec[onnx]) (default: torch)",
     )
     speed.add_argument(
         "--batch-window",

@@ -30,13 +30,13 @@ from torch import nn
 from . import __version__
 from .checkpoints import last_metrics, load_model, read_calibration
 from .errors import DigitrecError
-from .fileio import write_bytes_atomic
-from .models import fuse_ensemble
+from .fileio import sha256_hex, write_bytes_atomic
+from .models import count_parameters, fuse_ensemble
+from .runs import MODEL_FILE, ONNX_FILE
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "scores"
 DEFAULT_OPSET = 18  # the oldest opset the exporter targets; runs on onnxruntime >= 1.14
-ONNX_FILE = "model.onnx"
 
 
 def _require_onnx() -> Any:
@@ -135,13 +135,20 @@ def onnx_bytes(run_dir: str | os.PathLike[str], opset: int = DEFAULT_OPSET) -> b
     _require_onnx()  # before loading anything: a missing package is the user's first problem
     model, config = load_model(run_dir)
     last = last_metrics(run_dir)
+    calibration = read_calibration(run_dir)
     metadata = {
         "digitrec_config": json.dumps(config.to_dict()),
         "digitrec_version": __version__,
         "epoch": str(last["epoch"]) if last else "",
         "val_accuracy": str(last["val_accuracy"]) if last else "",
-        # The temperature is already folded into the weights; the rejection threshold travels here.
-        "not_digit_energy_below": str(read_calibration(run_dir).get("not_digit_energy_below", "")),
+        # The temperature is already folded into the weights (recorded for info); the rejection
+        # threshold travels here.
+        "not_digit_energy_below": str(calibration.get("not_digit_energy_below", "")),
+        "temperature": str(calibration.get("temperature", 1.0)),
+        "parameters": str(count_parameters(model)),
+        # Which weights this graph was made from: a copy shipped beside them (the bundled
+        # model's) is used only while it still matches them (recognition.Recognizer.default).
+        "weights_sha256": sha256_hex((Path(run_dir) / MODEL_FILE).read_bytes()),
     }
     # An ensemble as one graph with its members side by side (the same scores).
     proto = model_to_onnx(fuse_ensemble(model), opset=opset, metadata=metadata)

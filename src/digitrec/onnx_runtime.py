@@ -11,6 +11,7 @@ Write the model with ``digitrec export DIR --format onnx``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -94,6 +95,13 @@ def _model_info(metadata: dict[str, str], path: Path) -> dict[str, Any]:
         info["epoch"] = int(metadata["epoch"])
     if metadata.get("val_accuracy"):
         info["val_accuracy"] = float(metadata["val_accuracy"])
+    # Written by digitrec 0.1 exports since 2026-12-03; older files lack them.
+    if metadata.get("parameters", "").isdigit():
+        info["parameters"] = int(metadata["parameters"])
+    with contextlib.suppress(ValueError):
+        info["temperature"] = float(metadata.get("temperature", ""))
+    if metadata.get("weights_sha256"):
+        info["weights_sha256"] = metadata["weights_sha256"]
     try:
         below = float(metadata.get("not_digit_energy_below", ""))
     except ValueError:  # absent or empty: a model without the threshold never says "not a digit"

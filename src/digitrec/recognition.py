@@ -9,7 +9,8 @@
 A Recognizer wraps a *scorer*: a function from (N, 1, 28, 28) float32 in [0, 1] to
 (N, 10) scores. :meth:`Recognizer.from_run` and :meth:`Recognizer.default` build a
 PyTorch scorer; torch is imported only there, so another backend (ONNX Runtime) can
-plug in through :meth:`Recognizer.from_scorer` without torch installed.
+plug in through :meth:`Recognizer.from_scorer` without torch installed, as the bundled
+model's shipped ONNX copy does (``Recognizer.default(backend="auto")``).
 
 Images are brought into MNIST's form by :func:`digitrec.images.normalize_digit`
 (one digit) or :func:`digitrec.images.segment_digits` (a row of digits).
@@ -20,15 +21,17 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .calibration import SEVERAL_DIGITS_BELOW, energy
 from .errors import DigitrecError
+from .fileio import sha256_hex
 from .image_io import ImageError, load_image
 from .images import SegmentGroup, normalize_digit, segment_digits, segment_groups
-from .runs import CONFIG_FILE, MODEL_FILE, default_model_dir
+from .runs import CONFIG_FILE, MODEL_FILE, ONNX_FILE, default_model_dir
 
 __all__ = [
     "ImageError",
@@ -162,6 +165,43 @@ def _torch_scorer(model: Any, device: Any, side_by_side: Any = None) -> Scorer:
     return score
 
 
+def _shipped_onnx(folder: Path, threads: int | None) -> Recognizer | None:
+    """The Recognizer of ``folder``'s ONNX copy on onnxruntime, or None where there is no such
+    copy, onnxruntime is not installed, or the copy was exported from other weights than
+    ``folder``'s (a model re-bundled without exporting it again)."""
+    path = folder / ONNX_FILE
+    if not path.is_file():
+        return None
+    try:
+        import onnxruntime  # noqa: F401  (an optional extra)
+    except ImportError:
+        return None
+    from .onnx_runtime import OnnxScorer
+
+    scorer = OnnxScorer(path, threads)
+    stored = scorer.info
+    if stored.get("weights_sha256") != sha256_hex((folder / MODEL_FILE).read_bytes()):
+        return None
+    config = stored.get("config", {})
+    # The keys and values from_run gives, but the backend.
+    info: dict[str, Any] = {
+        "name": config.get("model"),
+        "parameters": stored.get("parameters"),
+        "source": "bundled",
+        "backend": "onnx",
+        "device": "cpu",
+        "recipe": config.get("recipe"),
+        "dataset": config.get("dataset"),
+        "model_args": dict(config.get("model_args", {})),
+    }
+    if config.get("ensemble", 1) > 1:
+        info["ensemble"] = config["ensemble"]
+    for key in ("val_accuracy", "temperature", "not_digit_energy_below"):
+        if key in stored:
+            info[key] = stored[key]
+    return Recognizer.from_scorer(scorer, info)
+
+
 class Recognizer:
     """A model plus MNIST-style normalization: images in, :class:`Prediction` out.
 
@@ -244,15 +284,35 @@ class Recognizer:
         return cls(_torch_scorer(scoring_model, resolved, side_by_side), info, below)
 
     @classmethod
-    def default(cls, device: str = "cpu", *, concurrent: bool = False) -> Recognizer:
+    def default(
+        cls,
+        device: str = "cpu",
+        *,
+        concurrent: bool = False,
+        backend: str = "torch",
+        threads: int | None = None,
+    ) -> Recognizer:
         """The model bundled with digitrec (``digitrec/_data/default_model``); ``concurrent`` as
-        for :meth:`from_run`."""
+        for :meth:`from_run`.
+
+        ``backend="auto"``: on the CPU, score with the ONNX copy shipped beside the weights
+        (``model.onnx``) on onnxruntime when it is installed and the copy was exported from
+        these very weights: the same scores to float rounding, without importing torch
+        (``digitrec predict`` starts in about 0.6 s instead of 2.5, and each image costs
+        less); otherwise PyTorch, as ``"torch"``. ``threads``: onnxruntime's intra-op
+        threads (default: one per core)."""
+        if backend not in ("torch", "auto"):
+            raise DigitrecError(f"unknown backend {backend!r}; expected 'torch' or 'auto'")
         folder = default_model_dir()
         if not (folder / CONFIG_FILE).is_file() or not (folder / MODEL_FILE).is_file():
             raise DigitrecError(
                 f"the bundled default model is missing ({folder} has no {CONFIG_FILE} and "
                 f"{MODEL_FILE}); reinstall digitrec, or pass a run directory (--run DIR)"
             )
+        if backend == "auto" and device == "cpu":
+            shipped = _shipped_onnx(folder, threads)
+            if shipped is not None:
+                return shipped
         return cls.from_run(folder, device, source="bundled", concurrent=concurrent)
 
     def info(self) -> dict[str, Any]:

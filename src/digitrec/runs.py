@@ -20,6 +20,7 @@ CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 MODEL_FILE = "model.safetensors"
 CHECKPOINT_FILE = "checkpoint.safetensors"
+ONNX_FILE = "model.onnx"  # digitrec export's default file in the run
 
 
 def default_model_dir() -> Path:

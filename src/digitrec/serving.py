@@ -174,13 +174,17 @@ def load_recognizer(run: str | None, backend: str = "torch", onnx_file: str | No
     backend "onnx": the same model exported to ONNX in memory (about 5 s, once per start;
     ``onnx_file``: an export already made, by serve() for its workers) and scored by
     onnxruntime on one thread. The exported graph is the served model itself, so it cannot
-    be stale as an .onnx file next to it could."""
+    be stale as an .onnx file next to it could; the bundled model's shipped copy is used
+    only after checking it was exported from the bundled weights."""
     from .recognition import Recognizer
 
     if backend == "torch":
         # The model runs in inference threads beside the event loop's: traced, it never waits
         # for the GIL (models.traced_for_inference).
         return Recognizer.from_run(run, concurrent=True) if run else Recognizer.default(concurrent=True)
+    if run is None and onnx_file is None and shipped_onnx_usable():
+        # The bundled model ships its ONNX copy, checked against its weights: no export.
+        return Recognizer.default(backend="auto", threads=1)
     recognizer = Recognizer.from_run(run) if run else Recognizer.default()
     from .onnx_runtime import OnnxScorer
 
@@ -188,6 +192,13 @@ def load_recognizer(run: str | None, backend: str = "torch", onnx_file: str | No
     # One intra-op thread: the parallelism is the decode processes' and the batches'.
     scorer = OnnxScorer(onnx_file or "<exported at startup>", threads=1, data=data)
     return Recognizer.from_scorer(scorer, {**recognizer.info(), "backend": "onnx", "device": "cpu"})
+
+
+def shipped_onnx_usable() -> bool:
+    """Whether the bundled model's ONNX copy will score (installed, current, onnxruntime present)."""
+    from .recognition import Recognizer
+
+    return bool(Recognizer.default(backend="auto", threads=1).info()["backend"] == "onnx")
 
 
 def export_onnx_bytes(run: str | None) -> bytes:
@@ -1194,7 +1205,7 @@ def _serve(
 
     # Before the model loads and the decode processes start: a port in use is the user's to fix.
     check_can_listen(host, port)
-    if config.backend == "onnx" and workers > 1:
+    if config.backend == "onnx" and workers > 1 and not (config.run is None and shipped_onnx_usable()):
         onnx_file = scratch / "model.onnx"
         onnx_file.write_bytes(export_onnx_bytes(config.run))
         config = dataclasses.replace(config, onnx_file=str(onnx_file))

@@ -111,3 +111,41 @@ def test_a_killed_decode_process_is_replaced(onnx_server: Server, mnist: Any) ->
         assert time.monotonic() < deadline, f"no replacement: {after}"
         time.sleep(0.1)
     assert [post(onnx_server, good, PNG)[0] for _ in range(4)] == [200] * 4
+
+
+def test_onnx_backend_uses_the_shipped_copy_and_exports_only_when_it_is_stale(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bundled model ships its ONNX copy: --backend onnx starts without exporting. A copy made
+    from other weights (a model re-bundled without exporting again) is not served: the model is
+    exported at startup instead, as for any --run."""
+    import shutil
+
+    import onnx
+
+    import digitrec.recognition as recognition
+    import digitrec.runs as runs
+    import digitrec.serving as serving
+
+    exported: list[str | None] = []
+    real_export = serving.export_onnx_bytes
+
+    def counting_export(run: str | None) -> bytes:
+        exported.append(run)
+        return real_export(run)
+
+    monkeypatch.setattr(serving, "export_onnx_bytes", counting_export)
+    assert serving.load_recognizer(None, "onnx").info()["backend"] == "onnx"
+    assert exported == []
+
+    folder = tmp_path / "bundled"
+    shutil.copytree(runs.default_model_dir(), folder)
+    model = onnx.load(str(folder / "model.onnx"))
+    stale = next(entry for entry in model.metadata_props if entry.key == "weights_sha256")
+    stale.value = "0" * 64
+    onnx.save(model, str(folder / "model.onnx"))
+    monkeypatch.setattr(recognition, "default_model_dir", lambda: folder)
+    monkeypatch.setattr(runs, "default_model_dir", lambda: folder)
+    served = serving.load_recognizer(None, "onnx")
+    assert exported == [None] and served.info()["backend"] == "onnx"
+    assert served.info()["source"] == "bundled"
