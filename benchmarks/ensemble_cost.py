@@ -44,9 +44,10 @@ def _torch_scorer(model: torch.nn.Module) -> Scorer:
 
 def _onnx_scorer(model: torch.nn.Module, threads: int) -> Scorer | None:
     try:
-        import onnxruntime as ort
-
         from digitrec.export import model_to_onnx
+        from digitrec.onnx_runtime import import_onnxruntime
+
+        ort = import_onnxruntime()
     except ImportError:
         return None
     options = ort.SessionOptions()

@@ -218,6 +218,45 @@ def test_the_bundled_model_predicts_without_torch(tmp_path, digits, run_dir, cap
         np.testing.assert_allclose(fast.get("probabilities", []), slow.get("probabilities", []), atol=1e-5)
 
 
+def test_onnxruntime_telemetry_stays_off_unless_the_user_chose(tmp_path, seven):
+    """onnxruntime's official Linux builds keep a device id under ~/.cache/Microsoft, leave a .ses
+    file in $TMPDIR and send usage events unless ORT_DISABLE_TELEMETRY is set before it loads:
+    digitrec sets it, and keeps a value the user gave."""
+    import subprocess
+
+    pytest.importorskip("onnxruntime")
+    image = tmp_path / "seven.png"
+    Image.fromarray(seven).save(image)
+    home, scratch = tmp_path / "home", tmp_path / "tmp"
+    home.mkdir()
+    scratch.mkdir()
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("ORT_DISABLE_TELEMETRY", "GITHUB_ACTIONS", "TF_BUILD")
+    }
+    env.update(HOME=str(home), TMPDIR=str(scratch), XDG_CACHE_HOME=str(home / ".cache"))
+    code = (
+        "import os, sys\n"
+        "from digitrec.cli import main\n"
+        f"rc = main(['predict', {str(image)!r}])\n"
+        "print(os.environ.get('ORT_DISABLE_TELEMETRY'), 'onnxruntime' in sys.modules)\n"
+        "sys.exit(rc)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1] == "1 True"  # onnxruntime scored, its telemetry off
+    assert list(scratch.iterdir()) == [] and list(home.rglob("*")) == []
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**env, "ORT_DISABLE_TELEMETRY": "0"},
+        timeout=120,
+    )
+    assert proc.returncode == 0 and proc.stdout.splitlines()[-1] == "0 True"
+
+
 def test_predict_glob_and_folder_errors(tmp_path, digits, run_dir, capsys):
     _tree(tmp_path, digits)
     assert main(["predict", str(tmp_path), "--run", str(run_dir), "--glob", "e*.png", "--jobs", "1"]) == 0

@@ -1146,11 +1146,12 @@ def _add_serve(commands: argparse._SubParsersAction[_Parser]) -> None:
     speed = serve.add_argument_group("speed")
     speed.add_argument(
         "--backend",
-        choices=("torch", "onnx"),
-        default="torch",
+        choices=("auto", "torch", "onnx"),
+        default="auto",
         help="what scores: PyTorch, or onnxruntime on the model exported to ONNX at startup "
         "(about 5 s more, none for the bundled model, which ships its copy; needs "
-        "digitrec[onnx]) (default: torch)",
+        "digitrec[onnx]); auto: onnx for the bundled model where its copy and onnxruntime "
+        "are there, torch otherwise (default: auto)",
     )
     speed.add_argument(
         "--batch-window",

@@ -26,6 +26,19 @@ INPUT_SHAPE = (1, 28, 28)  # per image; the batch axis is dynamic
 NUM_CLASSES = 10
 
 
+def import_onnxruntime() -> Any:
+    """``onnxruntime``, imported with its telemetry off unless the user has chosen
+    (``ORT_DISABLE_TELEMETRY``). Its recent official Linux builds (1.32 here) otherwise write a
+    device id under ``~/.cache/Microsoft``, leave a ``.ses`` file in ``$TMPDIR`` and send usage
+    events: not what reading a digit should do behind the user's back. The setting must
+    precede the import (onnxruntime reads it once); child processes inherit it. Raises
+    ImportError where onnxruntime is not installed."""
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+    import onnxruntime
+
+    return onnxruntime
+
+
 class OnnxScorer:
     """A callable over an onnxruntime session: (N, 1, 28, 28) float32 -> (N, 10) scores.
 
@@ -39,7 +52,7 @@ class OnnxScorer:
         """``data``: the model's bytes (``digitrec serve --backend onnx`` exports in memory);
         ``path`` then only names it in messages and ``info``."""
         try:
-            import onnxruntime
+            onnxruntime = import_onnxruntime()
         except ImportError:
             raise DigitrecError("ONNX scoring needs onnxruntime: pip install 'digitrec[onnx]'") from None
         self.path = Path(path)

@@ -166,17 +166,16 @@ def _torch_scorer(model: Any, device: Any, side_by_side: Any = None) -> Scorer:
 
 
 def _shipped_onnx(folder: Path, threads: int | None) -> Recognizer | None:
-    """The Recognizer of ``folder``'s ONNX copy on onnxruntime, or None where there is no such
-    copy, onnxruntime is not installed, or the copy was exported from other weights than
-    ``folder``'s (a model re-bundled without exporting it again)."""
+    """:meth:`Recognizer.bundled_onnx` for the bundled model's ``folder``."""
     path = folder / ONNX_FILE
     if not path.is_file():
         return None
+    from .onnx_runtime import OnnxScorer, import_onnxruntime
+
     try:
-        import onnxruntime  # noqa: F401  (an optional extra)
+        import_onnxruntime()  # an optional extra
     except ImportError:
         return None
-    from .onnx_runtime import OnnxScorer
 
     scorer = OnnxScorer(path, threads)
     stored = scorer.info
@@ -310,10 +309,17 @@ class Recognizer:
                 f"{MODEL_FILE}); reinstall digitrec, or pass a run directory (--run DIR)"
             )
         if backend == "auto" and device == "cpu":
-            shipped = _shipped_onnx(folder, threads)
+            shipped = cls.bundled_onnx(threads)
             if shipped is not None:
                 return shipped
         return cls.from_run(folder, device, source="bundled", concurrent=concurrent)
+
+    @classmethod
+    def bundled_onnx(cls, threads: int | None = None) -> Recognizer | None:
+        """The bundled model on onnxruntime from its shipped ONNX copy, or None where there is
+        no copy, onnxruntime is not installed, or the copy was exported from other weights than
+        the bundled ones (a model re-bundled without exporting it again)."""
+        return _shipped_onnx(default_model_dir(), threads)
 
     def info(self) -> dict[str, Any]:
         """Model name, parameters, source (run dir or "bundled"), backend, ..."""

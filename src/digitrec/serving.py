@@ -93,7 +93,7 @@ CONFIG_ENV = "DIGITREC_SERVE_CONFIG"  # JSON ServeConfig handed to each worker p
 # folder, and /metrics, in whichever process answers, adds them all up (--workers > 1).
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 WORKERS_ENV = "DIGITREC_SERVE_WORKERS"  # --workers, for each worker's default --decode-processes
-BACKENDS = ("torch", "onnx")
+BACKENDS = ("auto", "torch", "onnx")
 
 # Media types a raw body may have; the decoder sniffs the real format, these only say "an image".
 IMAGE_MEDIA_TYPES = ("image/png", "image/jpeg", "image/webp", "image/gif", "image/bmp", "image/tiff")
@@ -131,7 +131,9 @@ class ServeConfig:
     body_timeout: float = 10.0  # seconds from the end of the head to the end of the body (408)
     idle_timeout: float = 5.0  # seconds a connection may wait for its next request
     show_run_path: bool = False  # /v1/models: the run directory's path, not only its name
-    backend: str = "torch"  # what scores: "torch", or "onnx" (onnxruntime, the model exported at startup)
+    # What scores: "torch"; "onnx" (onnxruntime; a run's model exported at startup, the bundled
+    # one's shipped copy); "auto": "onnx" for the bundled model where its copy is usable, else "torch".
+    backend: str = "auto"
     # Seconds the first input of a batch waits for others; 0: no batching, no decode pool: each
     # request is decoded, normalized and scored alone in one of `threads` threads (the path before batching).
     batch_window: float = 0.002
@@ -168,23 +170,26 @@ class ServeConfig:
 # The model: the one place the server touches the Recognizer.
 
 
-def load_recognizer(run: str | None, backend: str = "torch", onnx_file: str | None = None) -> Any:
+def load_recognizer(run: str | None, backend: str = "auto", onnx_file: str | None = None) -> Any:
     """The Recognizer the CLI uses: ``run``'s model, or the bundled default model.
 
     backend "onnx": the same model exported to ONNX in memory (about 5 s, once per start;
     ``onnx_file``: an export already made, by serve() for its workers) and scored by
     onnxruntime on one thread. The exported graph is the served model itself, so it cannot
-    be stale as an .onnx file next to it could; the bundled model's shipped copy is used
-    only after checking it was exported from the bundled weights."""
+    be stale as an .onnx file next to it could. The bundled model ships its copy, used after
+    checking it was exported from the bundled weights. "auto": that copy for the bundled
+    model, else "torch"."""
     from .recognition import Recognizer
 
-    if backend == "torch":
+    if run is None and onnx_file is None and backend in ("auto", "onnx"):
+        # One intra-op thread: the parallelism is the decode processes' and the batches'.
+        shipped = Recognizer.bundled_onnx(threads=1)
+        if shipped is not None:
+            return shipped
+    if backend in ("auto", "torch"):
         # The model runs in inference threads beside the event loop's: traced, it never waits
         # for the GIL (models.traced_for_inference).
         return Recognizer.from_run(run, concurrent=True) if run else Recognizer.default(concurrent=True)
-    if run is None and onnx_file is None and shipped_onnx_usable():
-        # The bundled model ships its ONNX copy, checked against its weights: no export.
-        return Recognizer.default(backend="auto", threads=1)
     recognizer = Recognizer.from_run(run) if run else Recognizer.default()
     from .onnx_runtime import OnnxScorer
 
@@ -192,13 +197,6 @@ def load_recognizer(run: str | None, backend: str = "torch", onnx_file: str | No
     # One intra-op thread: the parallelism is the decode processes' and the batches'.
     scorer = OnnxScorer(onnx_file or "<exported at startup>", threads=1, data=data)
     return Recognizer.from_scorer(scorer, {**recognizer.info(), "backend": "onnx", "device": "cpu"})
-
-
-def shipped_onnx_usable() -> bool:
-    """Whether the bundled model's ONNX copy will score (installed, current, onnxruntime present)."""
-    from .recognition import Recognizer
-
-    return bool(Recognizer.default(backend="auto", threads=1).info()["backend"] == "onnx")
 
 
 def export_onnx_bytes(run: str | None) -> bytes:
@@ -1205,7 +1203,11 @@ def _serve(
 
     # Before the model loads and the decode processes start: a port in use is the user's to fix.
     check_can_listen(host, port)
-    if config.backend == "onnx" and workers > 1 and not (config.run is None and shipped_onnx_usable()):
+    from .recognition import Recognizer
+
+    exporting = config.backend == "onnx" and workers > 1
+    # The bundled model's shipped ONNX copy needs no export for the workers.
+    if exporting and not (config.run is None and Recognizer.bundled_onnx(threads=1) is not None):
         onnx_file = scratch / "model.onnx"
         onnx_file.write_bytes(export_onnx_bytes(config.run))
         config = dataclasses.replace(config, onnx_file=str(onnx_file))
@@ -1224,7 +1226,7 @@ def _serve(
     )
     print(
         f"digitrec serve: model {recognizer.info().get('name', '?')} "
-        f"({config.run or 'bundled default'}) on {config.backend}, {batching}; {where}",
+        f"({config.run or 'bundled default'}) on {recognizer.info()['backend']}, {batching}; {where}",
         flush=True,
     )
     options: dict[str, Any] = {

@@ -23,10 +23,17 @@ pytest.importorskip("onnxscript")
 WINDOW_MS = 250
 
 
-@pytest.fixture(scope="module")
-def onnx_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+@pytest.fixture(scope="module", params=["torch", "onnx"])
+def batching_server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    """Each backend: the default for the bundled model is onnx; torch serves every --run."""
     with run_server(
-        tmp_path_factory.mktemp("serve-onnx"), "--backend", "onnx", "--batch-window", str(WINDOW_MS)
+        tmp_path_factory.mktemp(f"serve-{request.param}"),
+        "--backend",
+        request.param,
+        "--batch-window",
+        str(WINDOW_MS),
     ) as live:
         yield live
 
@@ -47,32 +54,33 @@ def send_together(server: Server, bodies: list[bytes]) -> list[tuple[int, dict[s
     return answers
 
 
-def test_concurrent_requests_share_a_model_call_and_onnx_reads_as_torch(
-    onnx_server: Server, recognizer: Any, mnist: Any
+def test_concurrent_requests_share_a_model_call_and_read_as_torch(
+    batching_server: Server, recognizer: Any, mnist: Any, request: pytest.FixtureRequest
 ) -> None:
     images = [mnist.test_images[i].numpy() for i in range(8)]
     bodies = [encode(on_paper(pixels)) for pixels in images]
     count = "digitrec_predict_batch_size_count"
-    before = scrape(onnx_server)
-    answers = send_together(onnx_server, bodies)
-    after = scrape(onnx_server)
+    before = scrape(batching_server)
+    answers = send_together(batching_server, bodies)
+    after = scrape(batching_server)
     assert [status for status, _ in answers] == [200] * 8, answers
     # 8 inputs scored in fewer than 8 model calls: some batch held more than one.
     inputs = after["digitrec_predict_batch_size_sum"] - before.get("digitrec_predict_batch_size_sum", 0)
     calls = after[count] - before.get(count, 0)
     assert inputs == 8 and calls < 8, (inputs, calls)
-    # onnxruntime reads what torch (the Recognizer in this process) reads, to float rounding.
+    # Either backend reads what torch (the Recognizer in this process) reads, to float rounding.
     for (_, got), body in zip(answers, bodies, strict=True):
         expected = recognizer.predict(body)
         assert got["digit"] == expected.digit
         assert np.allclose(got["probabilities"], expected.probabilities, atol=1e-4)
-    _, models = onnx_server.request("GET", "/v1/models")[::2]
-    assert b'"backend":"onnx"' in models
+    _, models = batching_server.request("GET", "/v1/models")[::2]
+    backend = request.node.callspec.params["batching_server"]
+    assert f'"backend":"{backend}"'.encode() in models
 
 
-def test_bad_images_in_a_batch_get_their_own_400(onnx_server: Server, mnist: Any) -> None:
+def test_bad_images_in_a_batch_get_their_own_400(batching_server: Server, mnist: Any) -> None:
     good = encode(on_paper(mnist.test_images[0].numpy()))
-    answers = send_together(onnx_server, [good, b"not an image", good, good[: len(good) // 2]])
+    answers = send_together(batching_server, [good, b"not an image", good, good[: len(good) // 2]])
     assert [status for status, _ in answers] == [200, 400, 200, 400], answers
     assert answers[1][1]["error"].startswith("image: ")
     assert answers[0][1]["digit"] == answers[2][1]["digit"] == int(mnist.test_labels[0])
@@ -97,20 +105,20 @@ def test_decode_processes_default_to_two_per_cpu_shared_by_the_workers() -> None
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux's /proc")
-def test_a_killed_decode_process_is_replaced(onnx_server: Server, mnist: Any) -> None:
-    before = decode_processes(onnx_server)
+def test_a_killed_decode_process_is_replaced(batching_server: Server, mnist: Any) -> None:
+    before = decode_processes(batching_server)
     default = 2 * len(os.sched_getaffinity(0))  # --decode-processes' default: two per CPU
     assert len(before) == default, before
     os.kill(before[0], signal.SIGKILL)
     good = encode(on_paper(mnist.test_images[0].numpy()))
-    statuses = [post(onnx_server, good, PNG)[0] for _ in range(6)]
+    statuses = [post(batching_server, good, PNG)[0] for _ in range(6)]
     # The request that met the dead process, if any, is a 500; the others are read as usual.
     assert statuses.count(200) >= 5 and set(statuses) <= {200, 500}, statuses
     deadline = time.monotonic() + 60
-    while len(after := decode_processes(onnx_server)) != default or before[0] in after:
+    while len(after := decode_processes(batching_server)) != default or before[0] in after:
         assert time.monotonic() < deadline, f"no replacement: {after}"
         time.sleep(0.1)
-    assert [post(onnx_server, good, PNG)[0] for _ in range(4)] == [200] * 4
+    assert [post(batching_server, good, PNG)[0] for _ in range(4)] == [200] * 4
 
 
 def test_onnx_backend_uses_the_shipped_copy_and_exports_only_when_it_is_stale(
