@@ -13,7 +13,9 @@ The contenders, each reading every file, their output going to a pipe:
   (``benchmarks/normalize_reference.py``), one forward pass of the bundled model, a JSON line
   per file;
 - now, ``--jobs 1`` and ``--jobs 2``: ``python -m digitrec predict DIR --json --jobs N`` as a
-  subprocess, start-up, model loading and the workers' start included.
+  subprocess, start-up, model loading and the workers' start included (the bundled model on
+  onnxruntime, from its shipped ONNX copy);
+- now on torch: ``--jobs 2 --run`` the bundled model's folder, the same weights on PyTorch.
 
 With ``--today-files M`` today's path reads only the first M files (it is the slow one) and
 its rate is quoted from those. The digits read by today's path and by ``--jobs 2`` are
@@ -41,8 +43,11 @@ from benchmarks import normalize_reference as reference
 from benchmarks import rendered_handwriting as rendered
 from benchmarks.normalize import WEB_INK
 from benchmarks.readme import publish
+from digitrec.runs import default_model_dir
 
 README_BLOCK = "predict-throughput"
+# The bundled model's weights on PyTorch: predict's path before it scored the shipped ONNX copy.
+ON_TORCH = "now --jobs 2, torch (--run)"
 CHUNK = 64  # today's PREDICT_CHUNK
 
 
@@ -83,9 +88,19 @@ def today(paths: list[Path]) -> tuple[float, list[Any]]:
     return time.perf_counter() - started, digits
 
 
-def now(folder: Path, jobs: int) -> tuple[float, list[Any]]:
-    """Seconds for ``digitrec predict FOLDER --json --jobs N`` (a subprocess), and the digits read."""
-    command = [sys.executable, "-m", "digitrec", "predict", str(folder), "--json", "--jobs", str(jobs)]
+def now(folder: Path, jobs: int, extra: tuple[str, ...] = ()) -> tuple[float, list[Any]]:
+    """Seconds for ``digitrec predict FOLDER --json --jobs N [extra]`` (a subprocess), and the digits read."""
+    command = [
+        sys.executable,
+        "-m",
+        "digitrec",
+        "predict",
+        str(folder),
+        "--json",
+        "--jobs",
+        str(jobs),
+        *extra,
+    ]
     started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, check=False, env=dict(os.environ))
     seconds = time.perf_counter() - started
@@ -116,6 +131,9 @@ def run(files: int, today_files: int) -> dict[str, Any]:
         for jobs in (1, 2):
             seconds, reads[f"now --jobs {jobs}"] = now(folder, jobs)
             rows[f"now --jobs {jobs}"] = {"files": files, "seconds": round(seconds, 2)}
+        # The same weights on PyTorch (what --run gives): the gain of the shipped ONNX copy.
+        seconds, reads[ON_TORCH] = now(folder, 2, ("--run", str(default_model_dir())))
+        rows[ON_TORCH] = {"files": files, "seconds": round(seconds, 2)}
         seconds, reads["today"] = today(paths[:today_files])
         rows["today"] = {"files": today_files, "seconds": round(seconds, 2)}
     for row in rows.values():
@@ -127,7 +145,7 @@ def run(files: int, today_files: int) -> dict[str, Any]:
     out["agreement_with_today"] = round(
         sum(a == b for a, b in zip(reads["today"], compared, strict=True)) / today_files, 4
     )
-    out["jobs_1_equals_jobs_2"] = reads["now --jobs 1"] == reads["now --jobs 2"]
+    out["jobs_1_equals_jobs_2"] = reads["now --jobs 1"] == reads["now --jobs 2"] == reads[ON_TORCH]
     return out
 
 
@@ -141,8 +159,10 @@ def format_table(results: dict[str, Any]) -> str:
         "| contender | files | seconds | images/s | vs today |",
         "|---|---|---|---|---|",
     ]
-    for name in ("today", "now --jobs 1", "now --jobs 2"):
-        row = results["rows"][name]
+    for name in ("today", "now --jobs 1", ON_TORCH, "now --jobs 2"):
+        row = results["rows"].get(name)
+        if row is None:  # a result from before the torch row
+            continue
         lines.append(
             f"| {name} | {row['files']:,} | {row['seconds']:.1f} | {row['images_per_second']:.0f} | "
             f"{row['vs_today']:.1f}x |"
@@ -150,8 +170,8 @@ def format_table(results: dict[str, Any]) -> str:
     lines += [
         "",
         f"- digits read the same as today's path: {results['agreement_with_today']:.2%} of "
-        f"{results['rows']['today']['files']:,}; --jobs 2 reads exactly what --jobs 1 does: "
-        f"{'yes' if results['jobs_1_equals_jobs_2'] else 'NO'}",
+        f"{results['rows']['today']['files']:,}; --jobs 2 reads exactly what --jobs 1 and torch "
+        f"do: {'yes' if results['jobs_1_equals_jobs_2'] else 'NO'}",
     ]
     return "\n".join(lines)
 

@@ -120,7 +120,9 @@ def test_normalize_and_predict_benchmarks_run_and_make_their_tables(seven):
     table = normalize.format_table(results)
     assert "| drawing |" in table and "| suite | 2 | 100.00% |" in table
     row = {"files": 10, "seconds": 1.0, "images_per_second": 10.0, "vs_today": 1.0}
-    rows = {name: dict(row) for name in ("today", "now --jobs 1", "now --jobs 2")}
+    rows = {
+        name: dict(row) for name in ("today", "now --jobs 1", predict_throughput.ON_TORCH, "now --jobs 2")
+    }
     table = predict_throughput.format_table(
         {
             "date": "d",
@@ -132,6 +134,7 @@ def test_normalize_and_predict_benchmarks_run_and_make_their_tables(seven):
         }
     )
     assert "| now --jobs 2 | 10 | 1.0 | 10 | 1.0x |" in table
+    assert "| now --jobs 2, torch (--run) | 10 |" in table
 
 
 def test_the_ensemble_cost_benchmark_runs_and_makes_its_table(tmp_path, capsys):
