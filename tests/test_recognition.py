@@ -273,7 +273,7 @@ def _bundled_copy(folder: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def test_a_stale_or_absent_onnx_copy_is_not_used(tmp_path, monkeypatch):
-    """An ONNX copy exported from other weights, a missing copy, or no onnxruntime: PyTorch scores."""
+    """An ONNX copy exported from other weights, a damaged or missing copy: PyTorch scores."""
     onnx = pytest.importorskip("onnx")
     folder = _bundled_copy(tmp_path / "bundled", monkeypatch)
     assert Recognizer.default(backend="auto").info()["backend"] == "onnx"  # the copy as shipped
@@ -282,6 +282,8 @@ def test_a_stale_or_absent_onnx_copy_is_not_used(tmp_path, monkeypatch):
         if entry.key == "weights_sha256":
             entry.value = "0" * 64  # exported from other weights
     onnx.save(model, str(folder / "model.onnx"))
+    assert Recognizer.default(backend="auto").info()["backend"] == "torch"
+    (folder / "model.onnx").write_bytes(b"\x08\x07 damaged")  # a copy onnxruntime cannot load
     assert Recognizer.default(backend="auto").info()["backend"] == "torch"
     (folder / "model.onnx").unlink()
     assert Recognizer.default(backend="auto").info()["backend"] == "torch"

@@ -166,7 +166,8 @@ def _torch_scorer(model: Any, device: Any, side_by_side: Any = None) -> Scorer:
 
 
 def _shipped_onnx(folder: Path, threads: int | None) -> Recognizer | None:
-    """:meth:`Recognizer.bundled_onnx` for the bundled model's ``folder``."""
+    """:meth:`Recognizer.bundled_onnx` for the bundled model's ``folder`` (None also for a copy
+    onnxruntime cannot load)."""
     path = folder / ONNX_FILE
     if not path.is_file():
         return None
@@ -177,7 +178,10 @@ def _shipped_onnx(folder: Path, threads: int | None) -> Recognizer | None:
     except ImportError:
         return None
 
-    scorer = OnnxScorer(path, threads)
+    try:
+        scorer = OnnxScorer(path, threads)
+    except DigitrecError:  # a damaged copy: the weights, read by PyTorch, are the model
+        return None
     stored = scorer.info
     if stored.get("weights_sha256") != sha256_hex((folder / MODEL_FILE).read_bytes()):
         return None
