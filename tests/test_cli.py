@@ -61,6 +61,13 @@ def test_train_then_evaluate(tmp_path, small_mnist_dir, capsys):
     assert report["accuracy"] == read_metrics(run)[-1]["val_accuracy"]
     assert len(report["per_class"]) == 10 and len(report["confusion_matrix"]) == 10
     assert sum(map(sum, report["confusion_matrix"])) == 500
+    # Evaluating reads the test split only: a folder of the two t10k files is enough.
+    test_only = tmp_path / "test-only"
+    test_only.mkdir()
+    for path in small_mnist_dir.glob("t10k-*"):
+        (test_only / path.name).write_bytes(path.read_bytes())
+    assert main(["evaluate", str(run), "--data-dir", str(test_only), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["accuracy"] == report["accuracy"]
     assert main(["evaluate", str(run)]) == 0
     text = capsys.readouterr().out
     assert "precision" in text and "confusion matrix" in text

@@ -99,6 +99,13 @@ def test_missing_file_and_folder(tmp_path, mnist):
         load_dataset("custom", data_dir=folder)
     with pytest.raises(DigitrecError, match="data folder not found"):
         load_dataset("custom", data_dir=tmp_path / "nowhere")
+    # Evaluating needs the test split only; a missing test file is still an error.
+    test_only = load_dataset("custom", data_dir=folder, test_only=True)
+    assert test_only.train_images.shape == (0, 28, 28) and test_only.train_labels.shape == (0,)
+    assert torch.equal(test_only.test_images, mnist.test_images[:10])
+    (folder / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(DigitrecError, match="missing t10k-labels-idx1-ubyte"):
+        load_dataset("custom", data_dir=folder, test_only=True)
 
 
 def test_checksum_mismatch_for_a_known_name(tmp_path, mnist):

@@ -464,7 +464,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     runs = args.runs or [str(default_model_dir())]
     loaded = [load_model(run, device) for run in runs]
     config = loaded[0][1]
-    dataset = load_dataset(config.dataset, data_dir=args.data_dir or config.data_dir)
+    dataset = load_dataset(config.dataset, data_dir=args.data_dir or config.data_dir, test_only=True)
     predicted, selective = _read_test_set([model for model, _ in loaded], runs, dataset, args.tta)
     report = report_from_predictions(predicted, dataset.test_labels)
     names = [c.model for _, c in loaded]

@@ -146,6 +146,10 @@ def _load_array(path: Path, expected_sha256: str | None, cache_dir: Path | None)
 
 def _assemble(name: str, arrays: dict[str, np.ndarray], folder: Path, source: str) -> Dataset:
     for split in ("train", "test"):
+        if f"{split}_images" not in arrays:  # test_only: an empty training split
+            arrays[f"{split}_images"] = np.zeros((0, 28, 28), dtype=np.uint8)
+            arrays[f"{split}_labels"] = np.zeros((0,), dtype=np.int64)
+            continue
         images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
         image_file = folder / SPLIT_FILES[f"{split}_images"]
         label_file = folder / SPLIT_FILES[f"{split}_labels"]
@@ -176,13 +180,17 @@ def load_idx_folder(
     name: str | None = None,
     checksums: dict[str, str] | None = None,
     cache_dir: Path | None = None,
+    test_only: bool = False,
 ) -> Dataset:
-    """Load the four standard IDX files from ``folder`` (each raw or ``.gz``)."""
+    """Load the four standard IDX files from ``folder`` (each raw or ``.gz``); with ``test_only``
+    the two t10k files alone (the training split then empty), for evaluating."""
     folder = Path(folder)
     if not folder.is_dir():
         raise DigitrecError(f"{folder}: data folder not found")
     arrays = {}
     for role, stem in SPLIT_FILES.items():
+        if test_only and role.startswith("train"):
+            continue
         expected = checksums.get(stem) if checksums else None
         arrays[role] = _load_array(find_data_file(folder, stem), expected, cache_dir)
     return _assemble(name or folder.name, arrays, folder, source=str(folder))
@@ -198,8 +206,9 @@ def load_dataset(
     data_dir: str | os.PathLike[str] | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
     download: bool = True,
+    test_only: bool = False,
 ) -> Dataset:
-    """Load a dataset into memory.
+    """Load a dataset into memory (``test_only``: its test split alone, the training split empty).
 
     ``data_dir`` (or the ``DIGITREC_DATA_DIR`` environment variable) points at a
     folder with the four standard IDX files; otherwise ``name`` picks a known
@@ -211,7 +220,9 @@ def load_dataset(
     spec = KNOWN_DATASETS.get(name)
     if chosen_dir is not None:
         # A user's folder: verify against the known checksums only when the name is known.
-        return load_idx_folder(chosen_dir, name, spec.sha256 if spec else None, cache_dir=None)
+        return load_idx_folder(
+            chosen_dir, name, spec.sha256 if spec else None, cache_dir=None, test_only=test_only
+        )
     if spec is None:
         known = ", ".join(sorted(KNOWN_DATASETS))
         raise DigitrecError(f"unknown dataset {name!r} (known: {known}; or pass --data-dir)")
@@ -223,7 +234,7 @@ def load_dataset(
             if not download:
                 raise DigitrecError(f"dataset {name!r} is not downloaded (folder {folder})")
             download_dataset(spec.name, folder)
-    return load_idx_folder(folder, spec.name, spec.sha256, cache_dir=cache / "arrays")
+    return load_idx_folder(folder, spec.name, spec.sha256, cache_dir=cache / "arrays", test_only=test_only)
 
 
 def download_dataset(

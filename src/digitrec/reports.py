@@ -81,7 +81,7 @@ def analyze_run(
     """Load a run's model, score its dataset's test set, and read its metrics."""
     run_dir = Path(run_dir)
     model, config = load_model(run_dir, device)
-    dataset = load_dataset(config.dataset, data_dir=data_dir or config.data_dir)
+    dataset = load_dataset(config.dataset, data_dir=data_dir or config.data_dir, test_only=True)
     scores = score(model, dataset.test_images.to(device)).cpu()  # (N, 10)
     return RunAnalysis(
         run_dir=run_dir,
