@@ -773,7 +773,10 @@ def _add_predict(commands: argparse._SubParsersAction[_Parser]) -> None:
         "(default: every file with an image extension: " + ", ".join(IMAGE_SUFFIXES) + ")",
     )
     predict.add_argument(
-        "--run", metavar="DIR", help="run directory of the model to use (default: the bundled model)"
+        "--run",
+        metavar="DIR",
+        help="run directory of the model to use, scored by PyTorch (default: the bundled model, "
+        "scored by onnxruntime from its shipped ONNX copy where installed, else PyTorch)",
     )
     predict.add_argument(
         "--onnx",
