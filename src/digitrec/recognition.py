@@ -171,16 +171,11 @@ def _shipped_onnx(folder: Path, threads: int | None) -> Recognizer | None:
     path = folder / ONNX_FILE
     if not path.is_file():
         return None
-    from .onnx_runtime import OnnxScorer, import_onnxruntime
-
-    try:
-        import_onnxruntime()  # an optional extra
-    except ImportError:
-        return None
+    from .onnx_runtime import OnnxScorer
 
     try:
         scorer = OnnxScorer(path, threads)
-    except DigitrecError:  # a damaged copy: the weights, read by PyTorch, are the model
+    except DigitrecError:  # onnxruntime (an optional extra) missing, or a damaged copy
         return None
     stored = scorer.info
     if stored.get("weights_sha256") != sha256_hex((folder / MODEL_FILE).read_bytes()):

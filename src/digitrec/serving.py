@@ -1205,9 +1205,9 @@ def _serve(
     check_can_listen(host, port)
     from .recognition import Recognizer
 
-    exporting = config.backend == "onnx" and workers > 1
-    # The bundled model's shipped ONNX copy needs no export for the workers.
-    if exporting and not (config.run is None and Recognizer.bundled_onnx(threads=1) is not None):
+    onnx_workers = config.backend == "onnx" and workers > 1
+    # The workers share one export made here; the bundled model's shipped copy needs none.
+    if onnx_workers and not (config.run is None and Recognizer.bundled_onnx(threads=1) is not None):
         onnx_file = scratch / "model.onnx"
         onnx_file.write_bytes(export_onnx_bytes(config.run))
         config = dataclasses.replace(config, onnx_file=str(onnx_file))
