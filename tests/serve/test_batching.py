@@ -157,3 +157,17 @@ def test_onnx_backend_uses_the_shipped_copy_and_exports_only_when_it_is_stale(
     served = serving.load_recognizer(None, "onnx")
     assert exported == [None] and served.info()["backend"] == "onnx"
     assert served.info()["source"] == "bundled"
+
+
+def test_auto_backend_is_onnx_for_the_bundled_model_and_torch_for_a_run(tmp_path: Path) -> None:
+    import shutil
+
+    import digitrec.runs as runs
+    import digitrec.serving as serving
+
+    assert serving.ServeConfig().backend == "auto"
+    assert serving.load_recognizer(None, "auto").info()["backend"] == "onnx"
+    run = tmp_path / "run"
+    shutil.copytree(runs.default_model_dir(), run)
+    assert serving.load_recognizer(str(run), "auto").info()["backend"] == "torch"  # no export
+    assert serving.load_recognizer(None, "torch").info()["backend"] == "torch"
