@@ -260,6 +260,12 @@ def test_the_shipped_onnx_copy_is_the_bundled_model(run_dir, recognizer, mnist):
     np.testing.assert_allclose(
         [p.probabilities for p in via_onnx], [p.probabilities for p in via_torch], atol=1e-5
     )
+    # One session shared by the server's inference threads (--batch-window 0): the same answers.
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        chunks = pool.map(lambda k: fast.predict_normalized(inputs[k : k + 5], [None] * 5), range(0, 500, 5))
+    np.testing.assert_allclose(
+        [p.probabilities for chunk in chunks for p in chunk], [p.probabilities for p in via_onnx], atol=1e-6
+    )
 
 
 def _bundled_copy(folder: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
