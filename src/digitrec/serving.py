@@ -56,6 +56,7 @@ import logging
 import math
 import os
 import signal
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -751,11 +752,18 @@ def decode_processes(config: ServeConfig, workers: int | None = None) -> int:
     return max(1, DECODE_PROCESSES_PER_CPU * cpus // workers)
 
 
-def _load(config: ServeConfig) -> Any:
-    import torch
+def _one_torch_thread() -> None:
+    """Torch, where the backend loaded it, computes on one thread: the parallelism comes from the
+    inference threads and the decode processes, not from inside one call. Not imported
+    otherwise: the bundled model on onnxruntime starts without it (1.5 s, about 190 MB)."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(1)
 
-    torch.set_num_threads(1)  # parallelism comes from the inference threads, not from inside one
+
+def _load(config: ServeConfig) -> Any:
     recognizer = load_recognizer(config.run, config.backend, config.onnx_file)
+    _one_torch_thread()
     log.info("model loaded: %s", recognizer.info())
     return recognizer
 
@@ -1251,9 +1259,7 @@ def _serve(
     previous = signal.signal(signal.SIGTERM, _stop)
     try:
         if workers == 1:
-            import torch
-
-            torch.set_num_threads(1)
+            _one_torch_thread()
             # One process keeps its metrics in memory. A $PROMETHEUS_MULTIPROC_DIR inherited from
             # the shell (another app's deployment) would make prometheus_client write this
             # server's metrics into that folder, summed with whatever stale files it holds, or
