@@ -755,7 +755,7 @@ def decode_processes(config: ServeConfig, workers: int | None = None) -> int:
 def _one_torch_thread() -> None:
     """Torch, where the backend loaded it, computes on one thread: the parallelism comes from the
     inference threads and the decode processes, not from inside one call. Not imported
-    otherwise: the bundled model on onnxruntime starts without it (1.5 s, about 190 MB)."""
+    otherwise: the bundled model on onnxruntime starts without it (1.3 s and about 185 MB less)."""
     torch = sys.modules.get("torch")
     if torch is not None:
         torch.set_num_threads(1)
