@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import struct
 import zlib
 
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from digitrec.image_io import MAX_PIXELS, ImageError, load_image
+from digitrec.image_io import MAX_PIXELS, ImageError, load_image, load_picture
 from digitrec.images import normalize_digit
 
 from .recognition_support import encode
@@ -152,3 +153,102 @@ def test_other_bad_sources(tmp_path):
         load_image(np.full((8, 8), np.nan))
     with pytest.raises(ImageError, match="expected a path"):
         load_image(12345)
+
+
+# --------------------------------------------------------------------------- plain PNGs by OpenCV
+
+
+def _random_pixels(mode: str, seed: int = 0) -> np.ndarray:
+    """Noise in a smooth ramp: Pillow's encoder picks several PNG row filters for it, so the
+    decoder's unfiltering is exercised."""
+    rng = np.random.default_rng(seed)
+    shape = (37, 53) if mode == "L" else (37, 53, len(mode))
+    ramp = np.linspace(0, 200, 53)[None, :] if mode == "L" else np.linspace(0, 200, 53)[None, :, None]
+    return np.clip(ramp + rng.integers(0, 56, shape), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB", "RGBA"])
+def test_a_plain_png_is_decoded_to_the_same_pixels_as_pillow(mode):
+    """An 8-bit gray, RGB or RGBA PNG (text chunks and all) reaches the normalization as an array
+    decoded by OpenCV, in Pillow's channel order, pixel for pixel what Pillow decodes."""
+    from PIL import PngImagePlugin
+
+    text = PngImagePlugin.PngInfo()
+    text.add_text("Software", "a drawing program")
+    text.add_text("Comment", "compressed " * 20, zip=True)
+    data = encode(Image.fromarray(_random_pixels(mode), mode), "PNG", pnginfo=text, dpi=(300, 300))
+    picture, scale = load_picture(data, None)
+    assert isinstance(picture, np.ndarray) and scale == 1.0
+    np.testing.assert_array_equal(picture, np.asarray(load_image(data)))
+
+
+def _turned_by_exif() -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to view
+    return encode(Image.fromarray(_random_pixels("RGB")), "PNG", exif=exif.tobytes())
+
+
+PILLOWS_PNGS = {
+    "palette": lambda: encode(Image.fromarray(_random_pixels("RGB")).quantize(16), "PNG"),
+    "16-bit gray": lambda: encode(Image.fromarray(_random_pixels("L").astype(np.uint16) * 257), "PNG"),
+    "transparent colour": lambda: encode(
+        Image.fromarray(_random_pixels("RGB")), "PNG", transparency=(0, 0, 0)
+    ),
+    "exif orientation": _turned_by_exif,
+    "icc profile": lambda: encode(Image.fromarray(_random_pixels("RGB")), "PNG", icc_profile=b"\0" * 128),
+    "1-bit": lambda: bilevel_png(40, 30),
+    "animated": lambda: encode(
+        Image.fromarray(_random_pixels("L")), "PNG", save_all=True, append_images=[Image.new("L", (53, 37))]
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(PILLOWS_PNGS))
+def test_other_pngs_are_decoded_by_pillow(kind):
+    """A PNG with anything OpenCV would read differently or not at all (a palette, 16 bits, a
+    transparent colour, an EXIF orientation, an ICC profile, 1 bit, frames) is Pillow's, as
+    before: the same image as load_image gives."""
+    data = PILLOWS_PNGS[kind]()
+    picture, _ = load_picture(data, None)
+    assert isinstance(picture, Image.Image)
+    reference = load_image(data)
+    assert picture.mode == reference.mode
+    np.testing.assert_array_equal(np.asarray(picture), np.asarray(reference))
+    if kind == "exif orientation":
+        assert picture.size == (37, 53)  # turned upright, as the EXIF says
+
+
+def test_a_broken_png_is_reported_as_before_with_nothing_on_stderr(capfd, seven):
+    """libpng prints its complaints to stderr: a PNG with a bad CRC, a missing end or a cut-off
+    body never reaches it. Pillow decodes or refuses it exactly as load_image does."""
+    data = encode(Image.fromarray(seven), "PNG")
+    idat = data.index(b"IDAT")
+    bad_crc = bytearray(data)
+    bad_crc[idat + 40] ^= 0xFF
+    for broken in (bytes(bad_crc), data[: len(data) // 2], data[: -len(_png_chunk(b"IEND", b""))]):
+        try:
+            expected = np.asarray(load_image(broken))
+        except ImageError as exc:
+            with pytest.raises(ImageError, match=re.escape(str(exc).split(" (")[0])):
+                load_picture(broken, None)
+        else:
+            picture, _ = load_picture(broken, None)
+            assert isinstance(picture, Image.Image)
+            np.testing.assert_array_equal(np.asarray(picture), expected)
+    assert capfd.readouterr().err == ""
+
+
+@pytest.mark.parametrize("channels", [0, 3, 4])
+def test_the_normalization_of_8_bit_arrays_and_plain_pngs_is_that_of_pillows_image(seven, channels):
+    """The array path (a plain PNG, an 8-bit array handed in) gives the very digit that Pillow's
+    image of the same pixels gives."""
+    pixels = seven if channels == 0 else np.repeat(seven[:, :, None], channels, axis=2)
+    if channels:
+        pixels = pixels.copy()
+        pixels[..., 2] = np.maximum(pixels[..., 2], 60)  # bluish ink: the colour path
+    image = Image.fromarray(pixels)
+    expected = normalize_digit(image)
+    assert expected is not None
+    np.testing.assert_array_equal(normalize_digit(pixels), expected)
+    np.testing.assert_array_equal(normalize_digit(encode(image, "PNG")), expected)
+    assert isinstance(load_picture(encode(image, "PNG"), None)[0], np.ndarray)

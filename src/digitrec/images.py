@@ -12,7 +12,7 @@ function (the untrusted-input boundary, with its limits and :class:`ImageError`)
 Everything here is NumPy, SciPy, Pillow and OpenCV (``opencv-python-headless``, for
 connected components, morphology and filters: 5-15x faster than SciPy's on these sizes);
 no torch, so a non-torch runtime can use the same normalization. Large JPEGs are decoded
-at reduced scale (:func:`digitrec.image_io.load_image_reduced`), as they are averaged
+at reduced scale (:func:`digitrec.image_io.load_picture`), as they are averaged
 down to :data:`ANALYSIS_PIXELS` anyway.
 """
 
@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage as ndi
 
-from .image_io import load_image_reduced
+from .image_io import Picture, load_picture
 
 # The MNIST geometry: the digit fits a 20x20 box, pasted into 28x28 so that its
 # centre of mass lands on pixel (14, 14) (measured on MNIST's training set: 13.99, 14.00).
@@ -164,7 +164,18 @@ def _is_gray_8bit(rgb: np.ndarray) -> bool:
     return max(cv2.norm(red, green, cv2.NORM_INF), cv2.norm(green, blue, cv2.NORM_INF)) <= 1
 
 
-def _to_channels(image: Image.Image, max_pixels: int) -> _Channels:
+def _pixel_count(picture: Picture) -> int:
+    """Width x height of a decoded picture (a PIL image or 8-bit pixels)."""
+    if isinstance(picture, np.ndarray):
+        return int(picture.shape[0] * picture.shape[1])
+    return picture.width * picture.height
+
+
+# The mode of 8-bit pixels by their channel count ((H, W) is gray).
+_ARRAY_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
+
+
+def _to_channels(image: Picture, max_pixels: int) -> _Channels:
     """(H, W, C) float32 in [0, 1], C = 1 (gray) or 3 (colour), transparency composited,
     area-averaged down to at most ``max_pixels``; and the scale factor (<= 1).
 
@@ -176,34 +187,38 @@ def _to_channels(image: Image.Image, max_pixels: int) -> _Channels:
     opaque pixels' median, i.e. more paper. 8-bit data without transparency
     stays 8-bit (:class:`_Channels`): float only when needed.
     """
-    image = _standard_mode(image)
     scale = 1.0
-    if image.width * image.height > max_pixels:
-        # The smallest whole factor that fits: each analysis pixel the mean of a factor x
-        # factor block (Pillow's reduce: 2.5x faster than resizing to an exact pixel count,
-        # and the same scale as a JPEG decoded at 1/2, 1/4 or 1/8).
-        factor = int(np.ceil((image.width * image.height / max_pixels) ** 0.5))
-        width = image.width
-        image = image.reduce(factor)
-        scale = image.width / width
-    raw = np.asarray(image)
-    if image.mode == "L":
+    if isinstance(image, np.ndarray) and _pixel_count(image) <= max_pixels:
+        # 8-bit pixels (a plain PNG, an 8-bit array): as they are, with no copy through Pillow.
+        raw, mode = image, _ARRAY_MODES[1 if image.ndim == 2 else image.shape[2]]
+    else:
+        image = _standard_mode(Image.fromarray(image) if isinstance(image, np.ndarray) else image)
+        if image.width * image.height > max_pixels:
+            # The smallest whole factor that fits: each analysis pixel the mean of a factor x
+            # factor block (Pillow's reduce: 2.5x faster than resizing to an exact pixel count,
+            # and the same scale as a JPEG decoded at 1/2, 1/4 or 1/8).
+            factor = int(np.ceil((image.width * image.height / max_pixels) ** 0.5))
+            width = image.width
+            image = image.reduce(factor)
+            scale = image.width / width
+        raw, mode = np.asarray(image), image.mode
+    if mode == "L":
         return _Channels(scale, raw)
     # Opaque: alpha / 255 >= 0.99 everywhere, as the compositing below would leave it.
-    if image.mode == "RGB" or (image.mode == "RGBA" and cv2.minMaxLoc(cv2.extractChannel(raw, 3))[0] >= 253):
+    if mode == "RGB" or (mode == "RGBA" and cv2.minMaxLoc(cv2.extractChannel(raw, 3))[0] >= 253):
         # OpenCV's channel copies: NumPy's strided copy of a 280x280x4 image took 0.6 ms,
         # OpenCV's 0.01 ms.
-        rgb = np.ascontiguousarray(raw) if image.mode == "RGB" else cv2.cvtColor(raw, cv2.COLOR_RGBA2RGB)
+        rgb = np.ascontiguousarray(raw) if mode == "RGB" else cv2.cvtColor(raw, cv2.COLOR_RGBA2RGB)
         if _is_gray_8bit(rgb):
             return _Channels(scale, cv2.extractChannel(rgb, 0))
         return _Channels(scale, None, rgb)
     array = raw.astype(np.float32)
-    if image.mode != "F":
+    if mode != "F":
         array = array / 255.0
     if array.ndim == 2:
         array = array[:, :, None]
     alpha: np.ndarray | None = None
-    if image.mode in ("LA", "RGBA"):
+    if mode in ("LA", "RGBA"):
         array, alpha = array[:, :, :-1], array[:, :, -1]
     if array.shape[2] == 3 and _is_gray(array):
         array = array[:, :, :1]  # a colour image that is really gray
@@ -426,7 +441,7 @@ class _InkMap:
     coarse: bool = False  # analysed below full analysis resolution (see _ink_map's coarse)
 
 
-def _ink_map(image: Image.Image, scale: float = 1.0, coarse: bool = False) -> _InkMap | None:
+def _ink_map(image: Picture, scale: float = 1.0, coarse: bool = False) -> _InkMap | None:
     """White-ink-on-black map of the image at analysis resolution, or None if there is no ink.
 
     ``scale``: the image's pixels per original pixel, when it was decoded reduced. ``coarse``:
@@ -451,7 +466,7 @@ def _ink_map(image: Image.Image, scale: float = 1.0, coarse: bool = False) -> _I
     7. a soft shadow the background fit left (wider than any stroke) is taken out
        (:func:`_without_shadows`).
     """
-    reduced = coarse and image.width * image.height > LARGE
+    reduced = coarse and _pixel_count(image) > LARGE
     channels = _to_channels(image, LARGE if reduced else ANALYSIS_PIXELS)
     scale *= channels.scale
     rgb = channels.rgb
@@ -1000,15 +1015,20 @@ def _piece_crop(ink: np.ndarray, labels: np.ndarray, piece: _Piece) -> np.ndarra
     return np.where(own, ink[box], 0.0)
 
 
-def _already_mnist(image: Image.Image) -> np.ndarray | None:
+def _already_mnist(image: Picture) -> np.ndarray | None:
     """The pixels of an image that is already in MNIST's form, else None: 28x28 8-bit gray,
     white ink on exact black, the ink's longer side 19 or 20 px and its centre of mass within
     half a pixel of (14, 14) (a few hundredths' slack), full ink (254 or 255, as in every MNIST
     digit). Every MNIST digit is in this form, and so is normalize_digit's own output; a picture
     that is not (a photo, a drawing, a digit filling its frame) has no such exact black frame."""
-    if image.size != (SIZE, SIZE) or image.mode != "L":
+    if isinstance(image, np.ndarray):
+        if image.shape != (SIZE, SIZE):
+            return None
+        pixels = image
+    elif image.size != (SIZE, SIZE) or image.mode != "L":
         return None
-    pixels = np.asarray(image)
+    else:
+        pixels = np.asarray(image)
     if int(pixels.max()) < 254:
         return None
     rows = np.flatnonzero(pixels.any(axis=1))
@@ -1051,7 +1071,7 @@ def normalize_digit(image: Any) -> np.ndarray | None:
     Returns None when the image is blank or near blank (no ink, or only specks): no
     digit found, rather than a guess.
     """
-    decoded, scale = load_image_reduced(image, JPEG_DRAFT_PIXELS)
+    decoded, scale = load_picture(image, JPEG_DRAFT_PIXELS)
     # Already in MNIST's form (an MNIST digit saved as a file, this function's own output):
     # taken as it is. Normalizing it again would shrink and blur it a little (MNIST's test set:
     # 99.46% read that way, 99.59% as it is).
@@ -1063,7 +1083,7 @@ def normalize_digit(image: Any) -> np.ndarray | None:
     # finds none, the coarse look's small digit stands (a small digit on a large noisy page:
     # averaging down lifts it out of the noise).
     found = None
-    for coarse in (True, False) if decoded.width * decoded.height > HALVE_ABOVE else (False,):
+    for coarse in (True, False) if _pixel_count(decoded) > HALVE_ABOVE else (False,):
         inkmap = _ink_map(decoded, scale, coarse=coarse)
         if inkmap is None:
             continue
@@ -1301,7 +1321,7 @@ def segment_groups(image: Any) -> list[SegmentGroup]:
     :class:`digitrec.recognition.Recognizer` uses this to decide between "one wide digit"
     and "touching digits" by how confidently the model reads each option.
     """
-    inkmap = _ink_map(*load_image_reduced(image, JPEG_DRAFT_PIXELS))
+    inkmap = _ink_map(*load_picture(image, JPEG_DRAFT_PIXELS))
     if inkmap is None:
         return []
     labels, pieces = _components(inkmap.ink, inkmap.cores)
