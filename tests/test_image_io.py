@@ -21,12 +21,13 @@ def _png_chunk(kind: bytes, payload: bytes) -> bytes:
     return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
 
 
-def bilevel_png(width: int, height: int) -> bytes:
-    """A valid all-black 1-bit PNG of any size, built row by row: a few KB for 100 megapixels."""
-    row = b"\x00" + bytes((width + 7) // 8)  # filter byte + packed bits
+def bilevel_png(width: int, height: int, bit_depth: int = 1) -> bytes:
+    """A valid all-black 1-bit (or 8-bit) gray PNG of any size, built row by row: a few KB for
+    100 megapixels."""
+    row = b"\x00" + bytes((width * bit_depth + 7) // 8)  # filter byte + packed bits
     compressor = zlib.compressobj(9)
     body = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
-    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    header = struct.pack(">IIBBBBB", width, height, bit_depth, 0, 0, 0, 0)
     return (
         b"\x89PNG\r\n\x1a\n"
         + _png_chunk(b"IHDR", header)
@@ -216,6 +217,14 @@ def test_other_pngs_are_decoded_by_pillow(kind):
     np.testing.assert_array_equal(np.asarray(picture), np.asarray(reference))
     if kind == "exif orientation":
         assert picture.size == (37, 53)  # turned upright, as the EXIF says
+
+
+def test_a_plain_png_over_the_size_cap_is_refused_before_decoding():
+    """The OpenCV path reads the size from the header it checked and refuses 49 megapixels
+    (49 MB of pixels in 48 KB) before any decoding, as the Pillow path does."""
+    data = bilevel_png(7_000, 7_000, bit_depth=8)
+    with pytest.raises(ImageError, match=r"image too large \(7000x7000"):
+        load_picture(data, None)
 
 
 def test_a_broken_png_is_reported_as_before_with_nothing_on_stderr(capfd, seven):
