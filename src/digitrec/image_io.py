@@ -109,7 +109,7 @@ def _plain_png_header(data: bytes) -> tuple[int, int, int] | None:
             channels = _PNG_CHANNELS.get(colour_type) if length == 13 and bit_depth == 8 else None
             if channels is None:
                 return None
-        elif kind == b"IEND":
+        elif kind == b"IEND" and channels is not None:
             return width, height, channels
         position = end
     return None

@@ -27,9 +27,11 @@ from typing import Any, Literal
 import cv2
 import numpy as np
 from PIL import Image
-from scipy import ndimage as ndi
 
 from .image_io import Picture, load_picture
+
+# SciPy's ndimage is imported in the functions that use it: it takes 0.3 s to import (more
+# than reading a drawing), and a clean drawing of one digit never needs it.
 
 # The MNIST geometry: the digit fits a 20x20 box, pasted into 28x28 so that its
 # centre of mass lands on pixel (14, 14) (measured on MNIST's training set: 13.99, 14.00).
@@ -322,6 +324,8 @@ def _fit_background(values: np.ndarray) -> _Background:
     blocks by normalized Gaussian smoothing (scale: 1/8 of the image). Ink blocks and
     their neighbours never contribute, so strokes do not leak into the background.
     """
+    from scipy import ndimage as ndi
+
     height, width, channels = values.shape
     step = max(1, int(np.ceil(max(height, width) / 64)))
     rows, cols = height // step * step, width // step * step
@@ -771,6 +775,8 @@ def _beyond_the_paper(stretched: np.ndarray, cores: tuple[np.ndarray, int]) -> n
     candidates = np.where((on_edge >= 0.15 * edge.size) | along)[0]
     if candidates.size == 0:
         return None
+    from scipy import ndimage as ndi
+
     # Half-thickness per region: the largest distance from a pixel to the region's edge.
     radius = ndi.maximum(ndi.distance_transform_edt(labels > 0), labels, np.arange(1, count + 1))
     radius = np.concatenate([[0.0], np.asarray(radius)])
@@ -839,6 +845,8 @@ def _components(
     labels = regions if np.array_equal(owner, np.arange(region_count + 1)) else np.take(owner, regions)
     crowded = np.flatnonzero(cores_per_region > 1)
     if crowded.size:
+        from scipy import ndimage as ndi
+
         shared = np.isin(regions, crowded)
         # The nearest core of each pixel of those regions, searched within their bounding box
         # and a margin (a halo is a few pixels wide: no nearer core lies farther out).
@@ -859,6 +867,8 @@ def _components(
         boxes: list[Any] = [(slice(y, y + h), slice(x, x + w))]
         masses = np.array([cv2.sumElems(cv2.bitwise_and(ink, ink, mask=own))[0]])
     else:
+        from scipy import ndimage as ndi
+
         boxes = ndi.find_objects(labels, max_label=count)
         inked = np.flatnonzero(mask)
         masses = np.bincount(labels.ravel()[inked], weights=ink.ravel()[inked], minlength=count + 1)[1:]
@@ -1200,6 +1210,8 @@ def _group_pieces(ink: np.ndarray, pieces: list[_Piece]) -> list[_Piece]:
 def _cuts(crop: np.ndarray, count: int) -> list[tuple[int, int]]:
     """Column ranges splitting ``crop`` into ``count`` digits: each cut at the column of
     least ink (smoothed projection) near its expected place."""
+    from scipy import ndimage as ndi
+
     width = crop.shape[1]
     if count < 2:
         return [(0, width)]
@@ -1236,6 +1248,8 @@ def _two_way_cuts(crop: np.ndarray, tries: int = 3) -> list[list[tuple[int, int]
     """Up to ``tries`` ways to cut ``crop`` in two: at the columns of least ink between 20%
     and 80% of its width, at least 8% of the width apart (touching digits rarely meet at
     the very minimum of the projection)."""
+    from scipy import ndimage as ndi
+
     width = crop.shape[1]
     projection = ndi.uniform_filter1d(crop.sum(axis=0), size=max(1, width // 40))
     lo, hi = int(0.2 * width), int(0.8 * width)
