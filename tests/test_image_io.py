@@ -156,7 +156,7 @@ def test_other_bad_sources(tmp_path):
         load_image(12345)
 
 
-# --------------------------------------------------------------------------- plain PNGs by OpenCV
+# --------------------------------------------------------------------------- plain PNGs by libspng
 
 
 def _random_pixels(mode: str, seed: int = 0) -> np.ndarray:
@@ -168,19 +168,50 @@ def _random_pixels(mode: str, seed: int = 0) -> np.ndarray:
     return np.clip(ramp + rng.integers(0, 56, shape), 0, 255).astype(np.uint8)
 
 
+def interlaced_png(pixels: np.ndarray) -> bytes:
+    """An Adam7-interlaced 8-bit PNG of (H, W) gray or (H, W, 3|4) pixels (Pillow writes none)."""
+    height, width = pixels.shape[:2]
+    colour_type = {2: 0, 3: 2, 4: 6}[pixels.ndim if pixels.ndim == 2 else pixels.shape[2]]
+    passes = [
+        (0, 0, 8, 8),
+        (0, 4, 8, 8),
+        (4, 0, 8, 4),
+        (0, 2, 4, 4),
+        (2, 0, 4, 2),
+        (0, 1, 2, 2),
+        (1, 0, 2, 1),
+    ]
+    raw = b""
+    for top, left, down, across in passes:
+        reduced = pixels[top::down, left::across]
+        if reduced.size:  # each row: filter type 0, then the pass's pixels of that row
+            raw += b"".join(b"\x00" + row.tobytes() for row in reduced)
+    header = struct.pack(">IIBBBBB", width, height, 8, colour_type, 0, 0, 1)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", header)
+        + _png_chunk(b"IDAT", zlib.compress(raw))
+        + _png_chunk(b"IEND", b"")
+    )
+
+
 @pytest.mark.parametrize("mode", ["L", "RGB", "RGBA"])
 def test_a_plain_png_is_decoded_to_the_same_pixels_as_pillow(mode):
-    """An 8-bit gray, RGB or RGBA PNG (text chunks and all) reaches the normalization as an array
-    decoded by OpenCV, in Pillow's channel order, pixel for pixel what Pillow decodes."""
+    """An 8-bit gray, RGB or RGBA PNG (text chunks and all, interlaced or not) reaches the
+    normalization as an array decoded by libspng, pixel for pixel what Pillow decodes."""
     from PIL import PngImagePlugin
 
     text = PngImagePlugin.PngInfo()
     text.add_text("Software", "a drawing program")
     text.add_text("Comment", "compressed " * 20, zip=True)
-    data = encode(Image.fromarray(_random_pixels(mode), mode), "PNG", pnginfo=text, dpi=(300, 300))
-    picture, scale = load_picture(data, None)
-    assert isinstance(picture, np.ndarray) and scale == 1.0
-    np.testing.assert_array_equal(picture, np.asarray(load_image(data)))
+    pixels = _random_pixels(mode)
+    data = encode(Image.fromarray(pixels, mode), "PNG", pnginfo=text, dpi=(300, 300))
+    for png in (data, interlaced_png(pixels)):
+        picture, scale = load_picture(png, None)
+        assert isinstance(picture, np.ndarray) and scale == 1.0
+        np.testing.assert_array_equal(picture, np.asarray(load_image(png)))
+        np.testing.assert_array_equal(picture, pixels)
+    assert Image.open(io.BytesIO(interlaced_png(pixels))).info.get("interlace") == 1
 
 
 def _turned_by_exif() -> bytes:
@@ -206,7 +237,7 @@ PILLOWS_PNGS = {
 
 @pytest.mark.parametrize("kind", sorted(PILLOWS_PNGS))
 def test_other_pngs_are_decoded_by_pillow(kind):
-    """A PNG with anything OpenCV would read differently or not at all (a palette, 16 bits, a
+    """A PNG with anything libspng would read differently (a palette, 16 bits, a
     transparent colour, an EXIF orientation, an ICC profile, 1 bit, frames) is Pillow's, as
     before: the same image as load_image gives."""
     data = PILLOWS_PNGS[kind]()
@@ -220,7 +251,7 @@ def test_other_pngs_are_decoded_by_pillow(kind):
 
 
 def test_a_plain_png_over_the_size_cap_is_refused_before_decoding():
-    """The OpenCV path reads the size from the header it checked and refuses 49 megapixels
+    """The libspng path reads the size from the header it checked and refuses 49 megapixels
     (49 MB of pixels in 48 KB) before any decoding, as the Pillow path does."""
     data = bilevel_png(7_000, 7_000, bit_depth=8)
     with pytest.raises(ImageError, match=r"image too large \(7000x7000"):
@@ -228,13 +259,20 @@ def test_a_plain_png_over_the_size_cap_is_refused_before_decoding():
 
 
 def test_a_broken_png_is_reported_as_before_with_nothing_on_stderr(capfd, seven):
-    """libpng prints its complaints to stderr: a PNG with a bad CRC, a missing end or a cut-off
-    body never reaches it. Pillow decodes or refuses it exactly as load_image does."""
-    data = encode(Image.fromarray(seven), "PNG")
-    idat = data.index(b"IDAT")
-    bad_crc = bytearray(data)
-    bad_crc[idat + 40] ^= 0xFF
-    for broken in (bytes(bad_crc), data[: len(data) // 2], data[: -len(_png_chunk(b"IEND", b""))]):
+    """A PNG with a wrong CRC (libspng does not check them: a damaged text chunk would pass),
+    a damaged body, a missing end or a cut-off body never reaches libspng. Pillow decodes or
+    refuses it exactly as load_image does."""
+    from PIL import PngImagePlugin
+
+    text = PngImagePlugin.PngInfo()
+    text.add_text("Comment", "a drawing")
+    data = encode(Image.fromarray(seven), "PNG", pnginfo=text)
+    bad_text = bytearray(data)
+    bad_text[data.index(b"a drawing")] ^= 0x20  # "A drawing", the CRC left as it was
+    bad_body = bytearray(data)
+    bad_body[data.index(b"IDAT") + 40] ^= 0xFF
+    cut = [data[: len(data) // 2], data[: -len(_png_chunk(b"IEND", b""))]]
+    for broken in [bytes(bad_text), bytes(bad_body), *cut]:
         try:
             expected = np.asarray(load_image(broken))
         except ImageError as exc:
