@@ -83,20 +83,22 @@ Decoded = tuple[Any, ...]
 
 
 def decode(kind: str, data: bytes) -> Decoded:
-    """In a pool process: the model's (28, 28) uint8 input for a request body, or its 4xx."""
-    from .image_io import ImageError, load_image
+    """In a pool process: the model's (28, 28) uint8 input for a request body, or its 4xx.
+    The body is read as Recognizer.predict reads bytes (and predict a file): a plain PNG
+    decoded straight to an array, a large JPEG at reduced size."""
+    from .image_io import ImageError
     from .images import normalize_digit
 
     try:
         if kind == "count":  # how many digits a body seems to hold (asked only for an unsure answer)
             from .images import segment_digits
 
-            return ("ok", len(segment_digits(load_image(data))))
+            return ("ok", len(segment_digits(data)))
         if kind == "json":
             grid = parse_pixels(data)
             # As Recognizer.predict_pixels: an all-black grid is "no digit found".
             return ("ok", grid if grid.max() > 0 else None)
-        return ("ok", normalize_digit(load_image(data)))
+        return ("ok", normalize_digit(data))
     except ApiError as exc:
         return ("error", exc.status, exc.message, exc.kind)
     except ImageError as exc:
