@@ -218,6 +218,28 @@ def test_the_bundled_model_predicts_without_torch(tmp_path, digits, run_dir, cap
         np.testing.assert_allclose(fast.get("probabilities", []), slow.get("probabilities", []), atol=1e-5)
 
 
+def test_one_clean_drawing_is_read_without_scipy_or_torch(tmp_path, seven):
+    """Reading one image is mostly start-up: predict imports neither torch nor SciPy for a clean
+    drawing of one digit (SciPy's ndimage took 0.3 s of the 0.5 s; the normalization imports it
+    only where a picture needs it)."""
+    import subprocess
+
+    pytest.importorskip("onnxruntime")
+    image = tmp_path / "seven.png"
+    Image.fromarray(seven).save(image)
+    code = (
+        "import sys\n"
+        "from digitrec.cli import main\n"
+        f"rc = main(['predict', {str(image)!r}])\n"
+        "print(sorted(name for name in ('scipy', 'torch') if name in sys.modules))\n"
+        "sys.exit(rc)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    answer, imported = proc.stdout.splitlines()
+    assert answer.startswith(f"{image}: 7 (confidence ") and imported == "[]"
+
+
 def test_onnxruntime_telemetry_stays_off_unless_the_user_chose(tmp_path, seven):
     """onnxruntime's official Linux builds keep a device id under ~/.cache/Microsoft, leave a .ses
     file in $TMPDIR and send usage events unless ORT_DISABLE_TELEMETRY is set before it loads:

@@ -5,7 +5,9 @@
 sizes (the ``MAX_*`` limits below), empty, truncated and non-image files, formats
 outside :data:`FORMATS`. Animated images (GIF, WebP, APNG, multi-page TIFF) are read
 from their **first frame**; JPEG EXIF orientation is applied. The CLI, the server and
-the Python API all load through here; :mod:`digitrec.images` then normalizes.
+the Python API all load through here; :mod:`digitrec.images` then normalizes, from
+:func:`load_picture`: the same checks, but a plain 8-bit PNG comes out as a NumPy array
+decoded by libspng (faster than Pillow, the same pixels), and a large JPEG decoded reduced.
 """
 
 from __future__ import annotations
