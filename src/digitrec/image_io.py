@@ -120,7 +120,9 @@ def _plain_png_header(data: bytes) -> tuple[int, int, int] | None:
 
 def _plain_png_pixels(data: bytes, width: int, height: int, channels: int) -> np.ndarray | None:
     """A plain PNG's pixels decoded by libspng: (H, W), (H, W, 3) RGB or (H, W, 4) RGBA uint8;
-    None if it does not decode as its header says. (pyspng holds the GIL while it decodes.)"""
+    None if it does not decode as its header says. pyspng holds the GIL while it decodes, and
+    has libspng skip the zlib stream's own checksum: a file whose only fault is that checksum
+    (its pixels whole) is read here, where Pillow refuses it."""
     import pyspng
 
     try:
