@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, TypeAlias
 
 import numpy as np
+import pyspng
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import DigitrecError
@@ -123,8 +124,6 @@ def _plain_png_pixels(data: bytes, width: int, height: int, channels: int) -> np
     None if it does not decode as its header says. pyspng holds the GIL while it decodes, and
     has libspng skip the zlib stream's own checksum: a file whose only fault is that checksum
     (its pixels whole) is read here, where Pillow refuses it."""
-    import pyspng
-
     try:
         pixels = pyspng.load(data)
     except RuntimeError:
