@@ -214,6 +214,19 @@ def test_a_plain_png_is_decoded_to_the_same_pixels_as_pillow(mode):
     assert Image.open(io.BytesIO(interlaced_png(pixels))).info.get("interlace") == 1
 
 
+def test_without_pyspng_pillow_decodes_every_png(monkeypatch, seven):
+    """Where pyspng is not installed (no wheel for Intel macOS or Windows on Arm, so pip leaves it
+    out), plain PNGs are Pillow's like every other file, and normalize to the same digit."""
+    import digitrec.image_io
+
+    data = encode(Image.fromarray(np.repeat(seven[:, :, None], 3, axis=2)), "PNG")  # RGB
+    expected = normalize_digit(data)
+    assert isinstance(load_picture(data, None)[0], np.ndarray)
+    monkeypatch.setattr(digitrec.image_io, "pyspng", None)
+    assert isinstance(load_picture(data, None)[0], Image.Image)
+    np.testing.assert_array_equal(normalize_digit(data), expected)
+
+
 def _turned_by_exif() -> bytes:
     exif = Image.Exif()
     exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to view

@@ -22,10 +22,14 @@ from pathlib import Path
 from typing import Any, TypeAlias
 
 import numpy as np
-import pyspng
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import DigitrecError
+
+try:
+    import pyspng
+except ImportError:  # no wheel for the platform (Intel macOS, Windows on Arm): Pillow decodes every PNG
+    pyspng = None
 
 # Limits on what load_image accepts. 40 megapixels is a 7300x5500 photo; a digit
 # needs far fewer. Pillow's own DecompressionBombWarning (at ~89 Mpx) is an error too.
@@ -141,7 +145,7 @@ def _decode(
     ``arrays``: a plain PNG comes back as its pixels (an array), decoded by libspng."""
     if not data:
         raise ImageError(f"{where}: empty file")
-    header = _plain_png_header(data) if arrays else None
+    header = _plain_png_header(data) if arrays and pyspng is not None else None
     if header is not None:
         # Pillow's parse of the header (0.15 ms) is not needed: the chunks were just walked.
         width, height, channels = header
