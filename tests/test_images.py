@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 from scipy import ndimage as ndi
 
-from digitrec.images import normalize_digit, segment_digits
+from digitrec.images import SORT_BELOW, _quantile, _ranks, normalize_digit, segment_digits
 
 from .recognition_support import encode, ink_on_paper, similarity
 
@@ -353,3 +353,31 @@ def test_a_large_photo_is_read_coarsely_unless_its_digit_is_small(digits, monkey
             assert similarity(seen, full) > 0.97
             assert np.abs(seen.astype(int) - full).mean() < 4.0  # of 255
     assert missed < 4
+
+
+def _large_arrays() -> dict[str, np.ndarray]:
+    """Arrays over images.SORT_BELOW values, as the coarse look at a photo makes them: smooth,
+    skewed with a spike at zero, a few repeated levels, one value."""
+    rng = np.random.default_rng(0)
+    size = 300_000
+    return {
+        "normal": rng.normal(size=size).astype(np.float32),
+        "residual": (np.abs(rng.normal(size=size)) * (rng.random(size) < 0.8)).astype(np.float32),
+        "levels": rng.integers(0, 7, size).astype(np.float32) / 6,
+        "constant": np.full(size, 0.25, np.float32),
+    }
+
+
+@pytest.mark.parametrize("kind", sorted(_large_arrays()))
+def test_ranks_of_a_large_array_are_those_of_a_full_sort(kind):
+    """The sample-select of large arrays gives the very values of a full sort at every rank tried
+    (the bracket hit and missed: ties wider than it fall back to a partition)."""
+    values = _large_arrays()[kind]
+    assert values.size > SORT_BELOW
+    ordered = np.sort(values)
+    for k in (0, 1, 1000, values.size // 2, int(0.9 * values.size), int(0.99 * values.size), values.size - 2):
+        assert _ranks(values, k) == (float(ordered[k]), float(ordered[k + 1])), k
+    assert _ranks(values, values.size - 1) == (float(ordered[-1]), float(ordered[-1]))
+    for q in (0.0, 0.5, 0.9, 0.99, 1.0):
+        expected = float(np.percentile(values.astype(np.float64), 100 * q))
+        assert _quantile(values, q) == pytest.approx(expected, rel=1e-6, abs=1e-9), q

@@ -239,27 +239,58 @@ def _to_channels(image: Picture, max_pixels: int) -> _Channels:
 
 
 def _quantile(values: np.ndarray, q: float) -> float:
-    """``np.percentile(values, 100 * q)`` (linear interpolation), by one partial sort.
+    """``np.percentile(values, 100 * q)`` (linear interpolation), without a full sort.
 
     np.median and np.percentile sort more than they need to (a 1-megapixel median: 10 ms
-    against 1.3 ms for the partition here); a partition at two ranks at once is several
-    times slower than at one, so the next value up is the minimum of the upper part. Small
-    arrays are sorted: NumPy's partition slows down 20x on many equal values (flat paper's
-    zeros), its sort does not, and below ~200k values the sort costs well under a millisecond.
+    against 1.3 ms for a partition). Small arrays are sorted: NumPy's partition slows down 20x
+    on many equal values (flat paper's zeros), its sort does not, and below ~200k values the
+    sort costs well under a millisecond. Larger ones: :func:`_ranks`.
     """
     flat = values.ravel()
     position = q * (flat.size - 1)
     lo = int(position)
-    part = np.sort(flat) if flat.size <= SORT_BELOW else np.partition(flat, lo)
-    low = float(part[lo])
-    if lo + 1 >= flat.size or position == lo:
+    if flat.size <= SORT_BELOW:
+        part = np.sort(flat)
+        low, high = float(part[lo]), float(part[min(lo + 1, flat.size - 1)])
+    else:
+        low, high = _ranks(flat, lo)
+    if position == lo:
         return low
-    high = float(part[lo + 1]) if flat.size <= SORT_BELOW else float(part[lo + 1 :].min())
     return low + (high - low) * (position - lo)
 
 
-# _quantile sorts arrays up to this many values, and partitions larger ones.
+# _quantile sorts arrays up to this many values, and selects in larger ones.
 SORT_BELOW = 200_000
+# _ranks brackets a rank with a sorted sample of every SAMPLE_STEP-th value.
+SAMPLE_STEP = 32
+
+
+def _ranks(flat: np.ndarray, k: int) -> tuple[float, float]:
+    """The values of rank k and k + 1 (0-based, ascending; k + 1 capped at the last) of a large
+    1-D array: exactly what a full sort would put there.
+
+    Sample-select: a sorted sample of every SAMPLE_STEP-th value brackets rank k between two of
+    its values, four standard deviations of the sample's quantile either side; only the values
+    between them are sorted (a few percent of the array), those below are counted. On the
+    250,000-value maps of a photo's coarse look, 0.4-0.75 ms against 1.7-2.7 ms for
+    np.partition at one rank plus the minimum above it (the way before). When the bracket
+    misses the rank (ties wider than it), or holds too much, the partition does it.
+    """
+    size = flat.size
+    sample = np.sort(flat[::SAMPLE_STEP])
+    centre = (k + 0.5) * sample.size / size
+    spread = 4.0 * np.sqrt(sample.size * (k / size) * (1.0 - k / size)) + 4.0
+    first, last = int(centre - spread), int(centre + spread) + 1
+    if first >= 0 and last < sample.size:
+        lower, upper = sample[first], sample[last]
+        below = int(np.count_nonzero(flat < lower))
+        band = flat[(flat >= lower) & (flat <= upper)]
+        rank = k - below
+        if rank >= 0 and rank + 1 < band.size <= size // 8:
+            band = np.sort(band)
+            return float(band[rank]), float(band[rank + 1])
+    part = np.partition(flat, k)
+    return float(part[k]), float(part[k + 1 :].min()) if k + 1 < size else float(part[k])
 
 
 def _block_medians(values: np.ndarray, step: int, grid_h: int, grid_w: int) -> np.ndarray:
