@@ -306,6 +306,7 @@ def test_the_normalization_of_8_bit_arrays_and_plain_pngs_is_that_of_pillows_ima
     if channels:
         pixels = pixels.copy()
         pixels[..., 2] = np.maximum(pixels[..., 2], 60)  # bluish ink: the colour path
+        pixels[..., 3:] = 255  # RGBA: opaque, as the drawing page sends it
     image = Image.fromarray(pixels)
     expected = normalize_digit(image)
     assert expected is not None

@@ -314,7 +314,7 @@ class Recognizer:
         ``backend="auto"``: on the CPU, score with the ONNX copy shipped beside the weights
         (``model.onnx``) on onnxruntime when it is installed and the copy was exported from
         these very weights: the same scores to float rounding, without importing torch
-        (``digitrec predict`` reads one image in about 0.5 s instead of 2.7-3.1, and each image
+        (``digitrec predict`` reads one image in 0.26-0.39 s instead of 2.7-3.1, and each image
         costs less); otherwise PyTorch, as ``"torch"``. ``threads``: onnxruntime's intra-op
         threads (default: one per core)."""
         if backend not in ("torch", "auto"):
