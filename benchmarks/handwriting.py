@@ -5,8 +5,10 @@ is drawn as an image a person would give digitrec -- dark ink on paper at severa
 a fine pen and a marker, as a photo with uneven light, noise and JPEG -- or as other digit
 collections' scanners delivered their digits (Semeion's 16x16 box, stretched to fill it and
 binarized; UCI optdigits' 8x8 block counts), and read through
-``Recognizer.predict_batch``, the same path as ``digitrec predict``. Rows of 4 digits from each
-set are read with ``multi=True`` and count only when the whole number is right. Numbers, not
+``Recognizer.predict_batch``'s two halves, the same path as ``digitrec predict``: each image is
+normalized once and its input scored twice, as digitrec reads it (an unsure digit read again in a
+thinner and a thicker pen, the "second look") and read once, side by side. Rows of 4 digits from
+each set are read with ``multi=True`` and count only when the whole number is right. Numbers, not
 timed tests::
 
     PYTHONPATH=src python -m benchmarks.handwriting [--per-set N] [--quick] [--readme README.md]
@@ -110,24 +112,34 @@ def best_number(prediction: Any) -> str | None:
 
 def evaluate_set(
     recognizer: Any, digits: DigitSet, per_set: int, numbers: int, seed: int = 0
-) -> dict[str, tuple[int, int]]:
-    """Per presentation and for 4-digit numbers: (read correctly, total); a withheld answer counts
-    with its best guess (see :func:`best_guess`)."""
+) -> dict[str, tuple[int, int, int]]:
+    """Per presentation and for 4-digit numbers: (read correctly, read correctly without the
+    second look, total); a withheld answer counts with its best guess (see :func:`best_guess`).
+    Each image is drawn and normalized once, and its input scored both ways."""
+    from digitrec.recognition import prepare
+
     images, labels = sample(digits, per_set, seed)
-    results: dict[str, tuple[int, int]] = {}
+
+    def both_ways(prepared: list[Any], right: Callable[[Any, int], bool]) -> tuple[int, int]:
+        counts = []
+        for second_look in (True, False):
+            recognizer.second_look = second_look
+            predictions = recognizer.predict_prepared(prepared)
+            counts.append(sum(right(p, i) for i, p in enumerate(predictions)))
+        recognizer.second_look = True
+        return counts[0], counts[1]
+
+    results: dict[str, tuple[int, int, int]] = {}
     for k, (name, draw) in enumerate(PRESENTATIONS.items()):
         rng = np.random.default_rng([seed, k])
-        correct = 0
-        for start in range(0, len(labels), 256):
-            chunk = range(start, min(start + 256, len(labels)))
-            predictions = recognizer.predict_batch([draw(images[i], rng) for i in chunk])
-            correct += sum(best_guess(p) == labels[i] for p, i in zip(predictions, chunk, strict=True))
-        results[name] = (int(correct), len(labels))
+        prepared = [prepare(draw(ink, rng)) for ink in images]
+        looked, once = both_ways(prepared, lambda p, i: best_guess(p) == labels[i])
+        results[name] = (int(looked), int(once), len(labels))
     if numbers:
         samples = rendered.render_numbers(digits.images, digits.labels, numbers, seed)
-        predictions = recognizer.predict_batch([image for image, _ in samples], multi=True)
-        correct = sum(best_number(p) == truth for p, (_, truth) in zip(predictions, samples, strict=True))
-        results[NUMBERS] = (int(correct), len(samples))
+        prepared = [prepare(image, multi=True) for image, _ in samples]
+        looked, once = both_ways(prepared, lambda p, i: best_number(p) == samples[i][1])
+        results[NUMBERS] = (int(looked), int(once), len(samples))
     return results
 
 
@@ -152,29 +164,33 @@ def run(
         scores = evaluate_set(recognizer, digits, per_set, numbers, seed)
         out["sets"][name] = {
             "size": len(digits.labels),
-            "results": {key: {"correct": c, "total": t} for key, (c, t) in scores.items()},
+            "results": {
+                key: {"correct": c, "correct_read_once": once, "total": t}
+                for key, (c, once, t) in scores.items()
+            },
         }
     out["seconds"] = round(time.perf_counter() - started, 1)
     return out
 
 
 def format_table(results: dict[str, Any]) -> str:
-    """Markdown: one row per presentation, one column per set (rate and counts)."""
+    """Markdown: one row per presentation; per set, the rate and counts as digitrec reads (with
+    the second look), then the rate without it (each unsure digit read once)."""
     sets = list(results["sets"])
     lines = [
-        "| presentation | " + " | ".join(sets) + " |",
-        "|---|" + "---|" * len(sets),
+        "| presentation | " + " | ".join(f"{name} | read once" for name in sets) + " |",
+        "|---|" + "---|---|" * len(sets),
     ]
     rows = [*PRESENTATIONS, NUMBERS]
     for row in rows:
         cells = []
         for name in sets:
             entry = results["sets"][name]["results"].get(row)
-            cells.append(
-                f"{entry['correct'] / entry['total']:.1%} ({entry['correct']}/{entry['total']})"
-                if entry
-                else ""
-            )
+            if not entry:
+                cells += ["", ""]
+                continue
+            cells.append(f"{entry['correct'] / entry['total']:.1%} ({entry['correct']}/{entry['total']})")
+            cells.append(f"{entry['correct_read_once'] / entry['total']:.1%}")
         label = f"**{row}**" if row == NUMBERS else row
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

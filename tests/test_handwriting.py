@@ -256,6 +256,33 @@ def test_bundled_model_reads_other_writers_whole_sets(name, folder, size, floor,
     assert min(recall) >= 0.85 and recall[1] >= 0.88, recall
 
 
+@pytest.mark.slow
+def test_the_second_look_reads_other_writers_better(mnist):
+    """Reading an unsure digit again in a thinner and a thicker pen (``Recognizer.second_look``)
+    took the bundled model's mistakes on optdigits-orig from 42 to 32 and on MNIST test from 33 to
+    30, USPS test 36 to 35 (2026-12-03). Each set's inputs are made once and scored both ways:
+    fewer mistakes on optdigits-orig, and on the others at most two more."""
+    needs(OPTDIGITS)
+    needs(USPS)
+    from digitrec.recognition import Recognizer, prepare
+
+    recognizer = Recognizer.default(backend="auto")
+    sets = {
+        name: ([prepare(render_digit(ink)) for ink in digits.images], digits.labels)
+        for name, digits in [("optdigits-orig", load_optdigits_orig(OPTDIGITS)), ("usps", load_usps(USPS))]
+    }
+    sets["mnist"] = (list(mnist.test_images.numpy()), mnist.test_labels.numpy())
+    mistakes = {}
+    for name, (inputs, labels) in sets.items():
+        for second_look in (True, False):
+            recognizer.second_look = second_look
+            read = [int(np.argmax(p.probabilities)) for p in recognizer.predict_prepared(inputs)]
+            mistakes[name, second_look] = int((np.array(read) != labels).sum())
+    assert mistakes["optdigits-orig", True] < mistakes["optdigits-orig", False], mistakes
+    assert mistakes["usps", True] <= mistakes["usps", False] + 2, mistakes
+    assert mistakes["mnist", True] <= mistakes["mnist", False] + 2, mistakes
+
+
 # --------------------------------------------------------------------------- the benchmark
 
 
@@ -281,6 +308,7 @@ def test_handwriting_benchmark_quick_keeps_a_floor(tmp_path, capsys):
         assert rate >= 0.85, (name, rows)
         assert all(row["correct"] / row["total"] >= 0.75 for row in singles), (name, rows)
         assert rows[NUMBERS]["correct"] / rows[NUMBERS]["total"] >= 0.6, (name, rows)
+        assert all(0 <= row["correct_read_once"] <= row["total"] for row in rows.values())
     assert "| **4-digit numbers (exact)** |" in capsys.readouterr().out
 
 
@@ -320,8 +348,10 @@ def test_benchmark_refuses_a_quick_run_for_the_readme(tmp_path, capsys):
 def test_benchmark_table_format():
     from benchmarks.handwriting import NUMBERS, PRESENTATIONS, format_table
 
-    rows = {p: {"correct": 9, "total": 10} for p in PRESENTATIONS} | {NUMBERS: {"correct": 1, "total": 2}}
+    rows = {p: {"correct": 9, "correct_read_once": 8, "total": 10} for p in PRESENTATIONS}
+    rows[NUMBERS] = {"correct": 1, "correct_read_once": 0, "total": 2}
     table = format_table({"sets": {"A": {"results": rows}}})
-    assert table.splitlines()[0] == "| presentation | A |"
-    assert "| **4-digit numbers (exact)** | 50.0% (1/2) |" in table
-    assert "| scan, 8x with a margin | 90.0% (9/10) |" in table
+    assert table.splitlines()[0] == "| presentation | A | read once |"
+    assert table.splitlines()[1] == "|---|---|---|"
+    assert "| **4-digit numbers (exact)** | 50.0% (1/2) | 0.0% |" in table
+    assert "| scan, 8x with a margin | 90.0% (9/10) | 80.0% |" in table

@@ -82,6 +82,31 @@ def test_predict_json_top_k_and_min_confidence(tmp_path, seven, run_dir, capsys)
     assert strict["digit"] is None and strict["probabilities"] == row["probabilities"]
 
 
+def test_predict_and_evaluate_read_an_unsure_digit_once_with_no_second_look(tmp_path, mnist, capsys):
+    from digitrec.recognition import SECOND_LOOK_BELOW, Recognizer
+
+    rec = Recognizer.default(backend="auto")
+    images = mnist.test_images[:3000].numpy()  # (3000, 28, 28) uint8
+    probabilities = rec._probabilities(list(images))[:, :10]
+    index = int(np.flatnonzero(probabilities.max(axis=1) < SECOND_LOOK_BELOW)[0])
+    label = int(mnist.test_labels[index])
+    (tmp_path / str(label)).mkdir()
+    path = tmp_path / str(label) / "unsure.png"  # already MNIST's form: read as it is
+    Image.fromarray(images[index]).save(path)
+    looked = rec.predict_pixels(images[index]).probabilities
+    rec.second_look = False
+    once = rec.predict_pixels(images[index]).probabilities
+    assert not np.allclose(looked, once, atol=1e-4)
+    for flags, want in (([], looked), (["--no-second-look"], once), (["--second-look"], looked)):
+        assert main(["predict", str(path), "--json", *flags]) == 0
+        got = json.loads(capsys.readouterr().out)["probabilities"]
+        np.testing.assert_allclose(got, want, atol=1e-5)
+        assert main(["evaluate", "--images", str(tmp_path), "--json", *flags]) == 0
+        report = json.loads(capsys.readouterr().out)
+        assert report["num_examples"] == 1
+        assert report["accuracy"] == float(int(np.argmax(want)) == label)
+
+
 def test_predict_multi(tmp_path, mnist, run_dir, capsys):
     images = mnist.test_images[:3].numpy()  # 7 2 1
     row = np.hstack([np.pad(d, 6) for d in images])  # white on black, 6 px apart

@@ -332,6 +332,71 @@ def test_many_inputs_are_scored_in_batches_of_at_most_score_batch(mnist, recogni
     )
 
 
+def test_pen_variants_are_opencvs_2x2_erosion_and_dilation():
+    import cv2
+
+    from digitrec.recognition import pen_variants
+
+    rng = np.random.default_rng(0)
+    inputs = rng.integers(0, 256, (20, 28, 28), dtype=np.uint8)
+    inputs[:5] = 0
+    inputs[:5, 10:18, 12:15] = 255  # a bar: a stroke grows and shrinks by one pixel
+    thinner, thicker = pen_variants(inputs)
+    kernel = np.ones((2, 2), np.uint8)
+    np.testing.assert_array_equal(thinner, [cv2.erode(one, kernel) for one in inputs])
+    np.testing.assert_array_equal(thicker, [cv2.dilate(one, kernel) for one in inputs])
+    assert (thicker[0] > 0).sum() == 9 * 4 and (thinner[0] > 0).sum() == 7 * 2
+
+
+def _ink_scorer(calls: list[int]):
+    """A stand-in model whose scores follow the amount of ink: digit 1 the more sure the more
+    ink, so a faint input is unsure and its pen variants read differently."""
+
+    def score(batch: np.ndarray) -> np.ndarray:
+        calls.append(len(batch))
+        ink = batch.reshape(len(batch), -1).mean(axis=1)  # (N,) in [0, 1]
+        scores = np.zeros((len(batch), 10))
+        scores[:, 1] = 40.0 * ink
+        scores[:, 7] = 1.5
+        return scores
+
+    return score
+
+
+def test_an_unsure_input_gets_a_second_look_in_a_thinner_and_a_thicker_pen():
+    from digitrec.recognition import SECOND_LOOK_BELOW, energy, pen_variants
+
+    sure = np.zeros((28, 28), np.uint8)
+    sure[4:24, 8:20] = 255  # much ink: digit 1 at > 0.99
+    faint = np.zeros((28, 28), np.uint8)
+    faint[8:20, 12:15] = 255  # little ink: unsure
+    calls: list[int] = []
+    rec = Recognizer.from_scorer(_ink_scorer(calls), {"name": "ink", "source": "test"})
+    assert rec.second_look and rec.info()["second_look"] is True
+    got = rec.predict_normalized([sure, None, faint], [None, None, None])
+    assert calls == [2, 2]  # one pass for both inputs, one for the unsure one's two variants
+
+    def plain(pixels: np.ndarray) -> np.ndarray:
+        return softmax(_ink_scorer([])(pixels[None, None].astype(np.float32) / 255.0))[0]
+
+    assert plain(sure).max() >= SECOND_LOOK_BELOW > plain(faint).max()
+    np.testing.assert_allclose(got[0].probabilities, plain(sure), atol=1e-12)
+    thinner, thicker = pen_variants(faint[None])
+    expected = (plain(faint) + plain(thinner[0]) + plain(thicker[0])) / 3.0
+    np.testing.assert_allclose(got[2].probabilities, expected, atol=1e-12)
+    assert got[2].confidence == pytest.approx(expected.max())
+    assert not np.allclose(expected, plain(faint), atol=1e-3)  # the look changed something
+    # "Not a digit" still judges the input itself: its energy is the first reading's.
+    row = rec._probabilities([faint])[0]
+    assert row[10] == pytest.approx(energy(_ink_scorer([])(faint[None, None] / 255.0))[0])
+
+    calls.clear()
+    rec.second_look = False
+    once = rec.predict_normalized([sure, faint], [None, None])
+    assert calls == [2] and rec.info()["second_look"] is False
+    np.testing.assert_allclose(once[1].probabilities, plain(faint), atol=1e-12)
+
+
 def test_recognition_runs_without_torch(tmp_path, mnist):
     """A non-torch backend plugs in through from_scorer; nothing imports torch."""
     means = np.stack(

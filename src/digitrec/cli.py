@@ -300,6 +300,19 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
 # --------------------------------------------------------------------------- evaluate
 
 
+SECOND_LOOK_HELP = (
+    "read a digit the model is unsure of (below 0.9) twice more, in a thinner and a thicker pen, "
+    "and average the three readings: other writers' digits read better (README, 'A second "
+    "look'); --no-second-look reads each once (default: on)"
+)
+
+
+def _add_second_look(parser: Any) -> None:
+    parser.add_argument(
+        "--second-look", action=argparse.BooleanOptionalAction, default=True, help=SECOND_LOOK_HELP
+    )
+
+
 def _add_evaluate(commands: argparse._SubParsersAction[_Parser]) -> None:
     evaluate = commands.add_parser(
         "evaluate",
@@ -338,6 +351,7 @@ def _add_evaluate(commands: argparse._SubParsersAction[_Parser]) -> None:
         help="with --images: write confusion_matrix.png, per_class_accuracy.png, mistakes.png (the 40 "
         "most confident mistakes) and mistakes.json (all of them) into the folder OUT (default: off)",
     )
+    _add_second_look(evaluate)
     evaluate.add_argument("--device", default="cpu", help="device to evaluate on (default: cpu)")
     evaluate.set_defaults(handler=cmd_evaluate)
 
@@ -357,6 +371,7 @@ def _evaluate_images(args: argparse.Namespace) -> int:
         if run
         else Recognizer.default(args.device, backend="auto", threads=PREDICT_ONNX_THREADS)
     )
+    recognizer.second_look = args.second_look
     result = evaluate_images(recognizer, labelled)
     model = recognizer.info()["name"]
     if args.report:
@@ -821,6 +836,7 @@ def _add_predict(commands: argparse._SubParsersAction[_Parser]) -> None:
         action="store_true",
         help="read a row of several digits (a number, a postcode), left to right (default: off)",
     )
+    _add_second_look(predict)
     predict.add_argument(
         "--min-confidence",
         type=_bounded(float, 0),
@@ -969,10 +985,13 @@ def _load_recognizer(args: argparse.Namespace) -> Any:
         from .onnx_runtime import OnnxScorer
 
         scorer = OnnxScorer(args.onnx, threads=PREDICT_ONNX_THREADS)
-        return Recognizer.from_scorer(scorer, scorer.info)
-    if args.run:
-        return Recognizer.from_run(args.run, args.device)
-    return Recognizer.default(args.device, backend="auto", threads=PREDICT_ONNX_THREADS)
+        recognizer = Recognizer.from_scorer(scorer, scorer.info)
+    elif args.run:
+        recognizer = Recognizer.from_run(args.run, args.device)
+    else:
+        recognizer = Recognizer.default(args.device, backend="auto", threads=PREDICT_ONNX_THREADS)
+    recognizer.second_look = args.second_look
+    return recognizer
 
 
 def _predict_files(
@@ -1190,6 +1209,7 @@ def _add_serve(commands: argparse._SubParsersAction[_Parser]) -> None:
             metavar=option.metavar,
             help=f"{option.help} (default: {option.shown or f'{option.default:g}'})",
         )
+    _add_second_look(serve)
     serve.add_argument(
         "--show-run-path",
         action="store_true",
@@ -1220,6 +1240,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         batch_window=args.batch_window / 1000,
         max_batch=args.max_batch,
         decode_processes=args.decode_processes,
+        second_look=args.second_look,
         **limits,
     )
     serve(

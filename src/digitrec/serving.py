@@ -141,6 +141,7 @@ class ServeConfig:
     max_batch: int = 32  # inputs per model call at most
     decode_processes: int = 0  # decode/normalize processes per server process; 0: 2 x CPUs / workers
     onnx_file: str | None = None  # set by serve() for --workers > 1: the model exported once, by the parent
+    second_look: bool = True  # an unsure digit read again in a thinner and a thicker pen (Recognizer)
 
     def __post_init__(self) -> None:
         for name in ("max_body_bytes", "max_inflight", "max_uploads", "threads", "max_batch"):
@@ -763,6 +764,7 @@ def _one_torch_thread() -> None:
 
 def _load(config: ServeConfig) -> Any:
     recognizer = load_recognizer(config.run, config.backend, config.onnx_file)
+    recognizer.second_look = config.second_look
     _one_torch_thread()
     log.info("model loaded: %s", recognizer.info())
     return recognizer
@@ -1221,6 +1223,7 @@ def _serve(
         config = dataclasses.replace(config, onnx_file=str(onnx_file))
     # Fail fast with a one-line DigitrecError (a bad --run, onnxruntime missing), before binding.
     recognizer = load_recognizer(config.run, config.backend, config.onnx_file)
+    recognizer.second_look = config.second_look
     shown = "localhost" if host in ("127.0.0.1", "0.0.0.0", "::") else host
     if ":" in shown:
         shown = f"[{shown}]"  # an IPv6 address in a URL (RFC 3986): http://[::1]:8000/

@@ -93,6 +93,41 @@ def test_png_predictions_match_the_recognizer_and_the_labels(
     assert correct >= 18, f"{correct}/20 MNIST test digits read right"
 
 
+def unsure_digit(recognizer: Any, mnist: Any) -> np.ndarray:
+    """An MNIST test digit the model reads at less than SECOND_LOOK_BELOW (the first of them)."""
+    from digitrec.recognition import SECOND_LOOK_BELOW
+
+    images = mnist.test_images[:3000].numpy()  # (3000, 28, 28) uint8
+    # Below the threshold after the second look, so below it before (else none was taken).
+    probabilities = recognizer._probabilities(list(images))[:, :10]
+    unsure = np.flatnonzero(probabilities.max(axis=1) < SECOND_LOOK_BELOW)
+    assert unsure.size, "no unsure digit among the first 3,000 of MNIST test"
+    return images[unsure[0]]
+
+
+def test_an_unsure_digit_gets_the_second_look_unless_the_server_is_told_not_to(
+    server: Server, recognizer: Any, mnist: Any, tmp_path: Any
+) -> None:
+    digit = unsure_digit(recognizer, mnist)
+    body = json.dumps({"pixels": digit.tolist()}).encode()
+    looked = recognizer.predict_pixels(digit)
+    recognizer.second_look = False
+    try:
+        once = recognizer.predict_pixels(digit)
+    finally:
+        recognizer.second_look = True
+    assert not np.allclose(looked.probabilities, once.probabilities, atol=1e-4)
+    status, got = post(server, body, JSON)
+    assert status == 200 and got["probabilities"] == pytest.approx(looked.probabilities, abs=1e-5)
+    status, _, models = server.request("GET", "/v1/models")
+    assert json.loads(models)["models"][0]["second_look"] is True
+    with run_server(tmp_path, "--no-second-look") as live:
+        status, got = post(live, body, JSON)
+        assert status == 200 and got["probabilities"] == pytest.approx(once.probabilities, abs=1e-5)
+        status, _, models = live.request("GET", "/v1/models")
+        assert json.loads(models)["models"][0]["second_look"] is False
+
+
 def test_jpeg_webp_and_multipart_give_the_same_answer(server: Server, mnist: Any) -> None:
     image = on_paper(first_of_label(mnist, 3))
     _, png = post(server, encode(image), PNG)
