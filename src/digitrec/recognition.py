@@ -146,7 +146,7 @@ SCORE_BATCH = 32
 # An input the model reads less surely than this is read twice more, drawn with a thinner and a
 # thicker pen (:func:`pen_variants`), and its probabilities are the mean of the three readings.
 # Chosen on optdigits-orig and USPS test (the shared sets of writers MNIST never saw; README,
-# "A second look"): a 5% of optdigits-orig's digits, 3.6% of USPS test's, 1.3% of MNIST test's.
+# "A second look"): 5% of optdigits-orig's digits, 3.6% of USPS test's, 1.3% of MNIST test's.
 SECOND_LOOK_BELOW = 0.9
 
 
