@@ -31,3 +31,15 @@ def encode(image: Image.Image, fmt: str, **options: object) -> bytes:
 def similarity(a: np.ndarray, b: np.ndarray) -> float:
     """Correlation of two (28, 28) images."""
     return float(np.corrcoef(a.ravel().astype(float), b.ravel().astype(float))[0, 1])
+
+
+def first_unsure_digit(recognizer: object, images: np.ndarray) -> int:
+    """The index of the first (28, 28) uint8 image of ``images`` that ``recognizer`` reads below
+    SECOND_LOOK_BELOW, the second look's threshold (below it after the look, so below it before:
+    the look was taken)."""
+    from digitrec.recognition import SECOND_LOOK_BELOW
+
+    probabilities = recognizer._probabilities(list(images))[:, :10]  # type: ignore[attr-defined]
+    unsure = np.flatnonzero(probabilities.max(axis=1) < SECOND_LOOK_BELOW)
+    assert unsure.size, f"no unsure digit among {len(images)} images"
+    return int(unsure[0])

@@ -16,7 +16,7 @@ from digitrec.cli import main
 from digitrec.images import normalize_digit
 from digitrec.runs import default_model_dir
 
-from .recognition_support import encode, ink_on_paper
+from .recognition_support import encode, first_unsure_digit, ink_on_paper
 
 
 @pytest.fixture(scope="module")
@@ -83,12 +83,11 @@ def test_predict_json_top_k_and_min_confidence(tmp_path, seven, run_dir, capsys)
 
 
 def test_predict_and_evaluate_read_an_unsure_digit_once_with_no_second_look(tmp_path, mnist, capsys):
-    from digitrec.recognition import SECOND_LOOK_BELOW, Recognizer
+    from digitrec.recognition import Recognizer
 
     rec = Recognizer.default(backend="auto")
     images = mnist.test_images[:3000].numpy()  # (3000, 28, 28) uint8
-    probabilities = rec._probabilities(list(images))[:, :10]
-    index = int(np.flatnonzero(probabilities.max(axis=1) < SECOND_LOOK_BELOW)[0])
+    index = first_unsure_digit(rec, images)
     label = int(mnist.test_labels[index])
     (tmp_path / str(label)).mkdir()
     path = tmp_path / str(label) / "unsure.png"  # already MNIST's form: read as it is

@@ -307,7 +307,7 @@ SECOND_LOOK_HELP = (
 )
 
 
-def _add_second_look(parser: Any) -> None:
+def _add_second_look(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--second-look", action=argparse.BooleanOptionalAction, default=True, help=SECOND_LOOK_HELP
     )

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from ..recognition_support import first_unsure_digit
 from .conftest import (
     Samples,
     Server,
@@ -93,22 +94,11 @@ def test_png_predictions_match_the_recognizer_and_the_labels(
     assert correct >= 18, f"{correct}/20 MNIST test digits read right"
 
 
-def unsure_digit(recognizer: Any, mnist: Any) -> np.ndarray:
-    """An MNIST test digit the model reads at less than SECOND_LOOK_BELOW (the first of them)."""
-    from digitrec.recognition import SECOND_LOOK_BELOW
-
-    images = mnist.test_images[:3000].numpy()  # (3000, 28, 28) uint8
-    # Below the threshold after the second look, so below it before (else none was taken).
-    probabilities = recognizer._probabilities(list(images))[:, :10]
-    unsure = np.flatnonzero(probabilities.max(axis=1) < SECOND_LOOK_BELOW)
-    assert unsure.size, "no unsure digit among the first 3,000 of MNIST test"
-    return images[unsure[0]]
-
-
 def test_an_unsure_digit_gets_the_second_look_unless_the_server_is_told_not_to(
     server: Server, recognizer: Any, mnist: Any, tmp_path: Any
 ) -> None:
-    digit = unsure_digit(recognizer, mnist)
+    images = mnist.test_images[:3000].numpy()  # (3000, 28, 28) uint8
+    digit = images[first_unsure_digit(recognizer, images)]
     body = json.dumps({"pixels": digit.tolist()}).encode()
     looked = recognizer.predict_pixels(digit)
     recognizer.second_look = False
