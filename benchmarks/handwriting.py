@@ -61,15 +61,27 @@ def scanner_box(ink: np.ndarray, rng: np.random.Generator) -> Image.Image:
     return render_digit(box.astype(np.uint8) * 255, 8)
 
 
-def optical_8x8(ink: np.ndarray, rng: np.random.Generator) -> Image.Image:
-    """UCI optdigits' presentation: a 32x32 binary bitmap (optdigits-orig's own; USPS's 16x16
-    enlarged and thresholded) reduced to 8x8 by counting the ink of each 4x4 block (0-16 levels);
-    shown 8x with a margin."""
+def _block_counts(ink: np.ndarray) -> np.ndarray:
+    """(8, 8) uint8: a 32x32 binary bitmap (optdigits-orig's own; USPS's 16x16 enlarged and
+    thresholded) reduced to 8x8 by counting the ink of each 4x4 block (0-16 levels, 255 = 16)."""
     bitmap = ink.astype(np.float32) / 255.0
     if bitmap.shape != (32, 32):
         bitmap = _resized(bitmap, 32)
     counts = (bitmap > 0.5).reshape(8, 4, 8, 4).mean(axis=(1, 3))
-    return render_digit((counts * 255 + 0.5).astype(np.uint8), 8)
+    return (counts * 255 + 0.5).astype(np.uint8)
+
+
+def optical_8x8(ink: np.ndarray, rng: np.random.Generator) -> Image.Image:
+    """UCI optdigits' presentation: the ink of 4x4 blocks counted (:func:`_block_counts`); shown
+    8x with a margin."""
+    return render_digit(_block_counts(ink), 8)
+
+
+def optical_8x8_pixels(ink: np.ndarray, rng: np.random.Generator) -> Image.Image:
+    """The same 8x8 block counts shown 8x by repeating each pixel (nearest neighbour), as an
+    image viewer zooms a small image (matplotlib's ``imshow(..., interpolation="nearest")`` of
+    scikit-learn's ``load_digits``, which are UCI's 8x8 digits)."""
+    return render_digit(_block_counts(ink), 8, resample=Image.Resampling.NEAREST)
 
 
 PRESENTATIONS: dict[str, Callable[[np.ndarray, np.random.Generator], Image.Image]] = {
@@ -81,6 +93,7 @@ PRESENTATIONS: dict[str, Callable[[np.ndarray, np.random.Generator], Image.Image
     "photo: uneven light, noise, JPEG": photo,
     "16x16 box, stretched to fill, binary (Semeion)": scanner_box,
     "8x8 block counts (UCI optdigits)": optical_8x8,
+    "the same, zoomed pixel by pixel": optical_8x8_pixels,
 }
 NUMBERS = "4-digit numbers (exact)"
 

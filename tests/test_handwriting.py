@@ -315,7 +315,7 @@ def test_handwriting_benchmark_quick_keeps_a_floor(tmp_path, capsys):
 def test_benchmark_presents_digits_as_other_collections_scanned_them():
     # Semeion's scanner stretched every digit to fill its 16x16 box; UCI's 8x8 optdigits counted a
     # 32x32 bitmap's ink in 4x4 blocks, keeping the digit's aspect.
-    from benchmarks.handwriting import optical_8x8, scanner_box
+    from benchmarks.handwriting import _block_counts, optical_8x8, optical_8x8_pixels, scanner_box
 
     narrow = np.zeros((32, 32), np.uint8)
     narrow[2:30, 14:18] = 255  # a 1, 28x4 px
@@ -335,6 +335,12 @@ def test_benchmark_presents_digits_as_other_collections_scanned_them():
     assert height >= 40 and width <= 16  # 6 of 8 cells fully inked, 1 cell wide: the aspect kept
     levels = optical_8x8(np.pad(narrow[:, :16], ((0, 0), (0, 16))), rng)  # blocks half inked
     assert 100 < np.asarray(levels).min() < 160  # half a block's ink is mid-gray, not black
+    # Zoomed pixel by pixel: 8x8 cells of one level each, the counts' levels as dark ink.
+    zoomed = np.asarray(optical_8x8_pixels(narrow, rng))
+    assert zoomed.shape == (8 * 8 + 32, 8 * 8 + 32)
+    cells = zoomed[16:80, 16:80].reshape(8, 8, 8, 8)
+    assert (cells == cells[:, :1, :, :1]).all()
+    assert np.array_equal(cells[:, 0, :, 0], 255 - _block_counts(narrow))
 
 
 def test_benchmark_refuses_a_quick_run_for_the_readme(tmp_path, capsys):

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
 from scipy import ndimage as ndi
 
-from digitrec.images import SORT_BELOW, _quantile, _ranks, normalize_digit, segment_digits
+from digitrec.images import (
+    SORT_BELOW,
+    _pixel_blocks,
+    _quantile,
+    _ranks,
+    _smooth_pixel_repeats,
+    normalize_digit,
+    segment_digits,
+)
 
 from .recognition_support import encode, ink_on_paper, similarity
 
@@ -49,6 +58,79 @@ def test_an_mnist_digit_normalizes_to_itself(digits):
     assert max(_ink_box(normalize_digit(filling))) in (19, 20, 21)
     dim = (digit // 2).astype(np.uint8)
     assert normalize_digit(dim).max() == 255
+
+
+def _repeated(pixels: np.ndarray, k: int, margin: int = 0) -> np.ndarray:
+    """``pixels`` enlarged k times by repeating each pixel (nearest neighbour), in a white margin."""
+    blocky = np.repeat(np.repeat(pixels, k, axis=0), k, axis=1)
+    return _margin(blocky, margin)
+
+
+def _margin(pixels: np.ndarray, margin: int) -> np.ndarray:
+    around = ((margin, margin), (margin, margin)) + ((0, 0),) * (pixels.ndim - 2)
+    return np.pad(pixels, around, constant_values=255)
+
+
+def _bicubic(pixels: np.ndarray, k: int) -> np.ndarray:
+    return cv2.resize(pixels, None, fx=k, fy=k, interpolation=cv2.INTER_CUBIC)
+
+
+def test_an_mnist_digit_shown_pixel_by_pixel_is_that_digit(digits):
+    """An MNIST digit enlarged by repeating its pixels (a zoomed screenshot) is its own 28x28
+    pixels, from an array or a PNG file alike."""
+    images, _ = digits
+    for digit in images[:5]:
+        zoomed = np.repeat(np.repeat(digit, 10, axis=0), 10, axis=1)
+        assert np.array_equal(normalize_digit(zoomed), digit)
+        assert np.array_equal(normalize_digit(encode(Image.fromarray(zoomed), "PNG")), digit)
+
+
+@pytest.mark.parametrize("k, margin", [(8, 16), (5, 3), (3, 7), (2, 1)])
+def test_pixel_repetition_reads_as_a_smooth_enlargement(digits, k, margin):
+    """A small scan (8x8 here, as UCI's optdigits) enlarged by repeating its pixels is normalized
+    exactly as the same scan enlarged bicubically, whatever the repeat and a margin that is not
+    a whole number of blocks: the steps of the blocks read as a coarser digit (optdigits-orig as
+    8x8 block counts zoomed pixel by pixel: 97.8% as they were, 98.1% enlarged smoothly)."""
+    scan = _margin(255 - cv2.resize(digits[0][1], (8, 8), interpolation=cv2.INTER_AREA), 2)
+    blocky, smooth = _repeated(scan, k, margin), _margin(_bicubic(scan, k), margin)
+    assert np.array_equal(_smooth_pixel_repeats(blocky), smooth)
+    assert np.array_equal(normalize_digit(blocky), normalize_digit(smooth))
+    assert np.array_equal(normalize_digit(Image.fromarray(blocky)), normalize_digit(smooth))
+    # Colour pixel art: the channels together.
+    tinted = np.stack([scan, scan // 2 + 128, np.full_like(scan, 255)], axis=2)
+    smoothed = _smooth_pixel_repeats(_repeated(tinted, k, margin))
+    for channel in range(3):
+        alone = _smooth_pixel_repeats(_repeated(tinted[:, :, channel], k, margin))
+        assert np.array_equal(smoothed[:, :, channel], alone)
+
+
+def test_a_row_of_digits_shown_pixel_by_pixel_segments_as_its_smooth_twin(digits):
+    images, _ = digits
+    row = _margin(np.concatenate([255 - images[i] for i in (1, 2, 3)], axis=1), 4)
+    blocky, smooth = _repeated(row, 4, 5), _margin(_bicubic(row, 4), 5)
+    found, expected = segment_digits(blocky), segment_digits(smooth)
+    assert len(found) == 3
+    for (digit, box), (twin, twin_box) in zip(found, expected, strict=True):
+        assert np.array_equal(digit, twin) and box == twin_box
+
+
+def test_only_pixel_repetition_counts_as_blocks(digits):
+    """Drawings, anti-aliased or not, photos and plain shapes with too few edges to tell are left
+    as they are."""
+    digit = digits[0][0]
+    assert _pixel_blocks(ink_on_paper(digit)) is None  # anti-aliased
+    hard = np.full((280, 280), 255, np.uint8)
+    cv2.line(hard, (60, 40), (200, 240), 0, 9, cv2.LINE_8)  # a pen without anti-aliasing
+    cv2.line(hard, (60, 40), (220, 40), 0, 9, cv2.LINE_8)
+    assert _pixel_blocks(hard) is None
+    bar = np.full((280, 280), 255, np.uint8)
+    bar[40:240, 120:160] = 0  # a 1 as one rectangle: two edges an axis, repeat unknown
+    assert _pixel_blocks(bar) is None and np.array_equal(_smooth_pixel_repeats(bar), bar)
+    noise = np.random.default_rng(0).integers(-3, 4, (168, 168))
+    noisy = np.clip(_repeated(255 - digit, 6).astype(int) + noise, 0, 255).astype(np.uint8)
+    assert _pixel_blocks(noisy) is None  # a photo of a screen: no exact blocks
+    blocks = _pixel_blocks(_repeated(255 - digit, 6, 4))
+    assert blocks is not None and (blocks.k_y, blocks.k_x) == (6, 6)
 
 
 def test_polarity_comes_from_the_background(digits):

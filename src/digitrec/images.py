@@ -1082,6 +1082,95 @@ def _already_mnist(image: Picture) -> np.ndarray | None:
     return pixels.copy()
 
 
+# Pictures enlarged by repeating pixels (below): the largest repeat undone, how many edges each
+# axis needs before its repeat is trusted, and the largest picture looked at.
+MAX_REPEAT = 32
+MIN_REPEAT_EDGES = 4
+REPEAT_PIXELS = LARGE
+
+
+def _repeat(changed: np.ndarray) -> tuple[int, int]:
+    """(k, phase): every True of ``changed`` (a (N - 1,) bool: pixel i + 1 differs from pixel i)
+    sits where a block of k pixels begins (at phase + j * k), or (1, 0) when no k >= 2 fits or
+    the axis has under MIN_REPEAT_EDGES edges to tell."""
+    starts = np.flatnonzero(changed) + 1  # first pixel of each new run
+    if starts.size < MIN_REPEAT_EDGES:
+        return 1, 0
+    k = int(np.gcd.reduce(np.diff(starts)))
+    return (k, int(starts[0] % k)) if 2 <= k <= MAX_REPEAT else (1, 0)
+
+
+@dataclass
+class _Blocks:
+    """A picture made of k x k blocks of equal pixels, one pixel per block."""
+
+    small: np.ndarray  # (h, w[, C]) uint8: one pixel per block, the partial first ones widened
+    k_y: int
+    k_x: int
+    pad_y: int  # rows of the first block cut off by the picture's edge (0 <= pad < k)
+    pad_x: int
+    height: int  # the picture's size
+    width: int
+
+    def smoothly(self) -> np.ndarray:
+        """The same picture enlarged bicubically instead: the same size, the blocks' centres in place."""
+        size = (self.small.shape[1] * self.k_x, self.small.shape[0] * self.k_y)
+        large = cv2.resize(self.small, size, interpolation=cv2.INTER_CUBIC)
+        rows, cols = slice(self.pad_y, self.pad_y + self.height), slice(self.pad_x, self.pad_x + self.width)
+        return np.ascontiguousarray(large[rows, cols])
+
+
+def _pixel_blocks(picture: Picture) -> _Blocks | None:
+    """The blocks of an 8-bit picture enlarged by repeating its pixels (nearest neighbour: an 8x8
+    or 16x16 scan shown large, pixel art, a zoomed screenshot), else None.
+
+    Such blocks read as a coarser digit than the same pixels enlarged smoothly: optdigits-orig
+    and USPS test as UCI's 8x8 block counts shown 8x pixel by pixel read at 97.8% and 96.2%
+    as they are, 98.1% and 96.7% enlarged bicubically here (whole sets; bilinearly 97.7% and
+    96.6%; drawn smoothly in the first place, 98.4% and 96.6%). The test is exact:
+    along each axis every edge of the picture lies on one grid of k >= 2 pixels, so each k x k
+    block holds one value and one pixel per block loses nothing. A drawing or a photo has
+    edges between neighbouring pixels somewhere (anti-aliasing, noise), which a few sampled
+    rows show at once (20 us on a 280x280 drawing).
+    """
+    if isinstance(picture, Image.Image):
+        if picture.mode not in ("L", "RGB", "RGBA") or _pixel_count(picture) > REPEAT_PIXELS:
+            return None
+        pixels = np.asarray(picture)
+    elif _pixel_count(picture) > REPEAT_PIXELS:
+        return None
+    else:
+        pixels = picture
+    height, width = pixels.shape[:2]
+    if min(height, width) < 2 * MIN_REPEAT_EDGES:
+        return None
+    # The quick no: edges in two adjacent columns of a few rows (every drawing and photo).
+    rows = pixels[np.linspace(0, height - 1, 9).astype(int)]
+    changed = rows[:, 1:] != rows[:, :-1]  # (9, W - 1[, C])
+    along = changed.any(axis=(0, 2)) if changed.ndim == 3 else changed.any(axis=0)
+    if (along[1:] & along[:-1]).any():
+        return None
+    columns = pixels[:, 1:] != pixels[:, :-1]  # (H, W - 1[, C])
+    lines = pixels[1:] != pixels[:-1]  # (H - 1, W[, C])
+    if pixels.ndim == 3:
+        columns, lines = columns.any(axis=2), lines.any(axis=2)
+    k_x, phase_x = _repeat(columns.any(axis=0))
+    k_y, phase_y = _repeat(lines.any(axis=1))
+    if k_x == 1 or k_y == 1:
+        return None
+    # Whole blocks from the corner: the first, partial ones widened by their own value.
+    pad_y, pad_x = (k_y - phase_y) % k_y, (k_x - phase_x) % k_x
+    spread = ((pad_y, 0), (pad_x, 0)) + (((0, 0),) if pixels.ndim == 3 else ())
+    small = np.ascontiguousarray(np.pad(pixels, spread, mode="edge")[::k_y, ::k_x])
+    return _Blocks(small, k_y, k_x, pad_y, pad_x, height, width)
+
+
+def _smooth_pixel_repeats(picture: Picture) -> Picture:
+    """A picture enlarged by repeating pixels, enlarged bicubically instead; any other as it is."""
+    blocks = _pixel_blocks(picture)
+    return picture if blocks is None else blocks.smoothly()
+
+
 def normalize_digit(image: Any) -> np.ndarray | None:
     """Bring a picture of one handwritten digit into MNIST's form: (28, 28) uint8, or None.
 
@@ -1090,7 +1179,9 @@ def normalize_digit(image: Any) -> np.ndarray | None:
 
     0. an image already in MNIST's form (28x28 gray, white ink on exact black, the ink
        20 px on its longer side, centred by its mass: an MNIST digit, or this function's
-       output) is returned as it is;
+       output) is returned as it is; an image enlarged by repeating its pixels (a small
+       scan or an MNIST digit zoomed pixel by pixel) is read as its own pixels enlarged
+       smoothly (bicubic), or as the MNIST digit it shows;
     1. grayscale (any mode; transparency composited on the right background;
        coloured ink on coloured paper is projected on the ink's colour);
     2. polarity from the background: dark ink on light paper is inverted to MNIST's
@@ -1119,6 +1210,13 @@ def normalize_digit(image: Any) -> np.ndarray | None:
     already = _already_mnist(decoded)
     if already is not None:
         return already
+    blocks = _pixel_blocks(decoded)
+    if blocks is not None:
+        # An MNIST digit shown large, pixel by pixel (a zoomed screenshot, pixel art): its own pixels.
+        already = _already_mnist(blocks.small)
+        if already is not None:
+            return already
+        decoded = blocks.smoothly()
     # Seen coarsely, a digit that came out small, or none found, is looked for again at full
     # resolution (a faint fine pen averaged down can fall under the contrast floor); if that
     # finds none, the coarse look's small digit stands (a small digit on a large noisy page:
@@ -1366,7 +1464,8 @@ def segment_groups(image: Any) -> list[SegmentGroup]:
     :class:`digitrec.recognition.Recognizer` uses this to decide between "one wide digit"
     and "touching digits" by how confidently the model reads each option.
     """
-    inkmap = _ink_map(*load_picture(image, JPEG_DRAFT_PIXELS))
+    decoded, scale = load_picture(image, JPEG_DRAFT_PIXELS)
+    inkmap = _ink_map(_smooth_pixel_repeats(decoded), scale)
     if inkmap is None:
         return []
     labels, pieces = _components(inkmap.ink, inkmap.cores)
