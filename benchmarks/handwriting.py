@@ -84,6 +84,13 @@ def optical_8x8_pixels(ink: np.ndarray, rng: np.random.Generator) -> Image.Image
     return render_digit(_block_counts(ink), 8, resample=Image.Resampling.NEAREST)
 
 
+def cropped_to_ink(ink: np.ndarray, rng: np.random.Generator) -> Image.Image:
+    """A digit cut out to its ink's bounding box (a tight crop, as a scanner's cell or a user
+    cuts one out): its ink touches every edge; shown 4x, no margin."""
+    tight = (rendered._tight(ink) * 255.0 + 0.5).astype(np.uint8)
+    return render_digit(tight, 4, margin=0.0)
+
+
 PRESENTATIONS: dict[str, Callable[[np.ndarray, np.random.Generator], Image.Image]] = {
     "scan, 8x with a margin": lambda ink, rng: render_digit(ink, 8),
     "small, 2x": lambda ink, rng: render_digit(ink, 2),
@@ -94,6 +101,7 @@ PRESENTATIONS: dict[str, Callable[[np.ndarray, np.random.Generator], Image.Image
     "16x16 box, stretched to fill, binary (Semeion)": scanner_box,
     "8x8 block counts (UCI optdigits)": optical_8x8,
     "the same, zoomed pixel by pixel": optical_8x8_pixels,
+    "cropped to its ink, no margin": cropped_to_ink,
 }
 NUMBERS = "4-digit numbers (exact)"
 
