@@ -247,8 +247,13 @@ def test_a_picture_with_paper_enough_gets_no_margin(digits, seven):
     a photo's uneven edge and transparent edges are looked at as they are."""
     assert _paper_margin(seven)[1] == 0
     rng = np.random.default_rng(0)
-    grainy = np.clip(seven.astype(int) + rng.integers(-12, 13, seven.shape), 0, 255).astype(np.uint8)
-    assert _paper_margin(_tight_region(grainy))[1] == 0  # no flat paper at the edge
+    noise = rng.integers(-12, 13, seven.shape)
+    grainy = np.clip(seven.astype(int) * 230 // 255 + noise, 0, 255).astype(np.uint8)
+    assert _paper_margin(_tight_region(grainy))[1] == 0  # a photo's edge: no flat paper
+    # Paper bright enough to saturate is flat where it is white: a tight crop of it gets its margin.
+    saturated = np.clip(seven.astype(int) + noise, 0, 255).astype(np.uint8)
+    assert _paper_margin(_tight_region(saturated))[1] > 0
+    assert similarity(normalize_digit(seven), normalize_digit(_tight_region(saturated))) > 0.95
     crop = 255 - _tight(digits[0][1])
     assert _paper_margin(crop)[1] == round(0.25 * max(crop.shape))
     padded, margin = _paper_margin(crop)
