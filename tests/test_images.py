@@ -248,12 +248,9 @@ def test_a_picture_with_paper_enough_gets_no_margin(digits, seven):
     assert _paper_margin(seven)[1] == 0
     rng = np.random.default_rng(0)
     noise = rng.integers(-12, 13, seven.shape)
-    grainy = np.clip(seven.astype(int) * 230 // 255 + noise, 0, 255).astype(np.uint8)
-    assert _paper_margin(_tight_region(grainy))[1] == 0  # a photo's edge: no flat paper
-    # Paper bright enough to saturate is flat where it is white: a tight crop of it gets its margin.
-    saturated = np.clip(seven.astype(int) + noise, 0, 255).astype(np.uint8)
-    assert _paper_margin(_tight_region(saturated))[1] > 0
-    assert similarity(normalize_digit(seven), normalize_digit(_tight_region(saturated))) > 0.95
+    for paper in (230, 255):  # a photo's edge, noisy, or noisy and saturated: no flat paper
+        grainy = np.clip(seven.astype(int) * paper // 255 + noise, 0, 255).astype(np.uint8)
+        assert _paper_margin(_tight_region(grainy))[1] == 0
     crop = 255 - _tight(digits[0][1])
     assert _paper_margin(crop)[1] == round(0.25 * max(crop.shape))
     padded, margin = _paper_margin(crop)

@@ -1231,10 +1231,11 @@ EDGE_MARGIN = 0.25
 # scanner's cell (USPS's 16x16), whose strokes' edges are so much of it that, cut by its edge,
 # the noise estimate takes them for grain.
 SMALL_PICTURE = 64
-# Paper is flat within this many gray levels of its commonest: JPEG's ringing along a tight
-# crop's strokes (a crop saved at quality 60: 87.0% of USPS test read, 93.2% with 3 levels, 94.3%
-# as PNG; with 1 level the crop got no margin), but not a photo's sensor noise.
-PAPER_LEVELS = 3
+# Paper is flat within this many gray levels of its commonest. The margin added is exactly flat,
+# so noisy paper must not pass: with 3 levels (to let JPEG's ringing along a tight crop's strokes
+# pass: USPS test cut-outs at quality 60, 87.0% -> 93.2%) scans with sensor noise got a flat
+# margin, their own paper then read as ink, and some normalized to nothing.
+PAPER_LEVELS = 1
 
 
 # OpenCV's conversion to gray by channel count.
