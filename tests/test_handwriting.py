@@ -256,6 +256,30 @@ def test_bundled_model_reads_other_writers_whole_sets(name, folder, size, floor,
     assert min(recall) >= 0.85 and recall[1] >= 0.88, recall
 
 
+@pytest.mark.parametrize(
+    ("picks", "why"),
+    [
+        ([554, 653, 415, 1611], "its 2 is light and fine beside bold digits: it was lost as specks"),
+        ([1403, 964, 1732, 150], "its 2 is wide and flat: it was cut into a short piece and a digit"),
+    ],
+    ids=["light-fine-2", "wide-flat-2"],
+)
+def test_numbers_of_usps_digits_read_with_every_digit_once(picks, why):
+    """Rows of four USPS test digits as the handwriting benchmark draws its numbers (eight draws of
+    sizes, gaps and paper) read as exactly those four digits: found, and none of them cut in two."""
+    from benchmarks.rendered_handwriting import render_number
+
+    from digitrec.recognition import Recognizer
+
+    needs(USPS)
+    digits = load_usps(USPS, "test")
+    recognizer = Recognizer.default()
+    truth = "".join(str(int(digits.labels[k])) for k in picks)
+    rows = [render_number(digits.images[picks], np.random.default_rng(seed)) for seed in range(8)]
+    read = [p.number for p in recognizer.predict_batch(rows, multi=True)]
+    assert read == [truth] * 8, why
+
+
 @pytest.mark.slow
 def test_the_second_look_reads_other_writers_better(mnist):
     """Reading an unsure digit again in a thinner and a thicker pen (``Recognizer.second_look``)

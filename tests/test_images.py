@@ -353,6 +353,36 @@ def test_multi_merges_broken_strokes(mnist):
     assert len(segment_digits(broken)) == 1
 
 
+def test_multi_finds_a_light_fine_digit_among_bold_ones(mnist):
+    """A digit in a finer pen, pressed lightly (its ink crosses half the bold digits' level only
+    here and there), between bold digits is a digit, not a handful of specks."""
+    images, labels = mnist.test_images.numpy(), mnist.test_labels.numpy()
+
+    def narrow(label: int) -> list[int]:  # digits narrower than tall, each fits its cell of the row
+        found = []
+        for index in np.where(labels == label)[0]:
+            height, width = _ink_box(images[index])
+            if width < 0.95 * height:
+                found.append(int(index))
+        return found[:10]
+
+    zeros, twos, sevens = narrow(0), narrow(2), narrow(7)
+    for k in range(10):
+        picks = (zeros[k], twos[k], sevens[k], zeros[k - 1])
+        ink = [255 - ink_on_paper(images[i], height=80, canvas=84).astype(np.float32) for i in picks]
+        # A fine pen pressed lightly and unevenly: half the bold ink's level, +-0.2 along the strokes.
+        pressure = 0.5 + 0.2 * np.sin(np.arange(84) / 6.0)[:, None]
+        ink[1] = cv2.erode(ink[1], np.ones((3, 3), np.uint8)) * pressure
+        gap = np.zeros((84, 30), np.float32)  # each digit in an 84 px cell, 30 px apart
+        row = np.hstack([gap, ink[0], gap, ink[1], gap, ink[2], gap, ink[3], gap])
+        page = 255 - np.pad(row, ((20, 20), (0, 0)))
+        segments = segment_digits(np.rint(page).astype(np.uint8))
+        assert len(segments) == 4, k
+        x, _, w, _ = segments[1][1]
+        cell = 30 + 84 + 30
+        assert x >= cell - 2 and x + w <= cell + 84 + 2  # the light digit's own cell
+
+
 # --------------------------------------------------------------------------- against today's code path
 
 

@@ -956,10 +956,23 @@ def _components(
         inked = np.flatnonzero(mask)
         masses = np.bincount(labels.ravel()[inked], weights=ink.ravel()[inked], minlength=count + 1)[1:]
     biggest = masses.max()
+    speck = masses < SPECK_FRACTION * biggest
+    if speck.any() and count > 1:
+        # A light, fine digit beside bold ones crosses half intensity only here and there: its
+        # strokes are one region of faint ink (> 0.15) holding several small cores, none of
+        # which holds half of the region's ink. Such a region's cores are kept (and grouped
+        # again as one digit) when the region weighs more than a speck. A faint smudge touching
+        # a bold digit stays a speck: the digit's core holds most of that region's ink.
+        region_cores = region_of[1:]
+        region_mass = np.bincount(region_cores, weights=masses, minlength=region_count + 1)
+        region_top = np.zeros(region_count + 1)
+        np.maximum.at(region_top, region_cores, masses)
+        fragments = (region_mass >= SPECK_FRACTION * biggest) & (region_top < 0.5 * region_mass)
+        speck &= ~fragments[region_cores]
     pieces = []
     # Every label holds its core (ink > 0.5), so no piece is all halo.
-    for label, mass, found in zip(range(1, count + 1), masses, boxes, strict=True):
-        if found is None or mass < SPECK_FRACTION * biggest:
+    for label, mass, found, dropped in zip(range(1, count + 1), masses, boxes, speck, strict=True):
+        if found is None or dropped:
             continue
         along_y, along_x = found
         row, col = np.unravel_index(int(np.argmax(labels[found] == label)), labels[found].shape)
@@ -1332,7 +1345,7 @@ def normalize_digit(image: Any) -> np.ndarray | None:
        floor to the ink's level (anti-aliasing kept); a soft shadow, much wider than
        the strokes, is taken out;
     4. crop to the ink's bounding box, ignoring specks (connected pieces with under 6%
-       of the main piece's ink);
+       of the main piece's ink, unless they are the fragments of one light stroke);
     5. strokes much thinner than MNIST's are thickened (a narrow glyph's much thicker
        ones thinned); scale to fit 20x20 keeping the aspect ratio (anti-aliased);
     6. paste into 28x28 with the centre of mass at the centre.
@@ -1550,8 +1563,9 @@ def _read_part(labels: np.ndarray, ink: np.ndarray, part: _Piece, inverse: float
 def _split_options(
     ink: np.ndarray, labels: np.ndarray, piece: _Piece, reference: float, inverse: float
 ) -> SegmentGroup | None:
-    """Readings of one group: as one digit; when wide, as 2..5 touching digits; when made
-    of digit-sized parts that overlap, as those parts."""
+    """Readings of one group: as one digit; when wide, as 2..5 touching digits (each cut-off
+    piece at least TALL of the row's digit height); when made of digit-sized parts that
+    overlap, as those parts."""
     crop = _piece_crop(ink, labels, piece)
     height = max(reference, piece.height)
     width = crop.shape[1]
@@ -1581,6 +1595,10 @@ def _split_options(
             if rows.size == 0:
                 break
             part = part[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+            if len(cuts) > 1 and part.shape[0] < TALL * reference:
+                # A cut-off piece much shorter than the row's digits is part of a wide digit (the
+                # curve of a flat 5, the foot of a wide 2), not a digit of its own.
+                break
             digit = _to_mnist(part)
             if digit is None:
                 break
