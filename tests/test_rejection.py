@@ -7,6 +7,7 @@ so that a regression fails and noise does not.
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ from PIL import Image
 from digitrec import synthetic
 from digitrec.cli import main
 from digitrec.handwriting import default_shared_data, load_usps, render_digit
-from digitrec.recognition import Recognizer
+from digitrec.recognition import ROW_DIGIT_ODDS, Recognizer
 
 from .recognition_support import encode
 
@@ -122,6 +123,31 @@ def test_multi_marks_a_piece_that_is_not_a_digit(recognizer: Recognizer, mnist) 
     assert prediction.digits is not None and prediction.digits[2]["rejected"] == "not_a_digit"
     assert [d["rejected"] for d in prediction.digits[:2]] == [None, None]
     assert prediction.rejected == "not_a_digit"
+
+
+def test_a_piece_in_a_row_is_called_not_a_digit_only_further_below_the_threshold(mnist) -> None:
+    """Among digits, a digit-sized piece is a digit far more often than a lone picture is: in a row,
+    "not a digit" needs an energy ln(ROW_DIGIT_ODDS) below the model's threshold."""
+    threshold = 1.0
+    seven, two = 255 - mnist.test_images[0].numpy(), 255 - mnist.test_images[1].numpy()
+    row = np.hstack([np.pad(piece, 28, constant_values=255) for piece in (seven, two)])
+    row_image = Image.fromarray(row).resize((row.shape[1] * 3, row.shape[0] * 3))
+
+    def recognizer_at(evidence: float) -> Recognizer:
+        # Equal scores for every input: their energy, log(sum(exp)), is exactly ``evidence``.
+        def scorer(batch: np.ndarray) -> np.ndarray:
+            return np.full((len(batch), 10), evidence - math.log(10), np.float32)
+
+        return Recognizer.from_scorer(scorer, {"name": "flat", "not_digit_energy_below": threshold})
+
+    between = recognizer_at(threshold - 0.5 * math.log(ROW_DIGIT_ODDS))
+    assert between.predict(seven).rejected == "not_a_digit"  # alone
+    assert between.predict(seven, multi=True).rejected == "not_a_digit"  # alone in multi mode too
+    in_a_row = between.predict(row_image, multi=True)
+    assert in_a_row.digits is not None and [d["rejected"] for d in in_a_row.digits] == [None, None]
+    assert in_a_row.number is not None and "?" not in in_a_row.number
+    far_below = recognizer_at(threshold - 1.5 * math.log(ROW_DIGIT_ODDS)).predict(row_image, multi=True)
+    assert far_below.number == "??" and far_below.rejected == "not_a_digit"
 
 
 def test_onnx_export_carries_the_calibration(tmp_path, recognizer: Recognizer) -> None:
