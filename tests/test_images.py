@@ -335,6 +335,32 @@ def test_exif_orientation_is_applied(digits):
     assert similarity(normalize_digit(data), normalize_digit(page)) > 0.95
 
 
+def test_a_box_or_a_rule_drawn_around_a_digit_is_not_part_of_it(digits):
+    """A form's cell (a box around the digit, paper outside it) or a line under the digit: the
+    digit normalizes as it does alone."""
+    images, _ = digits
+    for digit in images[:8]:
+        page = ink_on_paper(digit, height=160, canvas=300)
+        alone = normalize_digit(page)
+        boxed, ruled = page.copy(), page.copy()
+        boxed[20:24, 20:280] = boxed[276:280, 20:280] = 30  # top and bottom sides, 4 px
+        boxed[20:280, 20:24] = boxed[20:280, 276:280] = 30  # left and right sides
+        ruled[250:254, 10:290] = 30  # a rule under the digit, wider than the page's digit
+        assert similarity(normalize_digit(boxed), alone) > 0.99
+        assert similarity(normalize_digit(ruled), alone) > 0.99
+
+
+def test_a_bar_above_a_digit_is_kept():
+    """Only a line below the ink is taken for a form's rule: a 7's bar drawn apart above its stem
+    (wider than the stem and flat) stays part of the digit."""
+    page = np.full((200, 200), 255, np.uint8)
+    page[40:46, 50:150] = 0  # the bar, 100x6 px
+    cv2.line(page, (140, 56), (100, 170), 0, 6)  # the stem, 10 px below the bar
+    out = normalize_digit(page)
+    height, width = _ink_box(out)
+    assert width >= 14 and height == 20  # 130x100 px with the bar (15 px wide); the stem alone: 8
+
+
 # --------------------------------------------------------------------------- several digits
 
 
@@ -381,6 +407,20 @@ def test_multi_finds_a_light_fine_digit_among_bold_ones(mnist):
         x, _, w, _ = segments[1][1]
         cell = 30 + 84 + 30
         assert x >= cell - 2 and x + w <= cell + 84 + 2  # the light digit's own cell
+
+
+def test_multi_reads_a_row_in_a_box_or_over_a_rule_as_without(mnist):
+    images = mnist.test_images.numpy()[:4]
+    pages = [255 - ink_on_paper(d, height=80, canvas=90) for d in images]  # ink, (90, 90) each
+    row = 255 - np.pad(np.hstack(pages), ((40, 40), (40, 40)))  # (170, 440) dark on white
+    plain = [box for _, box in segment_digits(row)]
+    assert len(plain) == 4
+    boxed, ruled = row.copy(), row.copy()
+    boxed[10:13, 10:430] = boxed[157:160, 10:430] = 40
+    boxed[10:160, 10:13] = boxed[10:160, 427:430] = 40
+    ruled[140:143, 20:420] = 40  # the line under the number, as on a form
+    for page in (boxed, ruled):
+        assert [box for _, box in segment_digits(page)] == plain
 
 
 # --------------------------------------------------------------------------- against today's code path

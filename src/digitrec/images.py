@@ -983,6 +983,58 @@ def _components(
     return labels, pieces
 
 
+# A frame is a piece whose box's sides are inked along at least this share of their length (a
+# printed or ruled box around a digit; a 0's sides touch its box at a few points only).
+FRAME_SIDE = 0.85
+# A rule is a straight bar at least this many times wider than tall ...
+RULE_ASPECT = 8.0
+# ... wholly below the rest of the ink and this much wider than it (than each digit in a row):
+# a form's line under a digit. A 2's base is about as wide as the 2; bars above (a 7's, a 5's)
+# are never taken for rules.
+RULE_WIDER = 1.5
+
+
+def _is_frame(ink: np.ndarray, labels: np.ndarray, piece: _Piece) -> bool:
+    """Is this piece a box drawn around something: three or four of its box's sides inked along
+    FRAME_SIDE of their length, within a band of a tenth of the box (at least 2 px)?"""
+    if min(piece.width, piece.height) < 8:
+        return False
+    own = _piece_crop(ink, labels, piece) > 0.5
+    band_y, band_x = max(2, piece.height // 10), max(2, piece.width // 10)
+    sides = [
+        own[:band_y].any(axis=0).mean(),
+        own[-band_y:].any(axis=0).mean(),
+        own[:, :band_x].any(axis=1).mean(),
+        own[:, -band_x:].any(axis=1).mean(),
+    ]
+    return sum(side >= FRAME_SIDE for side in sides) >= 3
+
+
+def _without_frames_and_rules(
+    ink: np.ndarray, labels: np.ndarray, pieces: list[_Piece], row: bool = False
+) -> list[_Piece]:
+    """The pieces less a box drawn around all the others (a form's cell, a frame) and a straight
+    line under them much wider than them (a form's rule; with ``row``, than the widest of them,
+    each a digit of a row): the digits are what is inside or above. Nothing is dropped unless
+    something else is left."""
+    if len(pieces) < 2:
+        return pieces
+    kept = []
+    for piece in pieces:
+        others = [p for p in pieces if p is not piece]
+        x0, x1 = min(p.x0 for p in others), max(p.x1 for p in others)
+        y0, y1 = min(p.y0 for p in others), max(p.y1 for p in others)
+        inside = piece.x0 <= x0 and x1 <= piece.x1 and piece.y0 <= y0 and y1 <= piece.y1
+        if inside and _is_frame(ink, labels, piece):
+            continue
+        span = max(p.width for p in others) if row else x1 - x0
+        straight = piece.width >= RULE_ASPECT * piece.height
+        if straight and y1 <= piece.y0 and piece.width >= RULE_WIDER * span:
+            continue
+        kept.append(piece)
+    return kept or pieces
+
+
 def _large_enough(piece: _Piece, shape: tuple[int, ...]) -> bool:
     longest = max(piece.width, piece.height)
     return longest >= max(MIN_DIGIT_PX, MIN_DIGIT_FRACTION * max(shape))
@@ -1345,7 +1397,8 @@ def normalize_digit(image: Any) -> np.ndarray | None:
        floor to the ink's level (anti-aliasing kept); a soft shadow, much wider than
        the strokes, is taken out;
     4. crop to the ink's bounding box, ignoring specks (connected pieces with under 6%
-       of the main piece's ink, unless they are the fragments of one light stroke);
+       of the main piece's ink, unless they are the fragments of one light stroke), a box
+       drawn around the rest and a wide straight line under it (a form's cell and rule);
     5. strokes much thinner than MNIST's are thickened (a narrow glyph's much thicker
        ones thinned); scale to fit 20x20 keeping the aspect ratio (anti-aliased);
     6. paste into 28x28 with the centre of mass at the centre.
@@ -1383,6 +1436,7 @@ def normalize_digit(image: Any) -> np.ndarray | None:
             continue
         labels, pieces = _components(inkmap.ink, inkmap.cores)
         pieces = [p for p in pieces if _large_enough(p, inkmap.ink.shape)]
+        pieces = _without_frames_and_rules(inkmap.ink, labels, pieces)
         if not pieces:
             continue
         merged = pieces[0]
@@ -1631,6 +1685,7 @@ def segment_groups(image: Any) -> list[SegmentGroup]:
     if inkmap is None:
         return []
     labels, pieces = _components(inkmap.ink, inkmap.cores)
+    pieces = _without_frames_and_rules(inkmap.ink, labels, pieces, row=True)
     if not pieces:
         return []
     pieces = [p for p in _group_pieces(inkmap.ink, pieces) if _large_enough(p, inkmap.ink.shape)]
