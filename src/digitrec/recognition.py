@@ -152,7 +152,7 @@ SECOND_LOOK_BELOW = 0.9
 
 # In a row read with ``multi=True``, a digit-sized piece of ink among digits is a digit far more
 # often than a picture given alone is, so it is called "not a digit" only below the model's
-# threshold lowered by ln(ROW_DIGIT_ODDS) (the energy is a log-odds scale: a prior of 10 to 1).
+# threshold lowered by ln(ROW_DIGIT_ODDS) (read as a log-odds scale: a prior of 10 to 1 for digits).
 # Measured (README, "Other writers' handwriting"): 4-digit numbers as answered, USPS test 89.3% ->
 # 90.8% and optdigits-orig 93.7% -> 94.7%; the rejection benchmark's handwriting-like letters, as
 # single pictures at that threshold, flagged 88.5% -> 82.0% (every non-digit: 96.8% -> 93.9%).
