@@ -144,28 +144,32 @@ def evaluate_set(
 
     images, labels = sample(digits, per_set, seed)
 
-    def both_ways(prepared: list[Any], right: Callable[[Any, int], bool]) -> tuple[int, int]:
+    def both_ways(prepared: list[Any], *rights: Callable[[Any, int], bool]) -> list[tuple[int, int]]:
+        """Per criterion in ``rights``: how many are right with the second look, and without."""
         counts = []
         for second_look in (True, False):
             recognizer.second_look = second_look
             predictions = recognizer.predict_prepared(prepared)
-            counts.append(sum(right(p, i) for i, p in enumerate(predictions)))
+            counts.append([sum(right(p, i) for i, p in enumerate(predictions)) for right in rights])
         recognizer.second_look = True
-        return counts[0], counts[1]
+        return list(zip(counts[0], counts[1], strict=True))
 
     results: dict[str, tuple[int, int, int]] = {}
     for k, (name, draw) in enumerate(PRESENTATIONS.items()):
         rng = np.random.default_rng([seed, k])
         prepared = [prepare(draw(ink, rng)) for ink in images]
-        looked, once = both_ways(prepared, lambda p, i: best_guess(p) == labels[i])
+        [(looked, once)] = both_ways(prepared, lambda p, i: best_guess(p) == labels[i])
         results[name] = (int(looked), int(once), len(labels))
     if numbers:
         samples = rendered.render_numbers(digits.images, digits.labels, numbers, seed)
         prepared = [prepare(image, multi=True) for image, _ in samples]
-        looked, once = both_ways(prepared, lambda p, i: best_number(p) == samples[i][1])
-        results[NUMBERS] = (int(looked), int(once), len(samples))
-        looked, once = both_ways(prepared, lambda p, i: p.number == samples[i][1])
-        results[NUMBERS_AS_ANSWERED] = (int(looked), int(once), len(samples))
+        read, answered = both_ways(
+            prepared,
+            lambda p, i: best_number(p) == samples[i][1],
+            lambda p, i: p.number == samples[i][1],
+        )
+        results[NUMBERS] = (int(read[0]), int(read[1]), len(samples))
+        results[NUMBERS_AS_ANSWERED] = (int(answered[0]), int(answered[1]), len(samples))
     return results
 
 

@@ -1019,17 +1019,27 @@ def _without_frames_and_rules(
     something else is left."""
     if len(pieces) < 2:
         return pieces
+
+    def others_max(values: list[int]) -> np.ndarray:
+        """Per piece, the largest value among the other pieces (a texture can hold a hundred)."""
+        array = np.array(values)
+        top = int(array.argmax())
+        out = np.full(len(array), array[top])
+        out[top] = np.partition(array, -2)[-2]
+        return out
+
+    # The box of all the other pieces, per piece (minima as maxima of negatives).
+    x0 = -others_max([-p.x0 for p in pieces])
+    y0 = -others_max([-p.y0 for p in pieces])
+    x1, y1 = others_max([p.x1 for p in pieces]), others_max([p.y1 for p in pieces])
+    span = others_max([p.width for p in pieces]) if row else x1 - x0
     kept = []
-    for piece in pieces:
-        others = [p for p in pieces if p is not piece]
-        x0, x1 = min(p.x0 for p in others), max(p.x1 for p in others)
-        y0, y1 = min(p.y0 for p in others), max(p.y1 for p in others)
-        inside = piece.x0 <= x0 and x1 <= piece.x1 and piece.y0 <= y0 and y1 <= piece.y1
+    for k, piece in enumerate(pieces):
+        inside = piece.x0 <= x0[k] and x1[k] <= piece.x1 and piece.y0 <= y0[k] and y1[k] <= piece.y1
         if inside and _is_frame(ink, labels, piece):
             continue
-        span = max(p.width for p in others) if row else x1 - x0
         straight = piece.width >= RULE_ASPECT * piece.height
-        if straight and y1 <= piece.y0 and piece.width >= RULE_WIDER * span:
+        if straight and y1[k] <= piece.y0 and piece.width >= RULE_WIDER * span[k]:
             continue
         kept.append(piece)
     return kept or pieces
