@@ -7,7 +7,7 @@ collections' scanners delivered their digits (Semeion's 16x16 box, stretched to 
 binarized; UCI optdigits' 8x8 block counts), and read through
 ``Recognizer.predict_batch``'s two halves, the same path as ``digitrec predict``: each image is
 normalized once and its input scored twice, as digitrec reads it (an unsure digit read again in a
-thinner and a thicker pen, the "second look") and read once, side by side. Rows of 4 digits from
+thinner and a thicker pen and narrower, the "second look") and read once, side by side. Rows of 4 digits from
 each set are read with ``multi=True`` and count only when the whole number is right. Numbers, not
 timed tests::
 

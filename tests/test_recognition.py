@@ -363,8 +363,26 @@ def _ink_scorer(calls: list[int]):
     return score
 
 
-def test_an_unsure_input_gets_a_second_look_in_a_thinner_and_a_thicker_pen():
-    from digitrec.recognition import SECOND_LOOK_BELOW, energy, pen_variants
+def test_narrower_squeezes_the_ink_and_centres_it_again():
+    from digitrec.recognition import NARROWER, narrower
+
+    inputs = np.zeros((3, 28, 28), np.uint8)
+    inputs[0, 4:24, 2:22] = 255  # a 20x20 block, off centre to the left
+    inputs[1, 6:22, 20:25] = 200  # a narrow bar at the right
+    got = narrower(inputs)
+    rows, cols = np.nonzero(got[0])
+    assert (rows.min(), rows.max()) == (4, 23)  # the height kept
+    assert cols.max() - cols.min() + 1 == round(20 * NARROWER)  # the width squeezed
+    assert (cols.min() + cols.max()) / 2 == pytest.approx(13.5, abs=0.5)  # centred again
+    assert got[0].max() == 255 and got[0].sum() == pytest.approx(inputs[0].sum() * NARROWER, rel=0.01)
+    rows, cols = np.nonzero(got[1])
+    assert cols.max() - cols.min() + 1 == 3 and 12 <= cols.mean() <= 15
+    assert not got[2].any()  # no ink: blank
+    assert inputs[0, 4:24, 2:22].min() == 255  # the inputs are left as they were
+
+
+def test_an_unsure_input_gets_a_second_look_in_a_thinner_and_a_thicker_pen_and_narrower():
+    from digitrec.recognition import SECOND_LOOK_BELOW, energy, narrower, pen_variants
 
     sure = np.zeros((28, 28), np.uint8)
     sure[4:24, 8:20] = 255  # much ink: digit 1 at > 0.99
@@ -374,7 +392,7 @@ def test_an_unsure_input_gets_a_second_look_in_a_thinner_and_a_thicker_pen():
     rec = Recognizer.from_scorer(_ink_scorer(calls), {"name": "ink", "source": "test"})
     assert rec.second_look and rec.info()["second_look"] is True
     got = rec.predict_normalized([sure, None, faint], [None, None, None])
-    assert calls == [2, 2]  # one pass for both inputs, one for the unsure one's two variants
+    assert calls == [2, 3]  # one pass for both inputs, one for the unsure one's three variants
 
     def plain(pixels: np.ndarray) -> np.ndarray:
         return softmax(_ink_scorer([])(pixels[None, None].astype(np.float32) / 255.0))[0]
@@ -382,7 +400,8 @@ def test_an_unsure_input_gets_a_second_look_in_a_thinner_and_a_thicker_pen():
     assert plain(sure).max() >= SECOND_LOOK_BELOW > plain(faint).max()
     np.testing.assert_allclose(got[0].probabilities, plain(sure), atol=1e-12)
     thinner, thicker = pen_variants(faint[None])
-    expected = (plain(faint) + plain(thinner[0]) + plain(thicker[0])) / 3.0
+    squeezed = narrower(faint[None])[0]
+    expected = (plain(faint) + plain(thinner[0]) + plain(thicker[0]) + plain(squeezed)) / 4.0
     np.testing.assert_allclose(got[2].probabilities, expected, atol=1e-12)
     assert got[2].confidence == pytest.approx(expected.max())
     assert not np.allclose(expected, plain(faint), atol=1e-3)  # the look changed something

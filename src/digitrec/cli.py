@@ -301,8 +301,8 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 SECOND_LOOK_HELP = (
-    "read a digit the model is unsure of (below 0.9) twice more, in a thinner and a thicker pen, "
-    "and average the three readings: other writers' digits read better (README, 'A second "
+    "read a digit the model is unsure of (below 0.9) three more times, in a thinner and a thicker "
+    "pen and narrower, and average the four readings: other writers' digits read better (README, 'A second "
     "look'); --no-second-look reads each once (default: on)"
 )
 

@@ -141,7 +141,7 @@ class ServeConfig:
     max_batch: int = 32  # inputs per model call at most
     decode_processes: int = 0  # decode/normalize processes per server process; 0: 2 x CPUs / workers
     onnx_file: str | None = None  # set by serve() for --workers > 1: the model exported once, by the parent
-    second_look: bool = True  # an unsure digit read again in a thinner and a thicker pen (Recognizer)
+    second_look: bool = True  # an unsure digit read again: thinner and thicker pens, narrower (Recognizer)
 
     def __post_init__(self) -> None:
         for name in ("max_body_bytes", "max_inflight", "max_uploads", "threads", "max_batch"):
