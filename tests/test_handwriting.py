@@ -318,7 +318,7 @@ def test_handwriting_benchmark_quick_keeps_a_floor(tmp_path, capsys):
     digits), so the benchmark never rots."""
     needs(USPS)
     needs(OPTDIGITS)
-    from benchmarks.handwriting import NUMBERS, NUMBERS_AS_ANSWERED, PRESENTATIONS, main
+    from benchmarks.handwriting import NUMBERS, NUMBERS_AS_ANSWERED, NUMBERS_SEMEION, PRESENTATIONS, main
 
     out = tmp_path / "handwriting.json"
     assert main(["--quick", "--data-dir", str(SHARED), "--out", str(out)]) == 0
@@ -326,13 +326,15 @@ def test_handwriting_benchmark_quick_keeps_a_floor(tmp_path, capsys):
     assert set(results["sets"]) == {"optdigits-orig", "USPS test"}
     for name, entry in results["sets"].items():
         rows = entry["results"]
-        assert set(rows) == {*PRESENTATIONS, NUMBERS, NUMBERS_AS_ANSWERED}
+        assert set(rows) == {*PRESENTATIONS, NUMBERS, NUMBERS_AS_ANSWERED, NUMBERS_SEMEION}
         singles = [rows[p] for p in PRESENTATIONS]
         assert all(row["total"] == 60 for row in singles)
         rate = sum(row["correct"] for row in singles) / sum(row["total"] for row in singles)
         assert rate >= 0.85, (name, rows)
         assert all(row["correct"] / row["total"] >= 0.75 for row in singles), (name, rows)
         assert rows[NUMBERS]["correct"] / rows[NUMBERS]["total"] >= 0.6, (name, rows)
+        assert rows[NUMBERS_SEMEION]["total"] == rows[NUMBERS]["total"]
+        assert rows[NUMBERS_SEMEION]["correct"] / rows[NUMBERS_SEMEION]["total"] >= 0.6, (name, rows)
         # A "?" in the number is never right; a withheld digit's best guess may be.
         strict, lenient = rows[NUMBERS_AS_ANSWERED], rows[NUMBERS]
         assert strict["total"] == lenient["total"]
@@ -344,7 +346,13 @@ def test_handwriting_benchmark_quick_keeps_a_floor(tmp_path, capsys):
 def test_benchmark_presents_digits_as_other_collections_scanned_them():
     # Semeion's scanner stretched every digit to fill its 16x16 box; UCI's 8x8 optdigits counted a
     # 32x32 bitmap's ink in 4x4 blocks, keeping the digit's aspect.
-    from benchmarks.handwriting import _block_counts, optical_8x8, optical_8x8_pixels, scanner_box
+    from benchmarks.handwriting import (
+        _block_counts,
+        optical_8x8,
+        optical_8x8_pixels,
+        scanner_box,
+        semeion_box,
+    )
 
     narrow = np.zeros((32, 32), np.uint8)
     narrow[2:30, 14:18] = 255  # a 1, 28x4 px
@@ -355,6 +363,8 @@ def test_benchmark_presents_digits_as_other_collections_scanned_them():
         rows, cols = np.where(dark.any(axis=1))[0], np.where(dark.any(axis=0))[0]
         return int(rows[-1] - rows[0] + 1), int(cols[-1] - cols[0] + 1)
 
+    box = semeion_box(narrow)
+    assert box.shape == (16, 16) and (box == 255).all()  # a bar stretched to fill the box
     stretched = scanner_box(narrow, rng)
     assert stretched.size == (16 * 8 + 64, 16 * 8 + 64)  # 16 cells of 8 px, a quarter's margin
     assert ink_box(stretched) == (128, 128)
