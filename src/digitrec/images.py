@@ -1123,6 +1123,18 @@ def _centre_of_mass(values: np.ndarray) -> tuple[float, float]:
     ) / total
 
 
+def paste_centred(small: np.ndarray) -> np.ndarray:
+    """(28, 28) float32: an (H, W) image of ink (H, W <= 28, some ink) pasted with its centre of
+    mass on pixel (14, 14), as MNIST was prepared, or as near as keeps it inside; values as given."""
+    height, width = small.shape
+    cy, cx = _centre_of_mass(small)
+    top = int(np.clip(round(CENTRE - cy), 0, SIZE - height))
+    left = int(np.clip(round(CENTRE - cx), 0, SIZE - width))
+    out = np.zeros((SIZE, SIZE), np.float32)
+    out[top : top + height, left : left + width] = small
+    return out
+
+
 def _disk(radius: float) -> np.ndarray:
     r = int(np.ceil(radius))
     yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
@@ -1168,12 +1180,7 @@ def _to_mnist(crop: np.ndarray) -> np.ndarray | None:
     if small.max() <= 0:
         return None
     small = np.clip(small / small.max(), 0.0, 1.0)
-    cy, cx = _centre_of_mass(small)
-    top = int(np.clip(round(CENTRE - cy), 0, SIZE - small_h))
-    left = int(np.clip(round(CENTRE - cx), 0, SIZE - small_w))
-    out = np.zeros((SIZE, SIZE), np.float32)
-    out[top : top + small_h, left : left + small_w] = small
-    return (out * 255.0 + 0.5).astype(np.uint8)
+    return (paste_centred(small) * 255.0 + 0.5).astype(np.uint8)
 
 
 def _piece_crop(ink: np.ndarray, labels: np.ndarray, piece: _Piece) -> np.ndarray:

@@ -31,7 +31,7 @@ from .calibration import SEVERAL_DIGITS_BELOW, energy
 from .errors import DigitrecError
 from .fileio import sha256_hex
 from .image_io import ImageError, load_image
-from .images import SegmentGroup, normalize_digit, segment_digits, segment_groups
+from .images import SegmentGroup, normalize_digit, paste_centred, segment_digits, segment_groups
 from .runs import CONFIG_FILE, MODEL_FILE, ONNX_FILE, default_model_dir
 
 __all__ = [
@@ -187,8 +187,8 @@ def pen_variants(inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def narrower(inputs: np.ndarray, share: float = NARROWER) -> np.ndarray:
     """(N, 28, 28) uint8 inputs with their ink squeezed to ``share`` of its width (the height
-    kept; OpenCV's area resampling) and its centre of mass put back at the centre, as MNIST
-    centres a digit (shifted no further than keeps the ink inside). An input with no ink
+    kept; OpenCV's area resampling) and put back with its centre of mass at the centre, as
+    normalization places a digit (:func:`~digitrec.images.paste_centred`). An input with no ink
     stays blank. A loop over N: it is run for the few unsure inputs of a batch only."""
     import cv2
 
@@ -201,17 +201,8 @@ def narrower(inputs: np.ndarray, share: float = NARROWER) -> np.ndarray:
         ink = pixels[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1].astype(np.float32)
         width = max(1, round(ink.shape[1] * share))
         squeezed = cv2.resize(ink, (width, ink.shape[0]), interpolation=cv2.INTER_AREA)
-        mass = float(squeezed.sum())
-        if mass <= 0.0:
-            continue
-        ys, xs = np.indices(squeezed.shape)
-        top = round(14 - float((ys * squeezed).sum()) / mass)
-        left = round(14 - float((xs * squeezed).sum()) / mass)
-        top = min(max(top, 0), 28 - squeezed.shape[0])
-        left = min(max(left, 0), 28 - squeezed.shape[1])
-        out[index, top : top + squeezed.shape[0], left : left + width] = np.clip(
-            squeezed + 0.5, 0, 255
-        ).astype(np.uint8)
+        if squeezed.sum() > 0:
+            out[index] = np.clip(paste_centred(squeezed) + 0.5, 0, 255).astype(np.uint8)
     return out
 
 
