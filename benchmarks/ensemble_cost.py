@@ -5,7 +5,7 @@ Runtime; one image at a time (``digitrec predict`` on one file, the server witho
 and batches of 64 (``predict`` on a folder). Calls alternate between the contenders, so a busy
 machine slows all alike; medians and the ratio to the single model::
 
-    PYTHONPATH=src python -m benchmarks.ensemble_cost [--members 3] [--threads 1] [--readme README.md]
+    python -m benchmarks.ensemble_cost [--members 3] [--threads 1] [--readme docs/handwriting.md]
 
 Weights are random (the time does not depend on them); batch norms are folded as the
 Recognizer folds them. Results go to ``benchmarks/results/ensemble-cost-<time>.json``.

@@ -147,16 +147,17 @@ SCORE_BATCH = 32
 # An input the model reads less surely than this is read three more times, drawn with a thinner
 # and a thicker pen (:func:`pen_variants`) and narrower (:func:`narrower`), and its probabilities
 # are the mean of the four readings. Chosen on optdigits-orig and USPS test (the shared sets of
-# writers MNIST never saw; README, "A second look"): 5% of optdigits-orig's digits, 3.6% of USPS
-# test's, 1.3% of MNIST test's.
+# writers MNIST never saw; docs/handwriting.md, "The second look"): 5% of optdigits-orig's
+# digits, 3.6% of USPS test's, 1.3% of MNIST test's.
 SECOND_LOOK_BELOW = 0.9
 
 # The narrower reading's width, a share of the ink's: scanners stretched a narrow digit to fill
 # their box (USPS's, Semeion's), and some writers' 1s carry a long flag and their 4s an open
 # top that make the digit wide; read narrower, such a digit looks like the one meant. Measured
-# as a fourth reading of the unsure inputs (README, "A second look"), 0.5 / 0.6 / 0.7: mistakes
-# on optdigits-orig 32 -> 24 / 27 / 29, USPS test 35 -> 34 / 33 / 34, MNIST test 30 -> 36 / 33 /
-# 34; on a second model of the same recipe (seed 43) at 0.6: 36 -> 30, 39 -> 35, 38 -> 39.
+# as a fourth reading of the unsure inputs (docs/handwriting.md, "The second look"), 0.5 / 0.6 /
+# 0.7: mistakes on optdigits-orig 32 -> 24 / 27 / 29, USPS test 35 -> 34 / 33 / 34, MNIST test
+# 30 -> 36 / 33 / 34; on a second model of the same recipe (seed 43) at 0.6: 36 -> 30, 39 -> 35,
+# 38 -> 39.
 NARROWER = 0.6
 
 # In a row read with ``multi=True``, a digit-sized piece of ink among digits is a digit far more
