@@ -154,6 +154,23 @@ def test_other_bad_sources(tmp_path):
         load_image(np.full((8, 8), np.nan))
     with pytest.raises(ImageError, match="expected a path"):
         load_image(12345)
+    with pytest.raises(
+        ImageError, match=r"<ndarray>: float pixel values must be in \[0, 1\] or 0\.\.255, got up to 300"
+    ):
+        load_image(np.full((8, 8), 300.0))
+
+
+def test_a_float_array_is_read_in_0_1_or_in_0_255(seven):
+    """Floats in [0, 1] and the same image in 0..255 (``255.0 - digit``, as a mode F image is read)
+    are one picture; before, 0..255 floats were clipped to [0, 1] and read as almost all white."""
+    as_bytes = normalize_digit(seven)
+    assert np.array_equal(normalize_digit(seven.astype(np.float32) / 255.0), as_bytes)
+    assert np.array_equal(normalize_digit(seven.astype(np.float32)), as_bytes)
+    assert np.array_equal(normalize_digit(seven.astype(np.float64)), as_bytes)
+    # A little outside [0, 1] (a bicubic resize's overshoot) is clipped, not a 0..255 image.
+    overshoot = seven.astype(np.float32) / 255.0 * 1.1 - 0.05  # in [-0.05, 1.05]
+    assert np.array_equal(np.asarray(load_image(overshoot)), np.asarray(load_image(np.clip(overshoot, 0, 1))))
+    assert np.asarray(load_image(overshoot)).max() == 255
 
 
 # --------------------------------------------------------------------------- plain PNGs by libspng

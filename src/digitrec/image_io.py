@@ -186,7 +186,8 @@ def _decode(
 
 def _from_array(array: np.ndarray, where: str) -> Image.Image:
     """A NumPy image: (H, W) gray or (H, W, C) with C in 1, 3, 4. uint8/uint16/bool as is;
-    floats are taken as [0, 1] (values outside are clipped)."""
+    floats are taken as [0, 1], or as 0..255 when any value is above 2 (``255.0 - digit`` is a
+    digit too), values a little outside (an interpolation's overshoot) clipped."""
     array = np.asarray(array)
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[:, :, 0]
@@ -198,7 +199,11 @@ def _from_array(array: np.ndarray, where: str) -> Image.Image:
     elif np.issubdtype(array.dtype, np.floating):
         if not np.isfinite(array).all():
             raise ImageError(f"{where}: array has NaN or infinite values")
-        array = (np.clip(array, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+        top = float(array.max()) if array.size else 0.0
+        if top > 255.0:
+            raise ImageError(f"{where}: float pixel values must be in [0, 1] or 0..255, got up to {top:g}")
+        scale = 255.0 if top > 2.0 else 1.0
+        array = (np.clip(array / scale, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
     elif array.dtype == np.uint16 and array.ndim == 2:
         return Image.fromarray(array.astype(np.int32), mode="I")
     elif np.issubdtype(array.dtype, np.integer):
