@@ -147,6 +147,14 @@ def test_predict_pixels_skips_normalization(digits, recognizer, run_dir):
         recognizer.predict_pixels(np.zeros((20, 20)))
     with pytest.raises(DigitrecError, match=r"0\.\.255"):
         recognizer.predict_pixels(np.full((28, 28), 300))
+    # A model's input in [0, 1] is refused in one line, not read as a near-black grid; the same
+    # floats in 0..255 are the digit.
+    with pytest.raises(DigitrecError, match=r"pixels: floats in \[0, 1\]; MNIST's form is 0\.\.255"):
+        recognizer.predict_pixels(images[0] / 255.0)
+    assert (
+        recognizer.predict_pixels(images[0].astype(np.float32)).digit
+        == recognizer.predict_pixels(images[0]).digit
+    )
 
 
 def test_predict_normalized_scores_a_batch_with_a_threshold_each(digits, recognizer):

@@ -616,6 +616,10 @@ class Recognizer:
                 raise ImageError(f"pixels: expected numbers, got {array.dtype}")
             if not np.isfinite(array).all() or array.min() < 0 or array.max() > 255:
                 raise ImageError("pixels: values must be in 0..255")
+            if np.issubdtype(array.dtype, np.floating) and 0 < array.max() <= 1:
+                # A model's input ((B, 1, 28, 28) float in [0, 1]) passed as it is: read as 0..255
+                # it would be near black, a confident answer about nothing.
+                raise ImageError("pixels: floats in [0, 1]; MNIST's form is 0..255 (multiply by 255)")
             grid = np.rint(array).astype(np.uint8)
         if grid.max() == 0:
             return self._single(None, None, min_confidence)
