@@ -40,8 +40,10 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _env() -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+def _env(tmp_path: Path) -> dict[str, str]:
+    # TMPDIR: torchrun keeps its workers' log folders (torchelastic_*) in the temp folder and never
+    # removes them; the test's own folder keeps them out of the machine's /tmp.
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "TMPDIR": str(tmp_path)}
 
 
 def _train_args(data_dir: Path, out: Path, model: str, epochs: int) -> list[str]:
@@ -70,7 +72,7 @@ def test_two_processes_match_one(tmp_path, small_mnist_dir, model):
     else:  # through torchrun itself
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                    "-m", "digitrec", *_train_args(small_mnist_dir, out, model, 2)]  # fmt: skip
-    proc = subprocess.run(command, capture_output=True, text=True, env=_env(), timeout=600)
+    proc = subprocess.run(command, capture_output=True, text=True, env=_env(tmp_path), timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.count("epoch   1/2") == 1  # only rank 0 prints
     assert "2 process(es)" in proc.stdout
@@ -113,7 +115,7 @@ def test_two_nodes_form_one_job(tmp_path, small_mnist_dir):
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            env=_env(),
+            env=_env(tmp_path),
         )
         for _ in range(2)
     ]
@@ -134,7 +136,7 @@ def test_two_nodes_restart_after_a_killed_worker(tmp_path, small_mnist_dir):
                "--max-restarts", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}",
                "--rdzv-id", "digitrec-restart",
                "-m", "digitrec", *_train_args(small_mnist_dir, out, "lenet", EPOCHS)]  # fmt: skip
-    env = {**_env(), "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
+    env = {**_env(tmp_path), "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
     nodes = [
         subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         for _ in range(2)
@@ -201,7 +203,9 @@ def test_killed_worker_restarts_from_checkpoint(tmp_path, small_mnist_dir):
                "--nproc", "2", "--max-restarts", "1"]  # fmt: skip
     # Exactly one restart allowed: the kill uses it, so the restarted group must form at the first try
     # (before digitrec prefixed the store per attempt, it often read its dead predecessors' addresses).
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    proc = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(tmp_path)
+    )
     _kill_a_worker_mid_run([proc], run)
     stdout, stderr = proc.communicate(timeout=600)
     assert proc.returncode == 0, stderr[-2000:]
@@ -211,7 +215,7 @@ def test_killed_worker_restarts_from_checkpoint(tmp_path, small_mnist_dir):
     # gradients is the same in either order, so 2-process runs are deterministic too).
     uninterrupted = tmp_path / "uninterrupted"
     command[command.index(str(run))] = str(uninterrupted)
-    proc = subprocess.run(command, capture_output=True, text=True, env=_env(), timeout=600)
+    proc = subprocess.run(command, capture_output=True, text=True, env=_env(tmp_path), timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert _max_weight_difference(load_model(uninterrupted)[0], load_model(run)[0]) == 0.0
 
@@ -226,7 +230,9 @@ def test_out_of_restarts_exits_nonzero_with_one_clear_line(tmp_path, small_mnist
     run = tmp_path / "failed"
     command = [sys.executable, "-m", "digitrec", *_train_args(small_mnist_dir, run, "lenet", EPOCHS),
                "--nproc", "2", "--max-restarts", "0"]  # fmt: skip
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    proc = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(tmp_path)
+    )
     _kill_a_worker_mid_run([proc], run)
     _, stderr = proc.communicate(timeout=600)
     assert proc.returncode == 2
