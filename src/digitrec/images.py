@@ -1348,6 +1348,14 @@ PAPER_LEVELS = 1
 _TO_GRAY = {3: cv2.COLOR_RGB2GRAY, 4: cv2.COLOR_RGBA2GRAY}
 
 
+def _nothing_beyond(gray: np.ndarray, level: int) -> bool:
+    """Whether no pixel of ``gray`` is lighter than ``level``, or none darker (within
+    PAPER_LEVELS): flat paper at the edge of a tight crop, however little of the edge it is (a
+    1's bar cut out touches every side). Paper with noise or grain has pixels on both sides of
+    its commonest level."""
+    return int(gray.max()) <= level + PAPER_LEVELS or int(gray.min()) >= level - PAPER_LEVELS
+
+
 def _paper_margin(picture: Picture) -> tuple[Picture, int]:
     """A picture of ink on flat paper with little paper (under half the picture), or small,
     with EDGE_MARGIN of that paper around it, and the margin (px); any other picture as it is,
@@ -1360,7 +1368,10 @@ def _paper_margin(picture: Picture) -> tuple[Picture, int]:
     size 91.6%, of 5% 95.8%; with this margin 98.3-98.6% in each presentation, as with a
     margin of a quarter to begin with. The paper: at least half of the edge's pixels within
     PAPER_LEVELS of the edge's commonest gray level (a photo's edge is not, and is fitted as
-    before).
+    before), or, in a picture under SMALL_PICTURE px a side, that level the picture's lightest
+    or darkest (:func:`_nothing_beyond`): a narrow digit cut out to its ink leaves little paper
+    at the edge (USPS test's 1s cut out and shown 4x: 103 of 264 read as "not a digit"; the
+    whole set 91.1% -> 96.9%, MNIST test's first 2,000 cut out 96.9% -> 98.4%).
     A desk around a photographed sheet stays at the edge, where the ink map finds it: a real
     desk is not flat, and a flat one is darker than the sheet, which covers more. Looked at on
     every 4th pixel of every 4th row of a picture SMALL_PICTURE px or more a side.
@@ -1387,7 +1398,9 @@ def _paper_margin(picture: Picture) -> tuple[Picture, int]:
     gray = sample if sample.ndim == 2 else cv2.cvtColor(sample, _TO_GRAY[sample.shape[2]])
     ring = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])  # (N,) levels
     paper = int(np.argmax(np.bincount(ring, minlength=256)))
-    if np.count_nonzero(np.abs(ring.astype(np.int16) - paper) <= PAPER_LEVELS) < 0.5 * ring.size:
+    if np.count_nonzero(np.abs(ring.astype(np.int16) - paper) <= PAPER_LEVELS) < 0.5 * ring.size and not (
+        step == 1 and _nothing_beyond(gray, paper)
+    ):
         return picture, 0
     # Paper enough: no margin. With room to spare: a margin where none was needed changes
     # nothing but the time.
