@@ -497,6 +497,39 @@ def test_multi_splits_touching_digits(mnist, recognizer):
     assert prediction.number == "00"
 
 
+def test_multi_prefers_a_reading_whose_pieces_are_digits_to_a_confident_refused_one(mnist):
+    """Two touching digits read as one wide piece can get a confident guess whose energy says
+    "not a digit" (then "?" in the number), while cut apart each piece is a digit read less
+    surely: the reading with fewer refused pieces wins, confidence deciding only between equals."""
+    images, labels = mnist.test_images.numpy(), mnist.test_labels.numpy()
+    zeros = np.where(labels == 0)[0][:2]
+    page, _ = _row(images[zeros], [-4])
+
+    def scorer(batch: np.ndarray) -> np.ndarray:
+        # (N, 1, 28, 28) in [0, 1] -> (N, 10): a piece wider than tall (both zeros as one) is an
+        # "8" at almost 1.0 with an energy far under the threshold; a digit-shaped piece a "0"
+        # at 0.69 with an energy over it.
+        scores = np.zeros((len(batch), 10), np.float32)
+        for k, pixels in enumerate(batch[:, 0]):
+            rows, cols = np.flatnonzero(pixels.any(axis=1)), np.flatnonzero(pixels.any(axis=0))
+            if cols.size > rows.size:
+                scores[k] = -50.0
+                scores[k, 8] = -20.0
+            else:
+                scores[k, 0] = 3.0
+        return scores
+
+    rec = Recognizer.from_scorer(scorer, {"name": "shape", "not_digit_energy_below": 1.0})
+    rec.second_look = False
+    prediction = rec.predict(page, multi=True)
+    assert prediction.number == "00" and prediction.rejected is None
+    assert [round(d["confidence"], 2) for d in prediction.digits] == [0.69, 0.69]
+    # Without a not-a-digit threshold, the most confident reading wins: one piece, an 8.
+    plain = Recognizer.from_scorer(scorer, {"name": "shape"})
+    plain.second_look = False
+    assert plain.predict(page, multi=True).number == "8"
+
+
 def test_multi_on_one_digit_and_on_blank(digits, recognizer):
     one = recognizer.predict(ink_on_paper(digits[0][0]), multi=True)
     assert one.number == str(one.digit) and len(one.digits) == 1
