@@ -450,6 +450,14 @@ class Recognizer:
             )
         return scores
 
+    def _not_digit_below(self, in_a_row: bool) -> float | None:
+        """The energy under which an input is "not a digit" (None: never), lowered by
+        ln(ROW_DIGIT_ODDS) for a piece in a row of several."""
+        below = self._not_digit_energy_below
+        if below is not None and in_a_row:
+            below -= math.log(ROW_DIGIT_ODDS)
+        return below
+
     def _single(
         self,
         pixels: np.ndarray | None,
@@ -463,9 +471,7 @@ class Recognizer:
         best = int(probs.argmax())
         confidence = float(probs[best])
         rejected = None
-        below = self._not_digit_energy_below
-        if below is not None and in_a_row:
-            below -= math.log(ROW_DIGIT_ODDS)
+        below = self._not_digit_below(in_a_row)
         if below is not None and evidence < below:
             rejected = "not_a_digit"
         elif min_confidence is not None and confidence < min_confidence:
@@ -569,8 +575,7 @@ class Recognizer:
         """
         flat = [pixels for groups in rows for g in groups for option in g.options for pixels, _ in option]
         confidence = iter(self._probabilities(flat))
-        below = self._not_digit_energy_below
-        row_below = None if below is None else below - math.log(ROW_DIGIT_ODDS)
+        row_below = self._not_digit_below(in_a_row=True)
         results = []
         for groups in rows:
             segments: list[tuple[np.ndarray, tuple[int, int, int, int]]] = []
