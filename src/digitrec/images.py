@@ -1346,10 +1346,20 @@ PAPER_LEVELS = 1
 
 # A photo cut out close to its digit (:func:`_cut_out_photo_margin`): its ink is the levels within
 # this share of the way from the darkest (5th percentile) to the lightest (90th), which must be
-# this many gray levels apart, and it comes within this share of the picture's size of every side.
+# this many gray levels apart. Ink at the picture's edge (the crop cut through strokes): the ink
+# covers at least CUT_OUT_COVER of the picture and comes within CUT_OUT_NEAR of its size of every
+# side. Paper all along the edge (a little paper left): CUT_OUT_CLEAR_COVER and CUT_OUT_CLEAR_NEAR.
+# Never over CUT_OUT_MAX_COVER. (With only the first pair, a photo cut out with a little paper left
+# was missed: its strokes' dark cores lie further in than the soft edges the crop followed. 500
+# digits 120 px tall with 8 and 16 px of paper: optdigits-orig 93.8% and 85.0%, USPS test 88.8%
+# and 93.2%, against 97.8% and 94.4% with none.)
 CUT_OUT_INK = 0.25
 CUT_OUT_CONTRAST = 60
+CUT_OUT_COVER = 0.25
 CUT_OUT_NEAR = 0.1
+CUT_OUT_CLEAR_COVER = 0.2
+CUT_OUT_CLEAR_NEAR = 0.2
+CUT_OUT_MAX_COVER = 0.75
 
 # OpenCV's conversion to gray by channel count.
 _TO_GRAY = {3: cv2.COLOR_RGB2GRAY, 4: cv2.COLOR_RGBA2GRAY}
@@ -1377,19 +1387,31 @@ def _cut_out_photo_margin(
     as ink (optdigits-orig's digits photographed and cut out to their ink, 500: 56% read; the
     polarity flipped in 94 of 111 mistakes of a sample with sensor noise alone). Dark ink on
     light paper is assumed when ink (within CUT_OUT_INK of the way from the darkest level to
-    the lightest) covers a quarter to three quarters of the picture and comes within
-    CUT_OUT_NEAR of its size of every side, and the edge is not mostly dark (a desk around a
-    sheet). The margin: the median colour of the picture's lightest pixels, with their grain
-    (their gray spread, from a fixed seed).
+    the lightest) covers a quarter to three quarters of the picture and comes within a tenth
+    of its size of every side (a fifth and a fifth when paper runs all along the edge: a
+    little paper left), and the edge is not mostly dark (a desk around a sheet). The margin:
+    the median colour of the picture's lightest pixels, with their grain (their gray spread,
+    from a fixed seed).
     """
     light, dark = float(np.percentile(gray, 90)), float(np.percentile(gray, 5))
     if light - dark < CUT_OUT_CONTRAST:
         return pixels, 0
-    inky = gray < dark + CUT_OUT_INK * (light - dark)  # (h, w) bool
-    if not 0.25 <= float(inky.mean()) <= 0.75 or float((ring < (light + dark) / 2).mean()) > 0.6:
+    threshold = dark + CUT_OUT_INK * (light - dark)
+    inky = gray < threshold  # (h, w) bool
+    cover = float(inky.mean())
+    if cover > CUT_OUT_MAX_COVER or float((ring < (light + dark) / 2).mean()) > 0.6:
         return pixels, 0
-    near = max(1, round(CUT_OUT_NEAR * max(gray.shape)))
-    if not (inky[:near].any() and inky[-near:].any() and inky[:, :near].any() and inky[:, -near:].any()):
+    # Paper all along the edge: a little paper was left around the digit, so its ink may lie
+    # further in and cover less. Ink at the edge holds to the tighter figures: it may be a
+    # lighting gradient's dark side (the robustness suite's uneven lighting: 11 of 500 digits
+    # read inverted with the wider band alone; a USPS 2 in the handwriting benchmark's photos
+    # with the lower cover alone).
+    clear_edge = not bool((ring < threshold).any())
+    least, share = (CUT_OUT_CLEAR_COVER, CUT_OUT_CLEAR_NEAR) if clear_edge else (CUT_OUT_COVER, CUT_OUT_NEAR)
+    near = max(1, round(share * max(gray.shape)))
+    if cover < least or not (
+        inky[:near].any() and inky[-near:].any() and inky[:, :near].any() and inky[:, -near:].any()
+    ):
         return pixels, 0
     paper = gray >= light - 0.25 * (light - dark)  # the lightest pixels: paper
     levels = gray[paper].astype(np.float32)
