@@ -1404,7 +1404,7 @@ def _cut_out_photo_margin(
     # Paper all along the edge: a little paper was left around the digit, so its ink may lie
     # further in and cover less. Ink at the edge holds to the tighter figures: it may be a
     # lighting gradient's dark side (the robustness suite's uneven lighting: 11 of 500 digits
-    # read inverted with the wider band alone; a USPS 2 in the handwriting benchmark's photos
+    # misread with the wider band alone; a USPS 2 in the handwriting benchmark's photos
     # with the lower cover alone).
     clear_edge = not bool((ring < threshold).any())
     least, share = (CUT_OUT_CLEAR_COVER, CUT_OUT_CLEAR_NEAR) if clear_edge else (CUT_OUT_COVER, CUT_OUT_NEAR)
