@@ -1485,11 +1485,15 @@ def _paper_margin(picture: Picture) -> tuple[Picture, int]:
     if not small and covered >= 0.6 * gray.size:
         return picture, 0
     # A lighter level covering more of the picture than the edge's is a sheet, and the edge a
-    # desk around it (the ink map removes a desk at the edge, not inside a margin of it); a
-    # darker one is the ink of a tight crop (bold strokes can outnumber the paper).
+    # desk around it (the ink map removes a desk at the edge, not inside a margin of it), but
+    # in a picture under SMALL_PICTURE px a side it is light ink cut out close on dark paper (no
+    # photo of a sheet is so small; a bold 1 cut out to its ink, light on dark, is a light bar
+    # with dark strips beside it, as a sheet with the desk along two sides). A darker one is the
+    # ink of a tight crop (bold strokes can outnumber the paper).
     commonest = int(np.argmax(np.bincount(gray.ravel(), minlength=256)))
     if (
-        commonest > paper + 1
+        not small
+        and commonest > paper + 1
         and cv2.countNonZero(cv2.inRange(gray, commonest - 1, min(255, commonest + 1))) > covered
     ):
         return picture, 0
