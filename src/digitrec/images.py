@@ -1429,6 +1429,17 @@ def _cut_out_photo_margin(
     return canvas, margin
 
 
+def _dark_inside(dark: np.ndarray) -> bool:
+    """Whether some of ``dark`` (bool (H, W)) lies apart from the picture's edge: a sheet on a
+    desk has the digit's ink on it, away from the desk; light ink cut out close has dark paper
+    between its strokes, all of it reaching the edge, but for the insides of loops."""
+    labels, count = _label(dark)
+    if count == 0:
+        return False
+    at_edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    return count > int(np.count_nonzero(at_edge))
+
+
 def _paper_margin(picture: Picture) -> tuple[Picture, int]:
     """A picture of ink on flat paper with little paper (under half the picture), or small,
     with EDGE_MARGIN of that paper around it, and the margin (px); any other picture as it is,
@@ -1495,6 +1506,7 @@ def _paper_margin(picture: Picture) -> tuple[Picture, int]:
         not small
         and commonest > paper + 1
         and cv2.countNonZero(cv2.inRange(gray, commonest - 1, min(255, commonest + 1))) > covered
+        and _dark_inside(gray < (paper + commonest) / 2)
     ):
         return picture, 0
     if sample.ndim == 2:
