@@ -2,7 +2,8 @@
 
 Each set (optdigits-orig's 2,880 digits of 30 writers, USPS's 2,007 test digits from envelopes)
 is drawn as an image a person would give digitrec -- dark ink on paper at several scales, with
-a fine pen and a marker, as a photo with uneven light, noise and JPEG -- or as other digit
+a fine pen and a marker, as a photo with uneven light, noise and JPEG (also cut out with a little
+paper left), cut out to its ink (dark on light, and light on dark) -- or as other digit
 collections' scanners delivered their digits (Semeion's 16x16 box, stretched to fill it and
 binarized; UCI optdigits' 8x8 block counts), and read through
 ``Recognizer.predict_batch``'s two halves, the same path as ``digitrec predict``: each image is
@@ -97,6 +98,30 @@ def cropped_to_ink(ink: np.ndarray, rng: np.random.Generator) -> Image.Image:
     return render_digit(tight, 4, margin=0.0)
 
 
+def photo_cut_out(ink: np.ndarray, rng: np.random.Generator) -> Image.Image:
+    """A phone photo (uneven light, sensor noise sigma 6..12, JPEG quality 60..90) of the digit 120
+    px tall, cut out with a little paper left: 8 px around its ink."""
+    side, pad = 200, 8
+    inked = rendered._centred(ink, rng, side, 0.6)  # (200, 200) float, 1 = ink
+    angle = rng.uniform(0, 2 * np.pi)
+    yy, xx = np.mgrid[0:side, 0:side] / side - 0.5
+    ramp = np.clip(np.cos(angle) * xx + np.sin(angle) * yy + 0.5, 0, 1)
+    light = 255 - (255 - rng.uniform(90, 140)) * ramp
+    gray = light * (1 - inked) + 0.15 * light * inked
+    noisy = np.clip(gray + rng.normal(0, rng.uniform(6, 12), gray.shape) + 0.5, 0, 255).astype(np.uint8)
+    rows, cols = np.flatnonzero(inked.max(1) > 0.1), np.flatnonzero(inked.max(0) > 0.1)
+    cut = noisy[max(0, rows[0] - pad) : rows[-1] + 1 + pad, max(0, cols[0] - pad) : cols[-1] + 1 + pad]
+    buffer = io.BytesIO()
+    Image.fromarray(cut, "L").save(buffer, "JPEG", quality=int(rng.integers(60, 91)))
+    return Image.open(io.BytesIO(buffer.getvalue()))
+
+
+def light_ink_cut_out(ink: np.ndarray, rng: np.random.Generator) -> Image.Image:
+    """Light ink on dark paper (chalk, a white pen, MNIST's own polarity), cut out to its ink and
+    shown 4x: :func:`cropped_to_ink` inverted."""
+    return Image.fromarray(255 - np.asarray(cropped_to_ink(ink, rng).convert("L")), "L")
+
+
 PRESENTATIONS: dict[str, Callable[[np.ndarray, np.random.Generator], Image.Image]] = {
     "scan, 8x with a margin": lambda ink, rng: render_digit(ink, 8),
     "small, 2x": lambda ink, rng: render_digit(ink, 2),
@@ -108,6 +133,8 @@ PRESENTATIONS: dict[str, Callable[[np.ndarray, np.random.Generator], Image.Image
     "8x8 block counts (UCI optdigits)": optical_8x8,
     "the same, zoomed pixel by pixel": optical_8x8_pixels,
     "cropped to its ink, no margin": cropped_to_ink,
+    "photo cut out, 8 px of paper left": photo_cut_out,
+    "light ink on dark, cropped to its ink": light_ink_cut_out,
 }
 NUMBERS = "4-digit numbers (exact)"
 # The same numbers as `digitrec predict --multi` answers them: a withheld digit ("?" in the number,
