@@ -45,10 +45,15 @@ SETS: dict[str, Callable[[Path], DigitSet]] = {
 
 def photo(ink: np.ndarray, rng: np.random.Generator) -> Image.Image:
     """A phone photo: uneven light and a shadow, sensor noise (sigma 6..12), JPEG quality 40..70."""
-    lit = np.asarray(rendered.uneven_light(ink, rng), np.float32)
-    noisy = np.clip(lit + rng.normal(0, rng.uniform(6, 12), lit.shape) + 0.5, 0, 255).astype(np.uint8)
+    return _phone_photo(np.asarray(rendered.uneven_light(ink, rng), np.float32), rng, (40, 71))
+
+
+def _phone_photo(gray: np.ndarray, rng: np.random.Generator, quality: tuple[int, int]) -> Image.Image:
+    """Gray levels (float) with sensor noise (sigma 6..12) added, saved as a JPEG of a quality in
+    ``quality`` (low, high exclusive) and opened again."""
+    noisy = np.clip(gray + rng.normal(0, rng.uniform(6, 12), gray.shape) + 0.5, 0, 255).astype(np.uint8)
     buffer = io.BytesIO()
-    Image.fromarray(noisy, "L").convert("RGB").save(buffer, "JPEG", quality=int(rng.integers(40, 71)))
+    Image.fromarray(noisy, "L").convert("RGB").save(buffer, "JPEG", quality=int(rng.integers(*quality)))
     return Image.open(io.BytesIO(buffer.getvalue()))
 
 
@@ -99,21 +104,14 @@ def cropped_to_ink(ink: np.ndarray, rng: np.random.Generator) -> Image.Image:
 
 
 def photo_cut_out(ink: np.ndarray, rng: np.random.Generator) -> Image.Image:
-    """A phone photo (uneven light, sensor noise sigma 6..12, JPEG quality 60..90) of the digit 120
-    px tall, cut out with a little paper left: 8 px around its ink."""
-    side, pad = 200, 8
-    inked = rendered._centred(ink, rng, side, 0.6)  # (200, 200) float, 1 = ink
-    angle = rng.uniform(0, 2 * np.pi)
-    yy, xx = np.mgrid[0:side, 0:side] / side - 0.5
-    ramp = np.clip(np.cos(angle) * xx + np.sin(angle) * yy + 0.5, 0, 1)
-    light = 255 - (255 - rng.uniform(90, 140)) * ramp
-    gray = light * (1 - inked) + 0.15 * light * inked
-    noisy = np.clip(gray + rng.normal(0, rng.uniform(6, 12), gray.shape) + 0.5, 0, 255).astype(np.uint8)
+    """A phone photo (:func:`photo`, JPEG quality 60..90) of the digit 120 px tall, cut out with a
+    little paper left: 8 px around its ink."""
+    pad = 8
+    inked = rendered._centred(ink, rng, 200, 0.6)  # (200, 200) float, 1 = ink
+    gray = rendered.unevenly_lit(inked, rng)
     rows, cols = np.flatnonzero(inked.max(1) > 0.1), np.flatnonzero(inked.max(0) > 0.1)
-    cut = noisy[max(0, rows[0] - pad) : rows[-1] + 1 + pad, max(0, cols[0] - pad) : cols[-1] + 1 + pad]
-    buffer = io.BytesIO()
-    Image.fromarray(cut, "L").save(buffer, "JPEG", quality=int(rng.integers(60, 91)))
-    return Image.open(io.BytesIO(buffer.getvalue()))
+    cut = gray[max(0, rows[0] - pad) : rows[-1] + 1 + pad, max(0, cols[0] - pad) : cols[-1] + 1 + pad]
+    return _phone_photo(cut, rng, (60, 91))
 
 
 def light_ink_cut_out(ink: np.ndarray, rng: np.random.Generator) -> Image.Image:

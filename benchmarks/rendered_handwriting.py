@@ -143,8 +143,14 @@ def noise(digit: np.ndarray, rng: np.random.Generator) -> Image.Image:
 
 def uneven_light(digit: np.ndarray, rng: np.random.Generator) -> Image.Image:
     """Uneven lighting: a linear gradient (paper 255 down to 90..140) plus a soft shadow blob."""
-    side = 200
-    ink = _centred(digit, rng, side, 0.6)
+    gray = unevenly_lit(_centred(digit, rng, 200, 0.6), rng)
+    return Image.fromarray(np.clip(gray + 0.5, 0, 255).astype(np.uint8), "L")
+
+
+def unevenly_lit(ink: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A square page of ``ink`` (side x side float, 1 = ink) under uneven light: a linear gradient
+    (paper 255 down to 90..140) and a soft shadow blob; gray levels, float."""
+    side = ink.shape[0]
     angle = rng.uniform(0, 2 * np.pi)
     yy, xx = np.mgrid[0:side, 0:side] / side - 0.5
     ramp = (np.cos(angle) * xx + np.sin(angle) * yy) + 0.5  # 0..1 across the page
@@ -152,8 +158,7 @@ def uneven_light(digit: np.ndarray, rng: np.random.Generator) -> Image.Image:
     light = 255 - (255 - darkest) * np.clip(ramp, 0, 1)
     cy, cx = rng.uniform(-0.5, 0.5, 2)
     light *= 1 - 0.25 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 0.08)
-    gray = light * (1 - ink) + 0.15 * light * ink
-    return Image.fromarray(np.clip(gray + 0.5, 0, 255).astype(np.uint8), "L")
+    return light * (1 - ink) + 0.15 * light * ink
 
 
 def rotated(digit: np.ndarray, rng: np.random.Generator) -> Image.Image:
