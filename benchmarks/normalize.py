@@ -8,8 +8,10 @@
    each also already decoded (a PIL image: normalization alone). Old and new alternate,
    call by call, so a busy machine slows both alike; medians and their ratio.
 2. Agreement: the robustness suite's renderings (``benchmarks/rendered_handwriting.py``, 13
-   conditions) normalized both ways and read by the bundled model: the share of digits read
-   the same, each way's accuracy, and the mean pixel difference of the 28x28 inputs.
+   conditions, 500 digits each by default: the whole suite, as the README's robustness table
+   renders it) normalized both ways and read by the bundled model: the share of digits read
+   the same, each way's accuracy, how many of those read differently each way reads right,
+   and the mean pixel difference of the 28x28 inputs.
 3. Real handwriting: USPS test and optdigits-orig, rendered as ``digitrec evaluate --images``
    renders them, read both ways (accuracy old and new).
 
@@ -116,7 +118,7 @@ def _read(recognizer: Any, pixels: np.ndarray | None) -> int | None:
 
 def compare(recognizer: Any, samples: list[tuple[Any, int]]) -> dict[str, Any]:
     """Old and new normalization of the same images, read by the same model."""
-    agree = correct_old = correct_new = 0
+    agree = correct_old = correct_new = only_old_right = only_new_right = 0
     differences = []
     for image, label in samples:
         old = reference.normalize_digit(image)
@@ -125,6 +127,8 @@ def compare(recognizer: Any, samples: list[tuple[Any, int]]) -> dict[str, Any]:
         agree += read_old == read_new
         correct_old += read_old == label
         correct_new += read_new == label
+        only_old_right += read_old == label != read_new
+        only_new_right += read_new == label != read_old
         if old is not None and new is not None:
             differences.append(float(np.abs(old.astype(int) - new).mean()))
     total = len(samples)
@@ -133,6 +137,10 @@ def compare(recognizer: Any, samples: list[tuple[Any, int]]) -> dict[str, Any]:
         "agreement": round(agree / total, 4),
         "accuracy_old": round(correct_old / total, 4),
         "accuracy_new": round(correct_new / total, 4),
+        # Of the digits read differently: how many only the new path reads right, only today's.
+        "read_differently": total - agree,
+        "only_new_right": only_new_right,
+        "only_old_right": only_old_right,
         "mean_pixel_difference": round(float(np.mean(differences)), 3) if differences else None,
     }
 
@@ -169,7 +177,11 @@ def real_set_samples(root: Path, name: str, count: int) -> list[tuple[Any, int]]
     return [(render_digit(ink), int(label)) for ink, label in zip(inks, labels, strict=True)]
 
 
-def run(quick: bool, data_root: Path | None) -> dict[str, Any]:
+# The whole robustness suite, as the README's table renders it (13 conditions x 500 digits).
+SUITE_PER_CONDITION = 500
+
+
+def run(quick: bool, data_root: Path | None, per_condition: int = SUITE_PER_CONDITION) -> dict[str, Any]:
     import cv2
 
     from digitrec.data import load_dataset
@@ -198,7 +210,8 @@ def run(quick: bool, data_root: Path | None) -> dict[str, Any]:
         },
     }
     recognizer = Recognizer.default()
-    out["agreement"] = {"robustness suite": compare(recognizer, robustness_samples(10 if quick else 100))}
+    suite = robustness_samples(10 if quick else per_condition)
+    out["agreement"] = {"robustness suite": compare(recognizer, suite)}
     if data_root is not None:
         for name in ("USPS test", "optdigits-orig"):
             out["agreement"][name] = compare(
@@ -223,13 +236,15 @@ def format_table(results: dict[str, Any]) -> str:
         lines.append(f"| {name} | {row['old_ms']:.2f} | {row['new_ms']:.2f} | {row['speedup']:.1f}x |")
     lines += [
         "",
-        "| images | digits | read the same | accuracy today | accuracy now | mean pixel difference, of 255 |",
-        "|---|---|---|---|---|---|",
+        "| images | digits | read the same | read differently: right now / right today "
+        "| accuracy today | accuracy now | mean pixel difference, of 255 |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, row in results["agreement"].items():
         lines.append(
-            f"| {name} | {row['total']} | {row['agreement']:.2%} | {row['accuracy_old']:.2%} | "
-            f"{row['accuracy_new']:.2%} | {row['mean_pixel_difference']} |"
+            f"| {name} | {row['total']} | {row['agreement']:.2%} | "
+            f"{row['read_differently']}: {row['only_new_right']} / {row['only_old_right']} | "
+            f"{row['accuracy_old']:.2%} | {row['accuracy_new']:.2%} | {row['mean_pixel_difference']} |"
         )
     return "\n".join(lines)
 
@@ -246,6 +261,13 @@ def main(argv: list[str] | None = None) -> int:
         "skipped when missing)",
     )
     parser.add_argument(
+        "--per-condition",
+        type=int,
+        default=SUITE_PER_CONDITION,
+        help=f"robustness-suite digits per condition, 13 conditions "
+        f"(default: {SUITE_PER_CONDITION}, the whole suite)",
+    )
+    parser.add_argument(
         "--out", help="JSON file to write (default: benchmarks/results/normalize-<time>.json)"
     )
     parser.add_argument(
@@ -259,7 +281,9 @@ def main(argv: list[str] | None = None) -> int:
     from digitrec.handwriting import default_shared_data
 
     root = Path(args.data_dir) if args.data_dir else default_shared_data()
-    results = run(args.quick, root if (root / "usps").is_dir() else None)
+    if args.per_condition < 1:
+        parser.error(f"--per-condition must be at least 1, got {args.per_condition}")
+    results = run(args.quick, root if (root / "usps").is_dir() else None, args.per_condition)
     header = f"{results['seconds']} s; "
     publish(results, README_BLOCK, format_table(results), out=args.out, readme=args.readme, header=header)
     return 0

@@ -106,6 +106,7 @@ def test_normalize_and_predict_benchmarks_run_and_make_their_tables(seven):
     assert speed["old_ms"] > 0 and speed["new_ms"] > 0 and speed["mean_pixel_difference"] is not None
     agreement = normalize.compare(Recognizer.default(), [(png, 7), (png, 7)])
     assert agreement["total"] == 2 and agreement["agreement"] == 1.0
+    assert agreement["read_differently"] == agreement["only_new_right"] == agreement["only_old_right"] == 0
     results = {
         "date": "2026-12-01T00:00:00+00:00",
         "machine": {
@@ -118,7 +119,7 @@ def test_normalize_and_predict_benchmarks_run_and_make_their_tables(seven):
         "agreement": {"suite": agreement},
     }
     table = normalize.format_table(results)
-    assert "| drawing |" in table and "| suite | 2 | 100.00% |" in table
+    assert "| drawing |" in table and "| suite | 2 | 100.00% | 0: 0 / 0 |" in table
     row = {"files": 10, "seconds": 1.0, "images_per_second": 10.0, "vs_today": 1.0}
     rows = {
         name: dict(row) for name in ("today", "now --jobs 1", predict_throughput.ON_TORCH, "now --jobs 2")

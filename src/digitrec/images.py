@@ -345,6 +345,66 @@ def _flat_paper(channels: _Channels, counts: np.ndarray | None = None) -> np.nda
     return np.array(levels, np.float32) / 255.0
 
 
+# A flat desk around a photographed sheet, in the background fit's blocks (:func:`_flat_border`):
+# blocks within DESK_LEVELS of the edge's median colour, on at least half of the edge, reaching
+# in from it; the rest of the picture (the sheet) at least SHEET_SHARE of it, DESK_CONTRAST lighter,
+# with under ENCLOSED_SHARE of the blocks at the desk's colour inside it.
+DESK_LEVELS = 3
+DESK_CONTRAST = 0.1
+SHEET_SHARE = 0.5
+SHEET_SOLIDITY = 0.9
+ENCLOSED_SHARE = 0.02
+
+
+def _flat_border(blocks: np.ndarray) -> np.ndarray | None:
+    """The blocks of a flat desk around a sheet, (grid_h, grid_w) bool, or None.
+
+    ``blocks``: (grid_h, grid_w, C) block medians. A desk is one colour (within DESK_LEVELS)
+    along at least half of the picture's edge, connected to it. What is not desk, the sheet,
+    covers SHEET_SHARE of the picture, its median DESK_CONTRAST lighter than the desk, and is
+    convex (SHEET_SOLIDITY of its hull: a quadrilateral, not strokes); it holds
+    almost nothing of the desk's colour (where that colour is also enclosed by something else,
+    it is paper around and inside bold strokes: light ink on dark paper cut out close, the
+    insides of its loops; a drawn ring, a face) and something DESK_CONTRAST darker than itself
+    away from its edge (the digit).
+    """
+    from scipy import ndimage as ndi
+
+    grid_h, grid_w, _ = blocks.shape
+    if min(grid_h, grid_w) < 4:
+        return None
+    ring = np.concatenate([blocks[0], blocks[-1], blocks[1:-1, 0], blocks[1:-1, -1]])  # (R, C)
+    level = np.median(ring, axis=0)  # (C,): the desk's colour when it holds half the edge
+    near = np.abs(blocks - level).max(axis=2) <= DESK_LEVELS / 255.0  # (grid_h, grid_w)
+    edge = np.zeros_like(near)
+    edge[0], edge[-1], edge[:, 0], edge[:, -1] = True, True, True, True
+    if near[edge].mean() < 0.5:
+        return None
+    labels, _ = ndi.label(near)
+    desk = np.isin(labels, np.unique(labels[edge & near]))
+    if np.count_nonzero(near & ~desk) > ENCLOSED_SHARE * desk.size:
+        return None
+    sheet = ~desk
+    if np.count_nonzero(sheet) < SHEET_SHARE * desk.size:
+        return None
+    paper = np.median(blocks[sheet], axis=0)  # (C,)
+    if float((paper - level).mean()) < DESK_CONTRAST:
+        return None  # the desk is darker than the sheet (a darker "sheet" is a tight crop's ink)
+    # A sheet is a quadrilateral, convex; bold light strokes cut out close, with the dark paper
+    # between them, are not.
+    points = cv2.findNonZero(sheet.view(np.uint8))
+    hull = cv2.contourArea(cv2.convexHull(points)) + 0.5 * len(cv2.convexHull(points))
+    if np.count_nonzero(sheet) < SHEET_SOLIDITY * hull:
+        return None
+    # The digit on the sheet, apart from its edge: darker blocks in the sheet less its rim (light
+    # strokes cut out close are lighter than the dark paper between them, and darker only at
+    # their soft edges, next to that paper).
+    inner = ndi.binary_erosion(sheet, iterations=2)
+    if not (inner & ((paper - blocks).mean(axis=2) >= DESK_CONTRAST)).any():
+        return None
+    return desk
+
+
 def _fit_background(values: np.ndarray) -> _Background:
     """Robust smooth background per channel of (H, W, C) values: the paper under uneven
     lighting, as a :class:`_Background` (evaluated at pixels by its ``plane`` method).
@@ -373,14 +433,20 @@ def _fit_background(values: np.ndarray) -> _Background:
         return np.stack([np.ones_like(x), x, y, x * x, x * y, y * y], axis=-1)
 
     basis = design(ys, xs)
+    # A flat desk around a sheet is no part of the paper: left out of the fit, it stays ink at
+    # the edge, where the ink map removes it (_beyond_the_paper). Fitted with the sheet, when it
+    # is near half the blocks (the median falls between the two), the surface ramps from one to
+    # the other, and the desk's side of the ramp stays as a band of faint ink along the sheet.
+    desk = _flat_border(coarse.reshape(grid_h, grid_w, channels))
+    paper_like = np.ones(len(coarse), bool) if desk is None else ~desk.ravel()
     # Start from a flat background (the median: paper is most of a picture of a digit).
     coef = np.zeros((6, channels))
-    coef[0] = np.median(coarse, axis=0)
-    keep = np.ones(len(coarse), bool)
+    coef[0] = np.median(coarse[paper_like], axis=0)
+    keep = paper_like
     for _ in range(4):
         residual = np.linalg.norm(coarse - basis @ coef, axis=1)
-        sigma = max(1.4826 * float(np.median(residual)), 2.0 / 255.0)
-        keep = residual < 2.5 * sigma
+        sigma = max(1.4826 * float(np.median(residual[paper_like])), 2.0 / 255.0)
+        keep = (residual < 2.5 * sigma) & paper_like
         if keep.sum() < 12:
             break
         coef, *_ = np.linalg.lstsq(basis[keep], coarse[keep], rcond=None)
@@ -578,8 +644,15 @@ def _ink_map(image: Picture, scale: float = 1.0, coarse: bool = False) -> _InkMa
     stretched = _stretch(ink, floor, sigma)
     if stretched is None:
         return None
+    unshadowed = stretched
     stretched = _without_shadows(stretched)
-    return _finish(stretched, lambda: (ink, paper, floor, sigma), scale, halved or reduced)
+    return _finish(
+        stretched,
+        lambda: (ink, paper, floor, sigma),
+        scale,
+        halved or reduced,
+        unshadowed=None if stretched is unshadowed else unshadowed,
+    )
 
 
 def _without_shadows(stretched: np.ndarray) -> np.ndarray:
@@ -645,21 +718,35 @@ _Unstretched = Callable[[], tuple[np.ndarray, float, float, float]]
 
 
 def _finish(
-    stretched: np.ndarray, unstretched: _Unstretched, scale: float, coarse: bool = False
+    stretched: np.ndarray,
+    unstretched: _Unstretched,
+    scale: float,
+    coarse: bool = False,
+    unshadowed: np.ndarray | None = None,
 ) -> _InkMap | None:
-    """The ink map, with the desk around a photographed sheet and faint printed lines removed."""
-    stretched = _without_faint_lines(stretched)
-    cores = _label_cores(stretched)
-    beyond = _beyond_the_paper(stretched, cores)
-    if beyond is not None:
-        ink, paper, floor, sigma = unstretched()
-        # The desk around the sheet: not ink. Make it paper and stretch again without it.
-        again = _stretch(np.where(beyond, paper, ink), floor, sigma)
-        if again is None:
-            return None
-        again = _without_faint_lines(_without_shadows(again))  # stretched again from the raw ink
-        return _InkMap(again, scale, _label_cores(again), coarse)
-    return _InkMap(stretched, scale, cores, coarse)
+    """The ink map, with the desk around a photographed sheet and faint printed lines removed.
+
+    ``unshadowed``: the map before :func:`_without_shadows` changed it, where the desk is looked
+    for first, before faint lines are taken out too: the shadow step takes out what is wide, a
+    desk's corners before its sides, and the bands of desk left between the corners can fall
+    short of :func:`_beyond_the_paper`'s test; a band of desk lighter than the digit's ink
+    looks like a faint printed line, and that step erased most of it, leaving its edge (sheets
+    on a flat desk, seen at half resolution: a band along the top read as ink).
+    """
+    beyond = None if unshadowed is None else _beyond_the_paper(unshadowed, _label_cores(unshadowed))
+    if beyond is None:
+        stretched = _without_faint_lines(stretched)
+        cores = _label_cores(stretched)
+        beyond = _beyond_the_paper(stretched, cores)
+        if beyond is None:
+            return _InkMap(stretched, scale, cores, coarse)
+    ink, paper, floor, sigma = unstretched()
+    # The desk around the sheet: not ink. Make it paper and stretch again without it.
+    again = _stretch(np.where(beyond, paper, ink), floor, sigma)
+    if again is None:
+        return None
+    again = _without_faint_lines(_without_shadows(again))  # stretched again from the raw ink
+    return _InkMap(again, scale, _label_cores(again), coarse)
 
 
 # Printed lines fainter than the ink (squared or ruled paper, a form's light rules): a straight
