@@ -346,12 +346,13 @@ def _flat_paper(channels: _Channels, counts: np.ndarray | None = None) -> np.nda
 
 
 # A flat desk around a photographed sheet, in the background fit's blocks (:func:`_flat_border`):
-# blocks within DESK_LEVELS of the edge's median colour, on at least half of the edge, reaching
-# in from it; the rest of the picture (the sheet) at least SHEET_SHARE of it, DESK_CONTRAST lighter,
-# with under ENCLOSED_SHARE of the blocks at the desk's colour inside it.
+# blocks within DESK_LEVELS of a plane fitted to the edge, on at least half of the edge, reaching
+# in from it; the sheet (the largest piece of the rest) at least SHEET_SHARE of the picture,
+# DESK_CONTRAST lighter, SHEET_SOLIDITY of its convex hull, with under ENCLOSED_SHARE of the
+# blocks at the desk's colour inside it.
 DESK_LEVELS = 3
 DESK_CONTRAST = 0.1
-SHEET_SHARE = 0.5
+SHEET_SHARE = 0.3
 SHEET_SOLIDITY = 0.9
 ENCLOSED_SHARE = 0.02
 
@@ -359,42 +360,64 @@ ENCLOSED_SHARE = 0.02
 def _flat_border(blocks: np.ndarray) -> np.ndarray | None:
     """The blocks of a flat desk around a sheet, (grid_h, grid_w) bool, or None.
 
-    ``blocks``: (grid_h, grid_w, C) block medians. A desk is one colour (within DESK_LEVELS)
-    along at least half of the picture's edge, connected to it. What is not desk, the sheet,
-    covers SHEET_SHARE of the picture, its median DESK_CONTRAST lighter than the desk, and is
-    convex (SHEET_SOLIDITY of its hull: a quadrilateral, not strokes); it holds
-    almost nothing of the desk's colour (where that colour is also enclosed by something else,
-    it is paper around and inside bold strokes: light ink on dark paper cut out close, the
-    insides of its loops; a drawn ring, a face) and something DESK_CONTRAST darker than itself
-    away from its edge (the digit).
+    ``blocks``: (grid_h, grid_w, C) block medians. A desk is one colour (within DESK_LEVELS of a
+    plane: light may fall off across it) along at least half of the picture's edge, connected
+    to it. The sheet, the largest piece of the rest, covers SHEET_SHARE of the picture, its
+    median DESK_CONTRAST lighter than the desk, and is convex (SHEET_SOLIDITY of its hull: a
+    quadrilateral, not strokes); it holds almost nothing of the desk's colour (where that
+    colour is also enclosed by something else, it is paper around and inside bold strokes:
+    light ink on dark paper cut out close, the insides of its loops; a drawn ring, a face) and
+    something DESK_CONTRAST darker than itself away from its edge (the digit).
     """
     from scipy import ndimage as ndi
 
     grid_h, grid_w, _ = blocks.shape
     if min(grid_h, grid_w) < 4:
         return None
-    ring = np.concatenate([blocks[0], blocks[-1], blocks[1:-1, 0], blocks[1:-1, -1]])  # (R, C)
-    level = np.median(ring, axis=0)  # (C,): the desk's colour when it holds half the edge
-    near = np.abs(blocks - level).max(axis=2) <= DESK_LEVELS / 255.0  # (grid_h, grid_w)
-    edge = np.zeros_like(near)
+    edge = np.zeros((grid_h, grid_w), bool)
     edge[0], edge[-1], edge[:, 0], edge[:, -1] = True, True, True, True
+    # The desk's colour, a plane over the picture (light falling off across it): fitted to the
+    # edge's blocks, twice more to the half of them nearest the last plane (the desk holds at
+    # least half the edge; the sheet's blocks there are the rest), then to those within
+    # 2 DESK_LEVELS of it.
+    gy, gx = np.mgrid[0:grid_h, 0:grid_w]
+    design = np.stack([np.ones(gy.shape), 2.0 * gy / grid_h - 1.0, 2.0 * gx / grid_w - 1.0], axis=2)
+    ring, ring_design = blocks[edge], design[edge]  # (R, C), (R, 3)
+    kept = np.ones(len(ring), bool)
+    for _ in range(3):
+        coef, *_ = np.linalg.lstsq(ring_design[kept], ring[kept], rcond=None)  # (3, C)
+        residual = np.abs(ring - ring_design @ coef).max(axis=1)
+        kept = residual <= np.median(residual)
+    kept = residual <= 2 * DESK_LEVELS / 255.0
+    if kept.sum() < 0.5 * len(ring):
+        return None
+    coef, *_ = np.linalg.lstsq(ring_design[kept], ring[kept], rcond=None)
+    near = np.abs(blocks - design @ coef).max(axis=2) <= DESK_LEVELS / 255.0  # (grid_h, grid_w)
     if near[edge].mean() < 0.5:
         return None
+    level = coef[0]  # (C,): the desk's colour at the picture's centre
     labels, _ = ndi.label(near)
     desk = np.isin(labels, np.unique(labels[edge & near]))
     if np.count_nonzero(near & ~desk) > ENCLOSED_SHARE * desk.size:
         return None
-    sheet = ~desk
+    # The sheet: the largest piece of the rest. Blocks of a grainy desk that stray past
+    # DESK_LEVELS are desk too.
+    pieces, count = ndi.label(~desk)
+    if count == 0:
+        return None
+    sheet = pieces == 1 + int(np.argmax(np.bincount(pieces.ravel(), minlength=count + 1)[1:]))
     if np.count_nonzero(sheet) < SHEET_SHARE * desk.size:
         return None
+    desk = ~sheet
     paper = np.median(blocks[sheet], axis=0)  # (C,)
     if float((paper - level).mean()) < DESK_CONTRAST:
         return None  # the desk is darker than the sheet (a darker "sheet" is a tight crop's ink)
     # A sheet is a quadrilateral, convex; bold light strokes cut out close, with the dark paper
     # between them, are not.
-    points = cv2.findNonZero(sheet.view(np.uint8))
-    hull = cv2.contourArea(cv2.convexHull(points)) + 0.5 * len(cv2.convexHull(points))
-    if np.count_nonzero(sheet) < SHEET_SOLIDITY * hull:
+    hull = cv2.convexHull(cv2.findNonZero(sheet.view(np.uint8)))  # (K, 1, 2): block centres
+    # The hull's area through the blocks' centres, plus the half block along its perimeter.
+    area = cv2.contourArea(hull) + 0.5 * cv2.arcLength(hull, True) + 1.0
+    if np.count_nonzero(sheet) < SHEET_SOLIDITY * area:
         return None
     # The digit on the sheet, apart from its edge: darker blocks in the sheet less its rim (light
     # strokes cut out close are lighter than the dark paper between them, and darker only at
@@ -464,7 +487,7 @@ def _fit_background(values: np.ndarray) -> _Background:
     )
     # Where hardly any paper is near (a digit filling the frame), trust the quadratic alone.
     correction *= np.clip(weight / 0.3, 0.0, 1.0)[:, :, None]
-    return _Background(coef, correction.astype(np.float32), step, height, width)
+    return _Background(coef, correction.astype(np.float32), step, height, width, desk)
 
 
 @dataclass
@@ -477,6 +500,22 @@ class _Background:
     step: int  # block side, px
     height: int
     width: int
+    desk: np.ndarray | None = None  # (grid_h, grid_w) bool: a flat desk's blocks (_flat_border)
+
+    def desk_pixels(self) -> np.ndarray | None:
+        """The desk's pixels, (height, width) bool, grown by a block: the blocks along the
+        sheet's edge hold some of both (their median is neither's, so they count as the
+        sheet), or None without a desk."""
+        if self.desk is None:
+            return None
+        grown = cv2.dilate(self.desk.view(np.uint8), np.ones((3, 3), np.uint8))
+        grid_h, grid_w = grown.shape
+        pixels = cv2.resize(grown, (grid_w * self.step, grid_h * self.step), interpolation=cv2.INTER_NEAREST)
+        # The rows and columns past the whole blocks repeat the last ones (as plane() clamps).
+        pixels = cv2.copyMakeBorder(
+            pixels, 0, self.height - pixels.shape[0], 0, self.width - pixels.shape[1], cv2.BORDER_REPLICATE
+        )
+        return pixels > 0
 
     def plane(self, weights: np.ndarray, stride: int = 1) -> np.ndarray:
         """sum_c weights[c] * background[:, :, c] at every ``stride``-th row and column,
@@ -639,7 +678,15 @@ def _ink_map(image: Picture, scale: float = 1.0, coarse: bool = False) -> _InkMa
         ink = cv2.medianBlur(np.ascontiguousarray(ink, np.float32), 3)
         ink = cv2.GaussianBlur(ink, (9, 9), 1.0, borderType=cv2.BORDER_REFLECT)
         sigma = _noise_sigma(ink[::stride])
-    paper = _quantile(ink, 0.5)
+    desk = None if background is None else background.desk_pixels()
+    if desk is None:
+        paper = _quantile(ink, 0.5)
+    else:
+        # A flat desk the fit left out (_flat_border) is paper, not ink: where light falls off
+        # across it, its lighter side would be faint ink in patches under the noise, and where
+        # it is half the picture or more, the paper's level (the median) would be the desk's.
+        paper = _quantile(ink[~desk], 0.5)
+        ink[desk] = paper
     floor = paper + max(3.0 * sigma, 0.5 / 255.0)
     stretched = _stretch(ink, floor, sigma)
     if stretched is None:
