@@ -456,10 +456,10 @@ def _fit_background(values: np.ndarray) -> _Background:
         return np.stack([np.ones_like(x), x, y, x * x, x * y, y * y], axis=-1)
 
     basis = design(ys, xs)
-    # A flat desk around a sheet is no part of the paper: left out of the fit, it stays ink at
-    # the edge, where the ink map removes it (_beyond_the_paper). Fitted with the sheet, when it
-    # is near half the blocks (the median falls between the two), the surface ramps from one to
-    # the other, and the desk's side of the ramp stays as a band of faint ink along the sheet.
+    # A flat desk around a sheet is no part of the paper: it is left out of the fit, and the ink
+    # map makes its pixels paper (_Background.desk_pixels). Fitted with the sheet, when it is
+    # near half the blocks (the median falls between the two), the surface ramped from one to
+    # the other, and the desk's side of the ramp stayed as a band of faint ink along the sheet.
     desk = _flat_border(coarse.reshape(grid_h, grid_w, channels))
     paper_like = np.ones(len(coarse), bool) if desk is None else ~desk.ravel()
     # Start from a flat background (the median: paper is most of a picture of a digit).
@@ -505,7 +505,8 @@ class _Background:
     def desk_pixels(self) -> np.ndarray | None:
         """The desk's pixels, (height, width) bool, grown by a block: the blocks along the
         sheet's edge hold some of both (their median is neither's, so they count as the
-        sheet), or None without a desk."""
+        sheet), or None without a desk. A stroke within a block (a 64th of the picture's
+        longer side, or less) of the sheet's edge goes with the desk."""
         if self.desk is None:
             return None
         grown = cv2.dilate(self.desk.view(np.uint8), np.ones((3, 3), np.uint8))
