@@ -692,15 +692,8 @@ def _ink_map(image: Picture, scale: float = 1.0, coarse: bool = False) -> _InkMa
     stretched = _stretch(ink, floor, sigma)
     if stretched is None:
         return None
-    unshadowed = stretched
     stretched = _without_shadows(stretched)
-    return _finish(
-        stretched,
-        lambda: (ink, paper, floor, sigma),
-        scale,
-        halved or reduced,
-        unshadowed=None if stretched is unshadowed else unshadowed,
-    )
+    return _finish(stretched, lambda: (ink, paper, floor, sigma), scale, halved or reduced)
 
 
 def _without_shadows(stretched: np.ndarray) -> np.ndarray:
@@ -766,35 +759,21 @@ _Unstretched = Callable[[], tuple[np.ndarray, float, float, float]]
 
 
 def _finish(
-    stretched: np.ndarray,
-    unstretched: _Unstretched,
-    scale: float,
-    coarse: bool = False,
-    unshadowed: np.ndarray | None = None,
+    stretched: np.ndarray, unstretched: _Unstretched, scale: float, coarse: bool = False
 ) -> _InkMap | None:
-    """The ink map, with the desk around a photographed sheet and faint printed lines removed.
-
-    ``unshadowed``: the map before :func:`_without_shadows` changed it, where the desk is looked
-    for first, before faint lines are taken out too: the shadow step takes out what is wide, a
-    desk's corners before its sides, and the bands of desk left between the corners can fall
-    short of :func:`_beyond_the_paper`'s test; a band of desk lighter than the digit's ink
-    looks like a faint printed line, and that step erased most of it, leaving its edge (sheets
-    on a flat desk, seen at half resolution: a band along the top read as ink).
-    """
-    beyond = None if unshadowed is None else _beyond_the_paper(unshadowed, _label_cores(unshadowed))
-    if beyond is None:
-        stretched = _without_faint_lines(stretched)
-        cores = _label_cores(stretched)
-        beyond = _beyond_the_paper(stretched, cores)
-        if beyond is None:
-            return _InkMap(stretched, scale, cores, coarse)
-    ink, paper, floor, sigma = unstretched()
-    # The desk around the sheet: not ink. Make it paper and stretch again without it.
-    again = _stretch(np.where(beyond, paper, ink), floor, sigma)
-    if again is None:
-        return None
-    again = _without_faint_lines(_without_shadows(again))  # stretched again from the raw ink
-    return _InkMap(again, scale, _label_cores(again), coarse)
+    """The ink map, with the desk around a photographed sheet and faint printed lines removed."""
+    stretched = _without_faint_lines(stretched)
+    cores = _label_cores(stretched)
+    beyond = _beyond_the_paper(stretched, cores)
+    if beyond is not None:
+        ink, paper, floor, sigma = unstretched()
+        # The desk around the sheet: not ink. Make it paper and stretch again without it.
+        again = _stretch(np.where(beyond, paper, ink), floor, sigma)
+        if again is None:
+            return None
+        again = _without_faint_lines(_without_shadows(again))  # stretched again from the raw ink
+        return _InkMap(again, scale, _label_cores(again), coarse)
+    return _InkMap(stretched, scale, cores, coarse)
 
 
 # Printed lines fainter than the ink (squared or ruled paper, a form's light rules): a straight
